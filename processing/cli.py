@@ -28,10 +28,11 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def _register() -> None:
-    from . import cli_loader, cli_pipeline
+    from . import cli_demo, cli_loader, cli_pipeline
 
     cli_loader.register(app)
     cli_pipeline.register(app)
+    cli_demo.register(app)
 
 
 def main() -> None:
