@@ -1,0 +1,192 @@
+"""Locate and read annotation shards: a Hub-ready folder, a Hub dataset repo, or JSONL files.
+
+Layout of a folder or repo (``DATA_DIR`` = ``data``)::
+
+    README.md                 card with YAML ``configs:`` (one per task + ``all``)
+    data/<task>/*.parquet     shards in the Arrow schema of ``schema.FEATURES``
+    data/<task>/*.jsonl       (alternative) one row per line, same columns
+
+``annotations`` may also be one ``.parquet`` / ``.jsonl`` file or a glob of them. Shards come in a
+stable order: tasks in ``TASKS`` order, then file names sorted. Readers stream in record batches, so
+memory stays flat in the number of rows; paths may be local or ``hf://`` URLs (read via ``xopen``).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .schema import ALL_CONFIG, COLUMNS, DATA_DIR, TASKS
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "jsonl")
+_REPO_ID = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?:@([\w./-]+))?$")
+
+
+@dataclass
+class AnnotationShards:
+    """The shard files of one task (or of all tasks) of an annotation source."""
+
+    files: list[str]  # local paths or hf:// URLs, in reading order
+    format: str  # "parquet" | "jsonl"
+    origin: str  # what the user passed
+    fingerprint: str  # changes when any shard changes (sizes+mtimes locally, commit sha on the Hub)
+    repo_id: str | None = None
+    revision: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    mixed: bool = False  # files may hold rows of several tasks (a bare file or glob): filter by task
+
+    @property
+    def task_filter(self) -> list[str] | None:
+        """Tasks to keep while reading (``None``: every row of these shards belongs to the task)."""
+        return self.tasks if self.mixed else None
+
+
+def _tasks_for(task: str) -> list[str]:
+    if task == ALL_CONFIG:
+        return list(TASKS)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS + (ALL_CONFIG,)}, got {task!r}")
+    return [task]
+
+
+def _pick(rel_files: list[str], tasks: list[str], origin: str) -> tuple[list[str], str]:
+    """Shards of ``tasks`` among relative file paths, in stable order, and their format."""
+    for fmt in FORMATS:
+        picked = []
+        for task in tasks:
+            prefix = f"{DATA_DIR}/{task}/"
+            picked += sorted(f for f in rel_files if f.startswith(prefix) and f.endswith(f".{fmt}"))
+        if picked:
+            return picked, fmt
+    any_data = any(f.startswith(f"{DATA_DIR}/") for f in rel_files)
+    raise FileNotFoundError(
+        f"no annotation shards for task(s) {tasks} in {origin!r}: expected {DATA_DIR}/<task>/*.parquet or "
+        f"*.jsonl" + ("" if any_data else f" (there is no {DATA_DIR}/ folder)")
+    )
+
+
+def _local_fingerprint(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def is_repo_id(annotations: str) -> bool:
+    """True if ``annotations`` names a Hub dataset (``owner/name[@rev]`` or ``hf://datasets/...``)
+    rather than an existing local path."""
+    if os.path.exists(annotations) or glob.has_magic(annotations):
+        return False
+    return bool(_REPO_ID.match(annotations)) and not annotations.endswith((".parquet", ".jsonl"))
+
+
+def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None = None, token=None) -> AnnotationShards:
+    """Find the shard files of ``task`` in a local folder, a file/glob, or a Hub dataset repo."""
+    tasks = _tasks_for(task)
+    if not isinstance(annotations, (str, os.PathLike)):
+        raise ValueError(f"annotations must be a path or a Hub repo id, got {annotations!r}")
+    annotations = os.fspath(annotations)
+    if os.path.isdir(annotations):
+        rel = []
+        for fmt in FORMATS:
+            rel += [
+                os.path.relpath(p, annotations).replace(os.sep, "/")
+                for p in glob.glob(os.path.join(annotations, DATA_DIR, "*", f"*.{fmt}"))
+            ]
+        picked, fmt = _pick(rel, tasks, annotations)
+        files = [os.path.abspath(os.path.join(annotations, p)) for p in picked]
+        return AnnotationShards(files, fmt, annotations, _local_fingerprint(files), tasks=tasks)
+    if os.path.isfile(annotations) or glob.has_magic(annotations):
+        files = sorted(os.path.abspath(p) for p in glob.glob(annotations))
+        fmts = {os.path.splitext(p)[1].lstrip(".") for p in files}
+        if not files:
+            raise FileNotFoundError(f"no annotation files match {annotations!r}")
+        if len(fmts) != 1 or not fmts <= set(FORMATS):
+            raise ValueError(f"annotation files must all be .parquet or all .jsonl, got extensions {sorted(fmts)}")
+        # A bare file holds rows of any task: the reader filters by task when a task is chosen.
+        return AnnotationShards(files, fmts.pop(), annotations, _local_fingerprint(files), tasks=tasks, mixed=True)
+    m = _REPO_ID.match(annotations)
+    if not m:
+        raise FileNotFoundError(f"annotations {annotations!r} is neither an existing path nor a Hub repo id")
+    repo_id, rev = m.group(1), revision or m.group(2)
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    info = api.dataset_info(repo_id, revision=rev)
+    sha = info.sha or rev or "main"
+    rel = api.list_repo_files(repo_id, repo_type="dataset", revision=sha)
+    picked, fmt = _pick(list(rel), tasks, annotations)
+    files = [f"hf://datasets/{repo_id}@{sha}/{p}" for p in picked]
+    return AnnotationShards(files, fmt, annotations, sha, repo_id=repo_id, revision=sha, tasks=tasks)
+
+
+def _open(path: str, download_config=None):
+    if "://" in path:
+        from datasets.utils.file_utils import xopen
+
+        return xopen(path, "rb", download_config=download_config)
+    return open(path, "rb")
+
+
+def iter_batches(
+    path: str,
+    fmt: str,
+    columns: list[str] | None = None,
+    batch_size: int = 1024,
+    tasks: list[str] | None = None,
+    download_config=None,
+) -> Iterator[dict[str, list]]:
+    """Yield column dicts (``{column: list}``) of at most ``batch_size`` rows from one shard.
+
+    Parquet is read in record batches with only ``columns``; JSONL line by line. Missing columns
+    come back as ``None``. If ``tasks`` is given, rows of other tasks are left out.
+    """
+    cols = list(columns or COLUMNS)
+    need = cols if tasks is None or "task" in cols else cols + ["task"]
+    with _open(path, download_config) as f:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(f)
+            present = [c for c in need if c in pf.schema_arrow.names]
+            for rb in pf.iter_batches(batch_size=batch_size, columns=present):
+                batch = rb.to_pydict()
+                n = rb.num_rows
+                for c in need:
+                    if c not in batch:
+                        batch[c] = [None] * n
+                yield _filter_tasks(batch, tasks, cols)
+        elif fmt == "jsonl":
+            rows: list[dict] = []
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
+                if len(rows) >= batch_size:
+                    yield _filter_tasks({c: [r.get(c) for r in rows] for c in need}, tasks, cols)
+                    rows = []
+            if rows:
+                yield _filter_tasks({c: [r.get(c) for r in rows] for c in need}, tasks, cols)
+        else:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _filter_tasks(batch: dict[str, list], tasks: list[str] | None, cols: list[str]) -> dict[str, list]:
+    if tasks is None or len(tasks) == len(TASKS):
+        return {c: batch[c] for c in cols}
+    keep = [i for i, t in enumerate(batch["task"]) if t in tasks]
+    if len(keep) == len(batch["task"]):
+        return {c: batch[c] for c in cols}
+    return {c: [batch[c][i] for i in keep] for c in cols}

@@ -1,0 +1,76 @@
+"""Builder config of SpatialForge-10M: which task, where the annotations and the images are.
+
+Example:
+    >>> cfg = SpatialForgeConfig(name="near_far", task="near_far", annotations="sf10m/",
+    ...                          image_dirs={"objects365": "/data/o365"})
+    >>> cfg.on_missing_image
+    'error'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import datasets
+
+from .schema import ALL_CONFIG, TASKS
+
+POLICIES: tuple[str, ...] = ("error", "warn", "skip")
+
+
+@dataclass
+class SpatialForgeConfig(datasets.BuilderConfig):
+    """One config per task, plus ``all``. Every field can be overridden at instantiation."""
+
+    # Task whose rows are served: one of schema.TASKS, or "all" for every task.
+    task: str = ALL_CONFIG
+    # Annotation shards: a Hub-ready folder (data/<task>/*.parquet or *.jsonl), a .parquet/.jsonl
+    # file or glob, or a Hub dataset repo id ("owner/name", "owner/name@revision").
+    annotations: str | None = None
+    # Hub revision (branch, tag or commit) when `annotations` is a repo id.
+    revision: str | None = None
+    # Image folder per source, e.g. {"objects365": "/data/o365", "openimages": ..., "pixmo": ...}.
+    # Sources without a folder have all their images counted as missing.
+    image_dirs: dict[str, str] | None = None
+    # Rows whose image is missing or unreadable (zero-byte, not an image, truncated):
+    #   "error": fail before yielding any row, naming the count, the first ids and the roots searched;
+    #   "warn":  log once per image and drop its rows;   "skip": drop the rows, log one summary.
+    # Images above `max_image_pixels` are never decoded: they fail under "error" and "warn" and are
+    # dropped (and counted) under "skip".
+    on_missing_image: str = "error"
+    # Decompression-bomb limit in pixels (width * height); None = PIL's Image.MAX_IMAGE_PIXELS.
+    max_image_pixels: int | None = None
+    # Rows per Parquet record batch / JSONL chunk while reading (memory is flat in the row count).
+    batch_size: int = 1024
+    # Threads for the per-image header checks of the pre-scan (I/O bound).
+    check_threads: int = 8
+    # Folder of the persistent image indexes; None = $SPATIALFORGE_CACHE/index (~/.cache/spatialforge/index).
+    index_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field (also run after overrides are applied)."""
+        if self.task not in TASKS + (ALL_CONFIG,):
+            raise ValueError(f"task must be one of {TASKS + (ALL_CONFIG,)}, got {self.task!r}")
+        if self.on_missing_image not in POLICIES:
+            raise ValueError(f"on_missing_image must be one of {POLICIES}, got {self.on_missing_image!r}")
+        if self.annotations is not None and not isinstance(self.annotations, (str, os.PathLike)):
+            raise ValueError(f"annotations must be a path or a Hub repo id, got {self.annotations!r}")
+        if self.image_dirs is not None:
+            if not isinstance(self.image_dirs, dict):
+                raise ValueError(f"image_dirs must be a dict source -> folder, got {self.image_dirs!r}")
+            for source, root in self.image_dirs.items():
+                if not isinstance(source, str) or not source:
+                    raise ValueError(f"image_dirs keys must be source names, got {source!r}")
+                if not isinstance(root, (str, os.PathLike)) or not os.path.isdir(root):
+                    raise ValueError(f"image_dirs[{source!r}] must be an existing folder, got {root!r}")
+        if self.max_image_pixels is not None and (not isinstance(self.max_image_pixels, int) or self.max_image_pixels <= 0):
+            raise ValueError(f"max_image_pixels must be a positive int or None, got {self.max_image_pixels!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not isinstance(self.check_threads, int) or self.check_threads <= 0:
+            raise ValueError(f"check_threads must be a positive int, got {self.check_threads!r}")

@@ -1,0 +1,466 @@
+"""Find the image file of a row: one resolver per image source, backed by a persistent index.
+
+A row names its image by ``(source, image_id)``. Each source keeps its files in its own layout::
+
+    objects365/                          OpenImages (any of)               pixmo/
+      train/patch16/objects365_v2_00908726.jpg   train/000a1249af2bc5f0.jpg       3f2a...e9      (sha256, no ext)
+      val/patch3/objects365_v1_00012345.jpg      open-images-v7/validation/       3f2b...01.png
+                                                   data/000a1249af2bc5f0.jpg
+                                                 000a1249af2bc5f0.jpg  (flat)
+
+Every resolver maps a file to a key (the file stem; Pixmo and user sources also accept files without
+an extension), so ``image_id`` is the key. Looking a key up never walks the directory: the first use
+of a root scans it once (``os.scandir``) into a SQLite index under
+``$SPATIALFORGE_CACHE/index/`` (default ``~/.cache/spatialforge/index/``), named by a hash of the
+root's real path and the resolver kind.
+
+**When the index is rebuilt.** The index stores the mtime of the root and of every directory below
+it. Adding, removing or renaming a file changes its parent directory's mtime, so the index is
+rebuilt when any stored directory has a different mtime or is gone. Rewriting a file in place keeps
+the directory mtime: the index still points to the right path, and the per-image check cache
+(keyed by path, size and mtime) sees the change.
+
+**Duplicates.** Two files with the same key under one root (e.g. ``a.jpg`` and ``a.png``): the
+lexicographically smallest relative path wins, always; the number of such keys is logged.
+
+**Safety.** An ``image_id`` that is absolute or contains ``..`` raises ``ValueError``; so does a
+file that is a symlink pointing outside the root. Symlinked directories are not followed.
+
+Example:
+    >>> r = get_resolver("objects365", "/data/objects365")          # doctest: +SKIP
+    >>> r.resolve_many(["objects365_v2_00908726"])                  # doctest: +SKIP
+    {'objects365_v2_00908726': '/data/objects365/train/patch16/objects365_v2_00908726.jpg'}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import struct
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".jpe"}
+)
+INDEX_VERSION = 1
+_SQL_CHUNK = 900  # bound parameters per query (old SQLite builds allow 999)
+
+
+def cache_root() -> str:
+    """Folder of the persistent indexes: ``$SPATIALFORGE_CACHE/index`` or ``~/.cache/spatialforge/index``."""
+    base = os.environ.get("SPATIALFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "spatialforge")
+    return os.path.join(base, "index")
+
+
+def check_image_id(image_id: str, root: str) -> None:
+    """Raise ``ValueError`` if ``image_id`` could name a file outside ``root`` (absolute, ``..``, NUL)."""
+    if not isinstance(image_id, str) or not image_id:
+        raise ValueError(f"image_id must be a non-empty string, got {image_id!r} (root {root!r})")
+    parts = image_id.replace("\\", "/").split("/")
+    if (
+        "\x00" in image_id
+        or os.path.isabs(image_id)
+        or image_id.startswith(("/", "\\"))
+        or (len(image_id) > 1 and image_id[1] == ":")  # Windows drive, e.g. C:foo
+        or ".." in parts
+    ):
+        raise ValueError(f"image_id {image_id!r} would escape the image root {root!r}; refusing it")
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+class ImageIndex:
+    """SQLite map ``key -> relative path`` of one root for one resolver kind (see module docstring).
+
+    Picklable: the connection opens lazily in each process (DataLoader workers, ``num_proc`` jobs).
+    """
+
+    def __init__(self, root: str, kind: str, path: str):
+        self.root = root
+        self.kind = kind
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root, "kind": self.kind, "path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._conn, self._pid = None, -1
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = sqlite3.connect(self.path, check_same_thread=False)
+            self._pid = os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def lookup_many(self, keys: Iterable[str], column: str = "key") -> dict[str, tuple[str, bool]]:
+        """``key -> (relpath, is_outside_root)`` for the keys present in the index."""
+        keys = list(keys)
+        found: dict[str, tuple[str, bool]] = {}
+        if column not in ("key", "relkey"):
+            raise ValueError(f"column must be 'key' or 'relkey', got {column!r}")
+        conn = self.conn
+        for i in range(0, len(keys), _SQL_CHUNK):
+            chunk = keys[i : i + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {column}, relpath, outside FROM files WHERE {column} IN ({marks})"
+            if column == "relkey":  # relkeys are unique only up to duplicates; take the winner
+                sql += " ORDER BY relpath DESC"
+            for key, rel, outside in conn.execute(sql, chunk):
+                found[key] = (rel, bool(outside))
+        return found
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+
+    def meta(self, name: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+
+@dataclass
+class IndexStats:
+    """What one index build saw."""
+
+    files: int = 0
+    duplicates: int = 0  # keys seen more than once (the smallest relative path was kept)
+    symlinked_dirs: int = 0  # not followed
+    outside_links: int = 0  # file symlinks pointing outside the root (refused on use)
+    seconds: float = 0.0
+
+
+class Resolver:
+    """Map ``image_id`` -> absolute file path for one source under one root.
+
+    Subclasses specialize through class attributes: which extensions count, whether files without
+    an extension count, which directory names hold no images.
+    """
+
+    kind = "generic"
+    extensions: frozenset[str] = IMAGE_EXTS
+    allow_no_extension = True  # ``{image_id}.*`` or a bare ``{image_id}``
+    skip_dirs: frozenset[str] = frozenset({".git", "__pycache__", ".cache"})
+
+    def __init__(self, root: str, source: str | None = None, cache_dir: str | None = None):
+        if not os.path.isdir(root):
+            raise ValueError(f"image root for source {source or self.kind!r} is not a directory: {root!r}")
+        self.source = source or self.kind
+        self.root = os.path.abspath(root)
+        self.root_real = os.path.realpath(root)
+        digest = hashlib.sha256(f"{INDEX_VERSION}\0{self.kind}\0{self.root_real}".encode()).hexdigest()[:20]
+        self.index_path = os.path.join(cache_dir or cache_root(), f"{self.kind}-{digest}.sqlite")
+        self._index: ImageIndex | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source!r}, root={self.root!r})"
+
+    # -- keys --------------------------------------------------------------------------------
+    def key_for(self, name: str) -> str | None:
+        """Index key of a file name, or ``None`` if the file is not an image of this source."""
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in self.extensions:
+            return stem
+        if self.allow_no_extension and not ext and not name.startswith("."):
+            return name
+        return None
+
+    # -- index -------------------------------------------------------------------------------
+    def is_fresh(self) -> bool:
+        """True if an index exists and no directory under the root changed since it was built."""
+        if not os.path.exists(self.index_path):
+            return False
+        try:
+            conn = sqlite3.connect(self.index_path)
+            try:
+                version = conn.execute("SELECT value FROM meta WHERE name='version'").fetchone()
+                if not version or int(version[0]) != INDEX_VERSION:
+                    return False
+                for rel, mtime in conn.execute("SELECT reldir, mtime_ns FROM dirs"):
+                    try:
+                        if os.stat(os.path.join(self.root_real, rel)).st_mtime_ns != mtime:
+                            return False
+                    except FileNotFoundError:
+                        return False
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as err:
+            logger.warning("index %s is unreadable (%s); rebuilding it", self.index_path, err)
+            return False
+        return True
+
+    def build_index(self, progress: bool = False) -> IndexStats:
+        """Scan the root once (``os.scandir``) and write the index atomically."""
+        import time
+
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        stats = IndexStats()
+        best: dict[str, tuple[str, bool]] = {}
+        dirs: list[tuple[str, int]] = []
+        stack = [""]
+        bar = tqdm(desc=f"Indexing {self.source} images", unit=" files", disable=not progress)
+        while stack:
+            rel = stack.pop()
+            full = os.path.join(self.root_real, rel) if rel else self.root_real
+            dirs.append((rel, os.stat(full).st_mtime_ns))
+            with os.scandir(full) as it:
+                for entry in it:
+                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_symlink():
+                        if entry.is_dir():
+                            stats.symlinked_dirs += 1
+                            continue
+                        outside = not _inside(os.path.realpath(entry.path), self.root_real)
+                    elif entry.is_dir():
+                        if entry.name not in self.skip_dirs:
+                            stack.append(child)
+                        continue
+                    else:
+                        outside = False
+                    key = self.key_for(entry.name)
+                    if key is None:
+                        continue
+                    stats.files += 1
+                    stats.outside_links += outside
+                    bar.update(1)
+                    prev = best.get(key)
+                    if prev is not None:
+                        stats.duplicates += 1
+                        if prev[0] <= child:
+                            continue
+                    best[key] = (child, outside)
+        bar.close()
+        os.makedirs(os.path.dirname(self.index_path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.index_path), suffix=".tmp")
+        os.close(fd)
+        try:
+            conn = sqlite3.connect(tmp)
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+            conn.execute("CREATE TABLE dirs (reldir TEXT, mtime_ns INTEGER)")
+            conn.execute("CREATE TABLE files (key TEXT PRIMARY KEY, relkey TEXT, relpath TEXT, outside INTEGER)")
+            conn.executemany("INSERT INTO dirs VALUES (?, ?)", dirs)
+            conn.executemany(
+                "INSERT INTO files VALUES (?, ?, ?, ?)",
+                ((k, _relkey(rel), rel, int(out)) for k, (rel, out) in best.items()),
+            )
+            conn.execute("CREATE INDEX files_relkey ON files (relkey)")
+            meta = {
+                "version": INDEX_VERSION,
+                "kind": self.kind,
+                "root": self.root_real,
+                "files": stats.files,
+                "duplicates": stats.duplicates,
+            }
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in meta.items()])
+            conn.commit()
+            conn.close()
+            os.replace(tmp, self.index_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        stats.seconds = time.perf_counter() - t0
+        if stats.duplicates:
+            logger.warning(
+                "%d image ids of source %r occur more than once under %s; kept the smallest relative path of each",
+                stats.duplicates,
+                self.source,
+                self.root,
+            )
+        logger.info("indexed %d %s images under %s in %.1fs", len(best), self.source, self.root, stats.seconds)
+        return stats
+
+    @property
+    def index(self) -> ImageIndex:
+        """The up-to-date index (built on first use, rebuilt when the root changed)."""
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    if not self.is_fresh():
+                        self.build_index()
+                    self._index = ImageIndex(self.root_real, self.kind, self.index_path)
+        return self._index
+
+    def fingerprint(self) -> str:
+        """Hash of the root's real path and its directories' mtimes (changes when files come or go)."""
+        h = hashlib.sha256(self.root_real.encode())
+        for rel, mtime in self.index.conn.execute("SELECT reldir, mtime_ns FROM dirs ORDER BY reldir"):
+            h.update(f"\0{rel}\0{mtime}".encode())
+        return h.hexdigest()[:16]
+
+    # -- lookups -----------------------------------------------------------------------------
+    def resolve_many(self, image_ids: Iterable[str]) -> dict[str, str]:
+        """``image_id -> absolute path`` for the ids found; absent ids are left out.
+
+        Raises ``ValueError`` for ids that would escape the root or land on a symlink out of it.
+        """
+        plain, nested = [], []
+        for image_id in image_ids:
+            check_image_id(image_id, self.root)
+            (nested if "/" in image_id or "\\" in image_id else plain).append(image_id)
+        found = self.index.lookup_many(plain)
+        if nested:
+            found.update(self.index.lookup_many([i.replace("\\", "/") for i in nested], column="relkey"))
+            for image_id in nested:  # map back to the id as written
+                alt = image_id.replace("\\", "/")
+                if alt != image_id and alt in found:
+                    found[image_id] = found.pop(alt)
+        out = {}
+        for image_id, (rel, outside) in found.items():
+            if outside:
+                raise ValueError(
+                    f"image_id {image_id!r} resolves to {rel!r}, a symlink pointing outside the image root "
+                    f"{self.root!r}; refusing it"
+                )
+            out[image_id] = os.path.join(self.root_real, rel)
+        return out
+
+    def resolve(self, image_id: str) -> str | None:
+        return self.resolve_many([image_id]).get(image_id)
+
+
+def _relkey(relpath: str) -> str:
+    stem, ext = os.path.splitext(relpath)
+    return stem if ext else relpath
+
+
+class Objects365Resolver(Resolver):
+    """Objects365 v1/v2: ``{train,val}/patch*/objects365_v2_00908726.jpg``; image_id = file stem."""
+
+    kind = "objects365"
+    allow_no_extension = False
+
+
+class OpenImagesResolver(Resolver):
+    """OpenImages: ``<split>/<ImageID>.jpg``, FiftyOne ``open-images-v7/<split>/data/<ImageID>.jpg`` or flat."""
+
+    kind = "openimages"
+    allow_no_extension = False
+    skip_dirs = Resolver.skip_dirs | {"labels", "metadata"}  # FiftyOne zoo side folders (CSV/JSON)
+
+
+class PixmoResolver(Resolver):
+    """Pixmo: files named by the image's sha256, with any image extension or none."""
+
+    kind = "pixmo"
+    allow_no_extension = True
+
+
+RESOLVERS: dict[str, type[Resolver]] = {
+    "objects365": Objects365Resolver,
+    "openimages": OpenImagesResolver,
+    "pixmo": PixmoResolver,
+}
+"""Resolver class per known source; any other source name uses :class:`Resolver` (``{image_id}.*``)."""
+
+
+def get_resolver(source: str, root: str, cache_dir: str | None = None) -> Resolver:
+    """The resolver of ``source`` for images under ``root`` (generic rule for unknown sources)."""
+    return RESOLVERS.get(source, Resolver)(root, source=source, cache_dir=cache_dir)
+
+
+# -- per-image checks ------------------------------------------------------------------------------
+OK, MISSING, ZERO_BYTE, NOT_IMAGE, TRUNCATED, TOO_MANY_PIXELS = (
+    "ok",
+    "missing",
+    "zero_byte",
+    "not_image",
+    "truncated",
+    "too_many_pixels",
+)
+UNREADABLE: tuple[str, ...] = (ZERO_BYTE, NOT_IMAGE, TRUNCATED, TOO_MANY_PIXELS)
+
+
+@dataclass(frozen=True)
+class ImageStatus:
+    """Outcome of the cheap check of one image file (header + trailer, no decode)."""
+
+    status: str  # ok | missing | zero_byte | not_image | truncated | too_many_pixels
+    width: int | None = None  # EXIF-transposed size from the header (what datasets.Image decodes to)
+    height: int | None = None
+    detail: str = ""
+
+
+def inspect_image(path: str | None, max_pixels: int | None = None) -> ImageStatus:
+    """Cheap validity check: file size, ``PIL.Image.open`` header, EXIF orientation, trailer bytes.
+
+    ``max_pixels`` defaults to PIL's ``Image.MAX_IMAGE_PIXELS``; larger images are refused as
+    decompression bombs without being decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        return ImageStatus(MISSING)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return ImageStatus(MISSING)
+    if size == 0:
+        return ImageStatus(ZERO_BYTE, detail="file is empty")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; we apply our own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, (w, h) = im.format, im.size
+                orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "PNG", "WEBP", "TIFF", "MPO") else 1
+    except Image.DecompressionBombError as err:
+        return ImageStatus(TOO_MANY_PIXELS, detail=str(err))
+    except (UnidentifiedImageError, SyntaxError, struct.error, ValueError, OSError) as err:
+        return ImageStatus(NOT_IMAGE, detail=f"{type(err).__name__}: {err}")
+    if limit is not None and w * h > limit:
+        return ImageStatus(TOO_MANY_PIXELS, w, h, detail=f"{w}x{h}={w * h} pixels > limit {limit}")
+    if orientation in (5, 6, 7, 8):  # transposed orientations swap the axes
+        w, h = h, w
+    trailer = _trailer_problem(path, fmt, size)
+    if trailer:
+        return ImageStatus(TRUNCATED, w, h, detail=trailer)
+    return ImageStatus(OK, w, h)
+
+
+def _trailer_problem(path: str, fmt: str | None, size: int) -> str:
+    """Empty string if the file ends the way its format says it must; else what is wrong."""
+    if fmt not in ("JPEG", "MPO", "PNG", "WEBP"):
+        return ""
+    with open(path, "rb") as f:
+        if fmt == "WEBP":
+            f.seek(4)
+            declared = struct.unpack("<I", f.read(4))[0] + 8
+            return "" if size >= declared else f"RIFF declares {declared} bytes, file has {size}"
+        f.seek(max(0, size - 256))
+        tail = f.read()
+    if fmt == "PNG":
+        return "" if b"IEND" in tail[-64:] else "PNG has no IEND chunk at its end"
+    # JPEG: the last marker must be EOI (FFD9); some writers pad with zeros after it.
+    return "" if b"\xff\xd9" in tail.rstrip(b"\x00\r\n ")[-32:] else "JPEG does not end with EOI (FFD9)"

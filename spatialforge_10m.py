@@ -1,0 +1,258 @@
+"""SpatialForge-10M: spatial-reasoning QA rows joined to their Objects365 / OpenImages / Pixmo images.
+
+``datasets`` 4+ no longer runs loading scripts, so instantiate the builder directly::
+
+    from spatialforge_10m import SpatialForge10M
+    builder = SpatialForge10M(
+        config_name="near_far",                      # grounding | referring | counting | near_far |
+                                                     # left_right | perspective | all (default)
+        annotations="path/to/sf10m",                 # Hub-ready folder, .parquet/.jsonl glob, or repo id
+        image_dirs={"objects365": "/data/o365", "openimages": "/data/oi", "pixmo": "/data/pixmo"},
+        on_missing_image="skip",                     # error (default) | warn | skip
+    )
+    builder.download_and_prepare()
+    ds = builder.as_dataset(split="train")           # or builder.as_streaming_dataset(split="train")
+
+or in one line: ``load_dataset("path/to/sf10m", task="near_far", image_dirs={...}, streaming=True)``.
+
+Rows carry every column of ``spatialforge.builders.schema.FEATURES`` plus ``image`` (decoded by
+``datasets.Image``, EXIF-transposed, the grid the 0..1000 boxes refer to). Images are referenced by
+path, never copied into the Arrow cache. Before any row is yielded, every referenced image is
+resolved through a persistent per-root index and checked cheaply (header + trailer); see
+``builder.image_stats`` for the counts and ``builders/resolvers.py`` for the folder layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import datasets
+from datasets.builder import Key
+from datasets.download.streaming_download_manager import StreamingDownloadManager
+
+from spatialforge.builders.annotations import AnnotationShards, iter_batches, locate_shards
+from spatialforge.builders.check import ImageReport, describe_bad, describe_roots, scan_images
+from spatialforge.builders.config import SpatialForgeConfig
+from spatialforge.builders.resolvers import MISSING, TOO_MANY_PIXELS, Resolver, get_resolver
+from spatialforge.builders.schema import ALL_CONFIG, COLUMNS, TASKS, features_with_image
+
+logger = logging.getLogger(__name__)
+
+_DESCRIPTION = "SpatialForge-10M: 3D spatial-reasoning QA (grounding, referring, counting, near/far, left/right, perspective) over 2D images."
+_LICENSE = "cc-by-nc-4.0"
+_VERSION = "1.0.0"
+_REPORT_FILE = "spatialforge_image_report.json"
+
+
+class SpatialForge10M(datasets.GeneratorBasedBuilder):
+    """Builder of SpatialForge-10M rows with their images (one config per task, plus ``all``)."""
+
+    VERSION = datasets.Version(_VERSION)
+    BUILDER_CONFIG_CLASS = SpatialForgeConfig
+    BUILDER_CONFIGS = [SpatialForgeConfig(name=t, task=t, version=_VERSION, description=f"{t} rows") for t in TASKS + (ALL_CONFIG,)]
+    DEFAULT_CONFIG_NAME = ALL_CONFIG
+
+    def __init__(self, *args, hash: str | None = None, **kwargs):
+        # The cache is keyed by the content of the inputs, not only by their names: changed shards
+        # or image folders give a fresh Arrow cache instead of stale rows.
+        self._shards: AnnotationShards | None = None
+        self._resolvers: dict[str, Resolver] = {}
+        self._bad_keys: frozenset[tuple[str, str]] = frozenset()
+        self.image_report: ImageReport | None = None
+        if hash is None and kwargs.get("annotations") is not None:
+            hash = self._content_hash(kwargs)
+        super().__init__(*args, hash=hash, **kwargs)
+        self.config.validate()  # overrides are applied by setattr, which skips __post_init__
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _content_hash(self, kwargs: dict) -> str:
+        import hashlib
+
+        task = kwargs.get("config_name") or self.DEFAULT_CONFIG_NAME
+        task = next((c.task for c in self.BUILDER_CONFIGS if c.name == task), task)
+        self._shards = locate_shards(os.fspath(kwargs["annotations"]), task, revision=kwargs.get("revision"))
+        h = hashlib.sha256(self._shards.fingerprint.encode())
+        for source, root in sorted((kwargs.get("image_dirs") or {}).items()):
+            resolver = get_resolver(source, os.fspath(root), cache_dir=kwargs.get("index_dir"))
+            self._resolvers[source] = resolver
+            h.update(f"\0{source}\0{resolver.fingerprint()}".encode())
+        return h.hexdigest()[:16]
+
+    def _setup_inputs(self) -> AnnotationShards:
+        cfg = self.config
+        if cfg.annotations is None:
+            raise ValueError("annotations is required: a dataset folder, a .parquet/.jsonl glob or a Hub repo id, got None")
+        if self._shards is None:
+            self._shards = locate_shards(os.fspath(cfg.annotations), cfg.task, revision=cfg.revision, token=self.token)
+        for source, root in (cfg.image_dirs or {}).items():
+            if source not in self._resolvers:
+                self._resolvers[source] = get_resolver(source, os.fspath(root), cache_dir=cfg.index_dir)
+        return self._shards
+
+    # -- datasets API ----------------------------------------------------------------------------
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(description=_DESCRIPTION, features=features_with_image(), license=_LICENSE)
+
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        shards = self._setup_inputs()
+        files = list(shards.files)
+        if shards.repo_id is not None:
+            # Non-streaming: download to the HF cache; streaming: URLs come back unchanged (hf://).
+            files = dl_manager.download(files)
+        self._download_config = getattr(dl_manager, "download_config", None)
+        streaming = isinstance(dl_manager, StreamingDownloadManager)
+        local = AnnotationShards(files, shards.format, shards.origin, shards.fingerprint, tasks=shards.tasks, mixed=shards.mixed)
+        self._prescan(local, streaming)
+        # A LIST of files: datasets shards it across split_dataset_by_node ranks, DataLoader workers
+        # and num_proc jobs, each reading disjoint files.
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files})]
+
+    def _prescan(self, shards: AnnotationShards, streaming: bool) -> None:
+        """Check every referenced image once, apply the policy, and remember which rows to drop."""
+        cfg = self.config
+        report = scan_images(
+            shards,
+            self._resolvers,
+            max_pixels=cfg.max_image_pixels,
+            threads=cfg.check_threads,
+            download_config=self._download_config,
+        )
+        self.image_report = report
+        policy = cfg.on_missing_image
+        bombs = {k: v for k, v in report.bad.items() if v.status == TOO_MANY_PIXELS}
+        if report.bad and (policy == "error" or (bombs and policy == "warn")):
+            what = report if policy == "error" else ImageReport(report.sources, bombs, {k: report.bad_rows[k] for k in bombs})
+            hint = (
+                "Pass on_missing_image='skip' or 'warn' to drop their rows."
+                if policy == "error"
+                else "Images above max_image_pixels are never decoded; pass on_missing_image='skip' to drop their rows."
+            )
+            raise FileNotFoundError(
+                f"{len(what.bad)} images referenced by {shards.origin!r} are missing or unreadable "
+                f"({sum(what.bad_rows.values())} rows; {describe_bad(what)}); roots searched: {describe_roots(report)}. {hint}"
+            )
+        if policy == "warn":
+            for (source, image_id), status in sorted(report.bad.items()):
+                logger.warning(
+                    "dropping rows of image %s/%s: %s%s",
+                    source,
+                    image_id,
+                    status.status,
+                    f" ({status.detail})" if status.detail else "",
+                )
+        if report.bad:
+            logger.warning(
+                "dropped %d of %d rows whose image is missing or unreadable: %s",
+                report.rows_affected,
+                report.rows,
+                describe_bad(report),
+            )
+        if report.mismatched:
+            first = ", ".join(f"{s}/{i}: recorded {a[0]}x{a[1]}, file {b[0]}x{b[1]}" for (s, i), (a, b) in sorted(report.mismatched.items())[:5])
+            aspect = sum(s.aspect_mismatch for s in report.sources.values())
+            logger.warning(
+                "%d images differ in size from the recorded width/height (%d also in aspect ratio, so their boxes "
+                "are off); images are served as they are, never rescaled. First: %s",
+                len(report.mismatched),
+                aspect,
+                first,
+            )
+        self._bad_keys = frozenset(report.bad)
+        # Non-streaming: _output_dir is the (temporary) cache folder being written; keep the counts
+        # beside the Arrow files so a later run that reuses the cache can report them.
+        output_dir = getattr(self, "_output_dir", None)
+        if not streaming and output_dir and os.path.isdir(output_dir):
+            with open(os.path.join(output_dir, _REPORT_FILE), "w") as f:
+                json.dump(self.image_stats, f, indent=1, sort_keys=True)
+
+    @property
+    def image_stats(self) -> dict:
+        """Counts of the last image check: rows, rows dropped (by reason), per-source image counts.
+
+        Available after ``download_and_prepare()`` (also when the Arrow cache was reused) or
+        ``as_streaming_dataset()``.
+        """
+        if self.image_report is not None:
+            stats = self.image_report.to_dict()
+            dropping = self.config.on_missing_image != "error"
+            stats["dropped_rows"] = self.image_report.rows_affected if dropping else 0
+            stats["dropped_rows_by_reason"] = self.image_report.rows_by_reason() if dropping else {}
+            return stats
+        path = os.path.join(self._cache_dir, _REPORT_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        return {}
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows left out because their image is missing or unreadable (``skip`` / ``warn``)."""
+        return int(self.image_stats.get("dropped_rows", 0))
+
+    def _generate_examples(self, files: list[str]):
+        shards = self._shards
+        bad, resolvers, policy = self._bad_keys, self._resolvers, self.config.on_missing_image
+        download_config = getattr(self, "_download_config", None)
+        for file_idx, path in enumerate(files):
+            row_idx = -1
+            for batch in iter_batches(
+                path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config
+            ):
+                sources, image_ids = batch["source"], batch["image_id"]
+                wanted: dict[str, set[str]] = {}
+                for s, i in zip(sources, image_ids):
+                    wanted.setdefault(s, set()).add(i)
+                paths: dict[tuple[str, str], str] = {}
+                for s, ids in wanted.items():
+                    resolver = resolvers.get(s)
+                    if resolver is not None:
+                        paths.update(((s, i), p) for i, p in resolver.resolve_many(ids).items())
+                columns = [(c, batch[c]) for c in COLUMNS]
+                for k in range(len(sources)):
+                    row_idx += 1
+                    key = (sources[k], image_ids[k])
+                    if key in bad:
+                        continue
+                    image_path = paths.get(key)
+                    if image_path is None:  # vanished since the pre-scan (the index changed meanwhile)
+                        if policy == "error":
+                            raise FileNotFoundError(f"image {key[0]}/{key[1]} of row {batch['id'][k]!r} is {MISSING}")
+                        logger.warning("dropping row %r: image %s/%s disappeared", batch["id"][k], *key)
+                        continue
+                    row = {c: col[k] for c, col in columns}
+                    row["image"] = {"path": image_path, "bytes": None}
+                    yield Key(file_idx, row_idx), row
+
+
+def load_dataset(
+    annotations: str,
+    task: str = ALL_CONFIG,
+    image_dirs: dict[str, str] | None = None,
+    streaming: bool = False,
+    split: str = "train",
+    on_missing_image: str = "error",
+    cache_dir: str | None = None,
+    **kwargs,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """One-line start, shaped like ``datasets.load_dataset``.
+
+    ``kwargs`` go to the config (``revision``, ``max_image_pixels``, ``batch_size``, ...) except
+    ``num_proc``, which goes to ``download_and_prepare``.
+
+    >>> ds = load_dataset("sf10m/", "near_far", image_dirs={"objects365": "/data/o365"})  # doctest: +SKIP
+    """
+    num_proc = kwargs.pop("num_proc", None)
+    builder = SpatialForge10M(
+        config_name=task,
+        annotations=annotations,
+        image_dirs=image_dirs,
+        on_missing_image=on_missing_image,
+        cache_dir=cache_dir,
+        **kwargs,
+    )
+    if streaming:
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare(num_proc=num_proc)
+    return builder.as_dataset(split=split)
