@@ -1,0 +1,161 @@
+"""Synthetic scenes: the truth they claim is the truth they render."""
+
+import json
+
+import numpy as np
+import pytest
+
+from spatialforge.processing.facing import facing_from_keypoints
+from spatialforge.processing.synth import (
+    PERSON,
+    SKY,
+    corrupt_depth,
+    gaussian_blur,
+    make_scene,
+    make_scenes,
+    objects365_stem,
+    scene_record,
+    scene_rng,
+    write_objects365_layout,
+)
+
+W, H = 160, 120
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return make_scenes(60, seed=7, width=W, height=H)
+
+
+def test_deterministic_from_seed_and_index():
+    a, b = make_scene(3, 5, W, H), make_scene(3, 5, W, H)
+    assert a.image.tobytes() == b.image.tobytes() and a.depth.tobytes() == b.depth.tobytes()
+    assert make_scene(3, 6, W, H).image.tobytes() != a.image.tobytes()
+    assert make_scene(4, 5, W, H).image.tobytes() != a.image.tobytes()
+
+
+def test_depth_is_camera_z_of_the_ground_and_sky_is_a_hole(scenes):
+    s = scenes[0]
+    cam = s.camera
+    rows, cols = np.nonzero((s.instances < 0) & (s.depth > 0))
+    z = s.depth[rows, cols].astype(float)
+    pts = np.stack([(cols + 0.5 - cam.cx) / cam.fx * z, (rows + 0.5 - cam.cy) / cam.fy * z, z], 1)
+    world = cam.center + pts @ cam.rotation.T
+    assert np.abs(world[:, 1]).max() < 1e-3 * z.max()  # ground pixels back-project onto Y = 0
+    top = s.depth[0]
+    assert (top == SKY).all()  # a camera pitched down a little still sees sky in the first row
+
+
+def test_object_pixels_lie_within_the_solid_depth_extent(scenes):
+    for s in scenes[:20]:
+        for o in s.objects:
+            d = s.depth[s.instances == o.instance]
+            if d.size:
+                assert o.z_range[0] - 1e-4 <= d.min() and d.max() <= o.z_range[1] + 1e-4
+
+
+def test_visible_boxes_bound_exactly_the_visible_pixels(scenes):
+    for s in scenes[:20]:
+        for o in s.objects:
+            mask = s.instances == o.instance
+            if not mask.any():
+                assert o.box is None and not o.annotated
+                continue
+            rows, cols = np.nonzero(mask)
+            assert o.box == (cols.min(), rows.min(), cols.max() + 1.0, rows.max() + 1.0)
+            assert o.visible_pixels == mask.sum()
+            if o.annotated:
+                assert o.visible_fraction >= 0.5 and o.visible_pixels >= 60
+
+
+def test_occlusion_hides_some_objects_from_the_annotations(scenes):
+    flags = [o.annotated for s in scenes for o in s.objects]
+    assert 0 < flags.count(False) < flags.count(True)
+
+
+def test_some_scenes_repeat_a_label(scenes):
+    repeats = 0
+    for s in scenes:
+        labels = [o.category for o in s.annotated]
+        repeats += any(labels.count(x) >= 2 for x in set(labels))
+    assert repeats >= 10
+
+
+def test_person_body_sides_follow_the_facing(scenes):
+    seen = {"toward_camera": 0, "away_from_camera": 0, "sideways": 0}
+    for s in scenes:
+        for o in s.annotated:
+            if o.category != PERSON:
+                continue
+            kp = o.keypoints
+            assert kp.shape == (17, 3)
+            if o.facing == "toward_camera":
+                assert kp[5, 0] > kp[6, 0] and kp[11, 0] > kp[12, 0]  # left shoulder on the image's right
+                assert kp[0, 2] > 0  # the nose is labeled
+            elif o.facing == "away_from_camera":
+                assert kp[5, 0] < kp[6, 0] and kp[11, 0] < kp[12, 0]
+                assert kp[0, 2] == 0 and (kp[0, :2] == 0).all()  # face not labeled (COCO writes 0, 0, 0)
+            seen[o.facing] += 1
+            if o.facing != "sideways":
+                assert facing_from_keypoints(kp)[0] == o.facing
+    assert min(seen.values()) >= 3, seen
+
+
+def test_person_frame_of_a_person_facing_the_camera_is_mirrored():
+    s = next(s for s in make_scenes(40, seed=1, width=W, height=H) if any(o.facing == "toward_camera" for o in s.annotated))
+    p = next(o for o in s.annotated if o.facing == "toward_camera")
+    # A point one meter to the camera's left of the person is on the person's right.
+    lateral, _ = s.world_to_person(p, p.position + np.array([-1.0, 0.0, 0.0]))
+    assert lateral > 0.8
+
+
+def test_corrupt_depth_errs_like_monocular_depth_but_keeps_big_gaps(scenes):
+    s = scenes[1]
+    inv = corrupt_depth(s.depth, s.instances, scene_rng(0, 1, "corrupt"))
+    assert inv.shape == s.depth.shape and inv.dtype == np.float32
+    sky, near = s.depth == 0, (s.depth > 0) & (s.depth < 3)
+    ground = (s.instances < 0) & (s.depth > 0)
+    # Inverse depth: larger is nearer; the sky is the farthest thing.
+    assert inv[sky].mean() < inv[ground].mean()
+    assert np.corrcoef(inv[ground], 1 / s.depth[ground])[0, 1] > 0.95
+    if near.any():
+        assert inv[near].mean() > inv[ground].mean()
+    clean = corrupt_depth(s.depth, None, scene_rng(0, 1, "c"), object_bias=0, blur_sigma=0, noise=0, kind="depth")
+    ratio = clean[ground] / s.depth[ground]
+    assert not np.allclose(ratio, 1.0)  # scale and shift in inverse depth make depth affine-wrong
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    a = np.zeros((9, 9))
+    a[4, 4] = 1.0
+    b = gaussian_blur(a, 1.0)
+    assert abs(b.sum() - 1.0) < 1e-9 and b[4, 4] < 0.2
+    assert np.allclose(gaussian_blur(np.full((5, 7), 3.0), 2.0), 3.0)
+
+
+def test_write_objects365_layout_round_trips_through_the_coco_reader(tmp_path, scenes):
+    from spatialforge.processing.readers import CocoReader
+
+    paths = write_objects365_layout(scenes[:12], tmp_path, images_per_patch=5)
+    assert (tmp_path / "images/train/patch0/objects365_v2_00000001.jpg").is_file()
+    assert (tmp_path / "images/train/patch2/objects365_v2_00000012.jpg").is_file()
+    depth = np.load(tmp_path / "depth/objects365_v2_00000003.npy")
+    assert depth.dtype == np.float32 and np.array_equal(depth, scenes[2].depth)
+    coco = json.loads(paths.annotations.read_text())
+    person = next(c for c in coco["categories"] if c["name"] == PERSON)
+    assert len(person["keypoints"]) == 17
+    assert {a["iscrowd"] for a in coco["annotations"]} == {0}
+    truth = json.loads(paths.truth.read_text())["images"]
+    assert set(truth) == {objects365_stem(i + 1) for i in range(12)}
+
+    records = {r.image_id: r for r in CocoReader(paths.annotations, images=paths.images).run([])}
+    assert len(records) == 12
+    for s in scenes[:12]:
+        rec, want = records[s.image_id], scene_record(s)
+        assert (rec.width, rec.height) == (W, H)
+        assert rec.objects.labels == want.objects.labels
+        np.testing.assert_allclose(rec.objects.xyxy, want.objects.xyxy)
+        persons = [i for i, lab in enumerate(want.objects.labels) if lab == PERSON]
+        for i in persons:
+            lab = want.objects.keypoints[i][:, 2] > 0
+            np.testing.assert_allclose(rec.objects.keypoints[i][lab], want.objects.keypoints[i][lab], atol=0.01)
