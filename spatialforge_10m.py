@@ -24,6 +24,7 @@ resolved through a persistent per-root index and checked cheaply (header + trail
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -61,6 +62,9 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         self._resolvers: dict[str, Resolver] = {}
         self._bad_keys: frozenset[tuple[str, str]] = frozenset()
         self.image_report: ImageReport | None = None
+        # Validate overrides before touching any file (datasets applies them later with setattr).
+        fields = {f.name for f in dataclasses.fields(SpatialForgeConfig)} - {"name", "version", "data_files"}
+        SpatialForgeConfig(name="validate", **{k: v for k, v in kwargs.items() if k in fields and v is not None})
         if hash is None and kwargs.get("annotations") is not None:
             hash = self._content_hash(kwargs)
         super().__init__(*args, hash=hash, **kwargs)

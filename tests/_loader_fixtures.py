@@ -176,7 +176,7 @@ def rows_for_image(im: FixtureImage, tasks: tuple[str, ...] = TASKS) -> list[dic
 
 
 def write_card(folder: str, fmt: str = "parquet") -> str:
-    """Minimal Hub card: YAML ``configs:`` (``all`` default + one per task) with ``data_files``."""
+    """Minimal Hub card (used for JSONL folders; Parquet folders get the project's card): YAML ``configs:`` (``all`` default + one per task) with ``data_files``."""
     lines = ["---", "license: cc-by-nc-4.0", "configs:"]
     lines += [f"- config_name: {ALL_CONFIG}", "  default: true", "  data_files:", "  - split: train", f"    path: {DATA_DIR}/*/*.{fmt}"]
     for task in TASKS:
@@ -207,7 +207,12 @@ def write_shards(folder: str, rows: list[dict], fmt: str = "parquet", shards_per
                 with open(path, "w") as f:
                     for r in part:
                         f.write(json.dumps(r) + "\n")
-    if card:
+    if card and fmt == "parquet":
+        from spatialforge.builders.card import write_card as write_project_card
+
+        counts = {t: sum(r["task"] == t for r in rows) for t in TASKS}
+        write_project_card(folder, {"rows_per_task": counts})
+    elif card:
         write_card(folder, fmt)
     return folder
 
