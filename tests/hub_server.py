@@ -6,12 +6,13 @@ in any scope. Then ``HfApi(endpoint=hub.endpoint, token=hub.token)``, ``load_dat
 ``Dataset.push_to_hub(repo_id)`` all talk to ``hub.endpoint`` (http://127.0.0.1:PORT); repos and LFS objects live
 under ``hub.root``. Unknown requests get a 404 and are listed in ``hub.unhandled`` (assert it is empty).
 
-What is spoken (read from the installed clients, Xet off so uploads go through LFS): ``/api/whoami-v2``,
-``/api/repos/create|delete``, ``/api/validate-yaml``, ``/api/{models,datasets,spaces}/{repo}`` (+ ``/revision/{rev}``),
-``.../tree/{rev}/{path}`` (recursive, expand, ``Link`` pagination), ``.../paths-info/{rev}``, ``.../preupload/{rev}``,
-``.../commit/{rev}`` (NDJSON), ``.../refs``, ``.../commits/{rev}``, ``.../branch/{name}``, ``{repo}.git/info/lfs/objects/
-batch`` with upload and verify URLs on this server, and ``{repo}/resolve/{rev}/{path}`` (HEAD, GET, Range, ETag,
-X-Repo-Commit, X-Linked-Etag/-Size for LFS files). Stdlib only, plus pyyaml for the card check.
+Endpoints (read from the installed clients; Xet is off, so uploads go through LFS): ``/api/whoami-v2``,
+``/api/repos/create|delete``, ``/api/validate-yaml``, ``/api/{models,datasets,spaces}/{repo}`` and its
+``/revision/{rev}``, ``/tree/{rev}/{path}`` (recursive, expand, ``Link`` pagination), ``/paths-info/{rev}``,
+``/preupload/{rev}``, ``/commit/{rev}`` (NDJSON), ``/refs``, ``/commits/{rev}``, ``/branch/{name}``; the LFS batch API
+``{repo}.git/info/lfs/objects/batch`` with upload and verify URLs on this server; ``{repo}/resolve/{rev}/{path}``
+(HEAD, GET, Range, ETag, X-Repo-Commit, X-Linked-Etag/-Size for LFS files). Not spoken: pull requests
+(``create_pr=True``), Xet, tags, gated repos. Stdlib only, plus pyyaml (a project dependency) for the card check.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def _now() -> str:
 class HubError(Exception):
     """An HTTP error answered the way the Hub does: status, ``X-Error-Code`` header and a JSON ``error``."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -130,10 +131,11 @@ class HubStore:
             raise HubError(404, f"Repository not found: {repo_type} {repo_id!r}", "RepoNotFound")
         return repo
 
-    def create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> dict[str, Any]:
+    def create_repo(self, repo_type: str, repo_id: str, private: bool, author: str, url: str) -> dict[str, Any]:
         with self.lock:
             if (repo_type, repo_id) in self._repos:
-                raise HubError(409, f"You already created this {repo_type} repo: {repo_id}")
+                # The Hub's 409 carries the repo url: create_repo(exist_ok=True) reads it.
+                raise HubError(409, f"You already created this {repo_type} repo: {repo_id}", url=url)
             repo = {"type": repo_type, "id": repo_id, "private": private, "createdAt": _now(), "refs": {},
                     "commits": {}}
             self._repos[(repo_type, repo_id)] = repo
@@ -339,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"X-Error-Message": err.message.encode("ascii", "replace").decode()}
         if err.code:
             headers["X-Error-Code"] = err.code
-        self._send_json({"error": err.message}, err.status, headers)
+        self._send_json({"error": err.message, **err.extra}, err.status, headers)
 
     def _dispatch(self) -> None:
         self._body_read = False
@@ -495,7 +497,7 @@ class _HubHTTPServer(ThreadingHTTPServer):
             raise HubError(400, f"Invalid repo name {name!r}")
         private = body.get("private") or body.get("visibility") == "private"
         repo_id = f"{namespace}/{name}"
-        self.store.create_repo(repo_type, repo_id, bool(private), user)
+        self.store.create_repo(repo_type, repo_id, bool(private), user, self._repo_url(repo_type, repo_id))
         h._send_json({"url": self._repo_url(repo_type, repo_id), "name": repo_id, "id": repo_id})
         return True
 
