@@ -131,6 +131,7 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
     rows = Counter({t: int(n) for t, n in stats.get("rows_per_task", {}).items()})
     total = sum(rows.values())
     acc = acceptance(stats)
+    example = next((t for t in schema.TASKS if rows[t]), schema.ALL_CONFIG)
     lines = [
         f"# {pretty_name}",
         "",
@@ -142,7 +143,7 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
         "```python",
         "from datasets import load_dataset",
         "",
-        'ds = load_dataset("path/or/repo_id", "near_far", split="train")',
+        f'ds = load_dataset("path/or/repo_id", "{example}", split="train")',
         "```",
         "",
         "## Rows per task",

@@ -12,7 +12,7 @@ The layout is the one the dataset card's ``configs:`` point at (one folder per t
 
 Files are written with the declared schema (:func:`spatialforge.builders.schema.arrow_schema`,
 which carries the ``datasets`` features in its metadata), rows sorted by ``id`` so a shard's bytes
-do not depend on how records were batched, and atomically: a ``.parquet.tmp`` file renamed into
+do not depend on how records were batched, and atomically: a ``.parquet.tmp-<pid>`` file renamed into
 place, so a reader (or a resumed run) never sees half a file.
 """
 
@@ -51,7 +51,8 @@ def write_parquet(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(list(rows), schema=schema.arrow_schema())
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    # pid in the name: two processes on one shard (an orphan of a killed run and its rerun) never share a tmp file
+    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path

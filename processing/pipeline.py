@@ -1,0 +1,225 @@
+"""The generation pipeline: one config, one list of steps, one call.
+
+Step order (a plain list; every executor runs the same one)::
+
+    reader -> [DetectionStep] -> [DepthFromFiles | DepthModelStep] -> [PoseStep]
+           -> FacingFromKeypoints -> TaskStep -> ParquetWriter
+
+Model steps are imported only when their option is set, inside the worker that runs them, so
+``torch`` / ``transformers`` load only where needed and weights load once per worker.
+
+Example:
+    >>> cfg = GenerateConfig(source="objects365", annotations="zhiyuan_objv2_val.json",
+    ...                      images="images/", depth_model="depth-anything/Depth-Anything-V2-Small-hf",
+    ...                      out="spatialforge-o365")   # doctest: +SKIP
+    >>> stats = generate(cfg)                          # doctest: +SKIP
+    >>> stats["rows_per_task"]["near_far"]             # doctest: +SKIP
+    1234
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..builders import schema
+from .base import Step
+from .readers import (
+    POLICIES,
+    SOURCES,
+    CocoReader,
+    FolderReader,
+    HFDatasetReader,
+    OpenImagesReader,
+    PixmoReader,
+    Reader,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_SHARDS = 8
+_RUN_FIELDS = ("workers", "progress", "overwrite")  # may change between a killed run and its resume
+
+
+@dataclass
+class GenerateConfig:
+    """Everything ``spatialforge generate`` needs; the same object drives :func:`generate`.
+
+    Only ``workers``, ``progress`` and ``overwrite`` may change between a killed run and its resume:
+    the rest is recorded in ``<out>/.spatialforge/run.json`` and checked.
+    """
+
+    source: str  # objects365 | openimages | pixmo | folder | hf: which reader parses the input
+    out: str  # dataset folder to write (data/<task>/*.parquet, README.md, stats.json)
+    annotations: str | None = None  # COCO JSON | OpenImages box CSV | Pixmo JSONL/Parquet (file or folder) | HF dataset folder
+    images: str | None = None  # root folder of the image files (not used by source=hf)
+    source_name: str | None = None  # name written in the rows' `source` (default: the source; set it for folder/hf)
+    class_descriptions: str | None = None  # OpenImages: class descriptions CSV (MID,name); required there
+    image_labels: str | None = None  # OpenImages: human-verified image-level labels CSV (enables counting)
+    hf_split: str = "train"  # source=hf: split to read
+    depth_dir: str | None = None  # folder of <image stem>.npy (float) / .png (16-bit mm) depth files
+    depth_kind: str = "depth"  # depth files hold "depth" (larger=farther) or "inverse_depth" (larger=nearer)
+    depth_model: str | None = None  # HF depth model id or folder (exclusive with depth_dir)
+    detector: str | None = None  # HF detection model id or folder: adds boxes (e.g. to a folder of photos)
+    detector_labels: tuple[str, ...] | None = None  # zero-shot detectors: the labels to look for
+    pose_model: str | None = None  # HF pose model id or folder: person keypoints -> facing (perspective task)
+    tasks: tuple[str, ...] = schema.TASKS  # tasks to generate
+    seed: int = 0  # all random choices derive from (seed, image id, task)
+    num_shards: int = DEFAULT_NUM_SHARDS  # input shards; fixes the output files whatever `workers` is
+    workers: int = 1  # worker processes (1: in this process)
+    batch_size: int = 8  # images per model forward pass
+    device: str = "auto"  # model device: auto | cpu | cuda | cuda:N | mps
+    on_bad_input: str = "skip"  # malformed annotations / missing files: skip (counted) | warn | error
+    on_size_mismatch: str = "rescale"  # annotation size != image size: rescale (same aspect) | drop
+    overwrite: bool = False  # delete a previous run in `out` instead of resuming it
+    progress: bool = True  # tqdm progress bars
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        for name in ("out", "annotations", "images", "class_descriptions", "image_labels", "depth_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, os.fspath(value))
+        if not self.out:
+            raise ValueError("out must be a folder path, got an empty value")
+        if self.source != "folder" and not self.annotations:
+            raise ValueError(f"source={self.source!r} needs annotations, got {self.annotations!r}")
+        if self.annotations and not Path(self.annotations).exists():
+            raise ValueError(f"annotations {self.annotations!r} do not exist")
+        if self.source != "hf":
+            if not self.images or not Path(self.images).is_dir():
+                raise ValueError(f"source={self.source!r} needs images to be a folder, got {self.images!r}")
+        if self.source == "openimages":
+            if not self.class_descriptions or not Path(self.class_descriptions).is_file():
+                raise ValueError(f"source='openimages' needs class_descriptions (the MID,name CSV), got {self.class_descriptions!r}")
+            if self.image_labels and not Path(self.image_labels).is_file():
+                raise ValueError(f"image_labels {self.image_labels!r} is not a file")
+        if self.depth_kind not in ("depth", "inverse_depth"):
+            raise ValueError(f"depth_kind must be 'depth' or 'inverse_depth', got {self.depth_kind!r}")
+        if self.depth_dir and self.depth_model:
+            raise ValueError(f"give depth_dir or depth_model, not both (got {self.depth_dir!r} and {self.depth_model!r})")
+        if self.depth_dir and not Path(self.depth_dir).is_dir():
+            raise ValueError(f"depth_dir {self.depth_dir!r} is not a folder")
+        if isinstance(self.tasks, str):
+            self.tasks = tuple(t for t in self.tasks.split(",") if t)
+        self.tasks = tuple(self.tasks)
+        unknown = [t for t in self.tasks if t not in schema.TASKS]
+        if not self.tasks or unknown:
+            raise ValueError(f"tasks must be a non-empty subset of {schema.TASKS}, got {self.tasks!r}")
+        if self.detector_labels is not None:
+            self.detector_labels = tuple(self.detector_labels)
+        for name in ("num_shards", "workers", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.on_bad_input not in POLICIES:
+            raise ValueError(f"on_bad_input must be one of {POLICIES}, got {self.on_bad_input!r}")
+        if self.on_size_mismatch not in ("rescale", "drop"):
+            raise ValueError(f"on_size_mismatch must be 'rescale' or 'drop', got {self.on_size_mismatch!r}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that determine the output (everything but workers / progress / overwrite)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name not in _RUN_FIELDS:
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where images stored as bytes (source=hf) are written once."""
+        return Path(self.out) / ".spatialforge" / "cache" / "images"
+
+
+def make_reader(cfg: GenerateConfig) -> Reader:
+    """The reader of ``cfg.source``."""
+    common = {"source": cfg.source_name, "on_bad_input": cfg.on_bad_input, "on_size_mismatch": cfg.on_size_mismatch}
+    if cfg.source == "objects365":
+        return CocoReader(cfg.annotations, cfg.images, **common)
+    if cfg.source == "openimages":
+        return OpenImagesReader(cfg.annotations, cfg.images, cfg.class_descriptions, cfg.image_labels, **common)
+    if cfg.source == "pixmo":
+        return PixmoReader(cfg.annotations, cfg.images, **common)
+    if cfg.source == "folder":
+        return FolderReader(cfg.images, **common)
+    return HFDatasetReader(cfg.annotations, cfg.cache_dir, split=cfg.hf_split, **common)
+
+
+def _facing_step() -> Step | None:
+    try:
+        from .facing import FacingFromKeypoints
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.facing":
+            raise
+        logger.info("processing.facing is not available: person facing stays 'unknown'")
+        return None
+    return FacingFromKeypoints()
+
+
+def task_step(cfg: GenerateConfig) -> Step:
+    """The task generator + verifier step."""
+    from .tasks import TaskStep
+    from .verify import VerifyConfig
+
+    return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=VerifyConfig())
+
+
+def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
+    """The steps of ``cfg`` in order (reader first, writer last). Built inside each worker.
+
+    ``tasks`` replaces the task step (for custom generators).
+    """
+    from .writer import ParquetWriter
+
+    steps: list[Step] = [make_reader(cfg)]
+    if cfg.detector:
+        from .detection import DetectionStep
+
+        labels = list(cfg.detector_labels) if cfg.detector_labels else None
+        steps.append(DetectionStep(cfg.detector, labels=labels, batch_size=cfg.batch_size, device=cfg.device))
+    if cfg.depth_dir:
+        from .depth import DepthFromFiles
+
+        steps.append(DepthFromFiles(cfg.depth_dir, kind=cfg.depth_kind, on_bad_input=cfg.on_bad_input))
+    elif cfg.depth_model:
+        from .depth_models import DepthModelStep
+
+        steps.append(DepthModelStep(cfg.depth_model, batch_size=cfg.batch_size, device=cfg.device))
+    if cfg.pose_model:
+        from .pose import PoseStep
+
+        steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device))
+    facing = _facing_step()
+    if facing is not None:
+        steps.append(facing)
+    steps.append(tasks if tasks is not None else task_step(cfg))
+    steps.append(ParquetWriter(cfg.out))
+    return steps
+
+
+def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
+    """Run the pipeline of ``cfg`` (resuming a killed run in ``cfg.out``); return the merged stats.
+
+    Writes ``data/<task>/shard-*.parquet``, ``README.md`` (card) and ``stats.json`` in ``cfg.out``.
+    ``build`` (a picklable callable returning steps) replaces :func:`build_steps` for custom pipelines.
+    """
+    from ..builders.card import write_card
+    from .executor import LocalExecutor
+
+    executor = LocalExecutor(
+        build if build is not None else partial(build_steps, cfg),
+        out_dir=cfg.out,
+        num_shards=cfg.num_shards,
+        workers=cfg.workers,
+        fingerprint=cfg.fingerprint(),
+        overwrite=cfg.overwrite,
+        finalize=write_card,
+        progress=cfg.progress,
+    )
+    return executor.run()
