@@ -58,7 +58,6 @@ DEFAULT_GITATTRIBUTES = "".join(
         "*tfevents*", "*.jpg", "*.jpeg", "*.png", "*.webp", "*.mp3", "*.wav", "*.mp4",
     )
 )
-_SPECIAL_REF = re.compile(r"^refs/(pr/\d+|convert/[\w-]+)$")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -738,7 +737,10 @@ class _HubHTTPServer(ThreadingHTTPServer):
         for line in h._body().splitlines():
             if not line.strip():
                 continue
-            item = json.loads(line)
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise HubError(400, f"Commit payload line is not JSON: {line[:80]!r}") from err
             key, value = item.get("key"), item.get("value", {})
             if key == "header":
                 header = value
@@ -847,12 +849,13 @@ class HubServer:
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
+        """Stop serving (idempotent); the request log stays readable."""
+        if self._thread is not None and self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._httpd = None
+            self._thread.join(timeout=5)
+            self._thread = None
+            _close_client_sessions()  # pooled keep-alive sockets would otherwise hold handler threads open
 
     @property
     def requests(self) -> list[tuple[str, str, int]]:
@@ -871,7 +874,7 @@ class HubServer:
 
     def head(self, repo_id: str, repo_type: str = "dataset", branch: str = "main") -> str:
         """Commit sha of ``branch``, read from the store (no HTTP)."""
-        assert self._httpd is not None, "server is not running"
+        assert self._httpd is not None, "server was never started"
         return self._httpd.store.get_repo(repo_type, repo_id)["refs"][branch]
 
     @contextlib.contextmanager

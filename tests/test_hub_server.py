@@ -175,6 +175,8 @@ def test_tree_pagination_follows_link_header(tmp_path: Path) -> None:
         assert paths == [".gitattributes", "f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt"]
         pages = [p for m, p, _ in hub.requests if m == "GET" and "/tree/" in p]
         assert len(pages) == 3 and "cursor=4" in pages[-1]
+    # The request log outlives the server, for post-mortems in fixture teardown.
+    assert hub.errors == [] and ("POST", f"/api/datasets/{repo_id}/commit/main", 200) in hub.requests
 
 
 def test_errors_are_those_of_the_hub(hub: HubServer, tmp_path: Path) -> None:
