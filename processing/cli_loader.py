@@ -1,9 +1,78 @@
-"""CLI verbs of the loader: ``index`` and ``check-images``."""
+"""CLI verbs of the loader: ``index`` and ``check-images``.
+
+    spatialforge index --source objects365 --root /data/o365
+    spatialforge check-images --annotations sf10m/ --image-dir objects365=/data/o365 \\
+        --image-dir pixmo=/data/pixmo --missing-out missing.txt --task near_far
+"""
 
 from __future__ import annotations
 
 import typer
 
 
+def _parse_image_dirs(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        source, sep, root = value.partition("=")
+        if not sep or not source or not root:
+            raise typer.BadParameter(f"--image-dir must look like SOURCE=DIR, got {value!r}")
+        out[source] = root
+    return out
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("index")
+    def index(
+        source: str = typer.Option(..., "--source", "-s", help="Image source: objects365, openimages, pixmo or any name."),
+        root: str = typer.Option(..., "--root", "-r", help="Folder holding that source's images."),
+        force: bool = typer.Option(False, "--force", help="Rebuild even if the index is up to date."),
+    ) -> None:
+        """Build (or refresh) the persistent image index of one source folder."""
+        from spatialforge.builders.resolvers import get_resolver
+
+        try:
+            resolver = get_resolver(source, root)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from err
+        if resolver.is_fresh() and not force:
+            typer.echo(f"index of {source} under {resolver.root} is up to date: {resolver.index_path}")
+            return
+        stats = resolver.build_index(progress=True)
+        typer.echo(
+            f"indexed {stats.files} {source} image files under {resolver.root} in {stats.seconds:.1f}s "
+            f"({stats.duplicates} duplicate ids, {stats.outside_links} links out of the root, "
+            f"{stats.symlinked_dirs} symlinked folders not followed) -> {resolver.index_path}"
+        )
+
+    @app.command("check-images")
+    def check_images_cmd(
+        annotations: str = typer.Option(..., "--annotations", "-a", help="Dataset folder, .parquet/.jsonl glob or Hub repo id."),
+        image_dir: list[str] = typer.Option([], "--image-dir", "-i", help="SOURCE=DIR, repeatable."),
+        task: str = typer.Option("all", "--task", "-t", help="Task to check (default: all)."),
+        missing_out: str | None = typer.Option(None, "--missing-out", help="Write missing 'source<TAB>image_id' lines here."),
+        max_pixels: int | None = typer.Option(None, "--max-pixels", help="Decompression-bomb limit (default: PIL's)."),
+    ) -> None:
+        """Count, per source, the images the annotations need: found, missing, unreadable, resized."""
+        from spatialforge.builders.check import check_images
+
+        report = check_images(annotations, _parse_image_dirs(image_dir), task=task, max_pixels=max_pixels, progress=True)
+        header = f"{'source':<12} {'rows':>9} {'images':>8} {'found':>8} {'missing':>8} {'unreadable':>10} {'resized':>8}  aspect"
+        typer.echo(header)
+        for name, s in sorted(report.sources.items()):
+            aspect = "n/a" if not s.size_mismatch else ("kept" if s.aspect_ok else f"CHANGED x{s.aspect_mismatch}")
+            typer.echo(
+                f"{name:<12} {s.rows:>9} {s.images:>8} {s.found:>8} {s.missing:>8} {sum(s.unreadable.values()):>10} "
+                f"{s.size_mismatch:>8}  {aspect}"
+            )
+            if s.root is None:
+                typer.echo(f"  {name}: no --image-dir given")
+            for reason, n in sorted(s.unreadable.items()):
+                typer.echo(f"  {name}: {n} {reason}")
+        if any(not s.aspect_ok for s in report.sources.values()):
+            typer.echo("boxes are normalized to 0..1000: they stay valid on resized images only if the aspect ratio holds")
+        typer.echo(f"rows whose image is missing or unreadable: {report.rows_affected} of {report.rows}")
+        if missing_out:
+            ids = report.missing_ids()
+            with open(missing_out, "w") as f:
+                f.writelines(f"{s}\t{i}\n" for s, i in ids)
+            typer.echo(f"wrote {len(ids)} missing ids to {missing_out}")

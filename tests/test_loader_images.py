@@ -1,0 +1,266 @@
+"""Image resolution and accounting: layouts, the persistent index, bad files under each policy, safety."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from _loader_fixtures import corrupt, make_dataset, make_jpeg, rows_for_image, write_shards, FixtureImage
+from typer.testing import CliRunner
+
+from spatialforge.builders.check import check_images
+from spatialforge.builders.resolvers import get_resolver, inspect_image
+from spatialforge.builders.schema import COLUMNS, TASKS
+from spatialforge_10m import SpatialForge10M
+
+
+def _ids(rows):
+    return [r["id"] for r in rows]
+
+
+def _load(builder, streaming):
+    if streaming:
+        return list(builder.as_streaming_dataset(split="train").remove_columns("image"))
+    builder.download_and_prepare()
+    return list(builder.as_dataset(split="train").remove_columns("image"))
+
+
+# -- resolvers and the index ----------------------------------------------------------------------
+def test_each_source_layout_resolves_every_image(tmp_path):
+    fx = make_dataset(tmp_path)
+    for source, root in fx.image_dirs.items():
+        want = {im.image_id: os.path.realpath(im.path) for im in fx.images if im.source == source}
+        got = get_resolver(source, root).resolve_many(list(want) + ["not-there"])
+        assert got == want, source
+    # the FiftyOne labels CSV is not an image; Objects365 ignores extensionless files, Pixmo takes them
+    assert get_resolver("openimages", fx.image_dirs["openimages"]).resolve("detections") is None
+    open(os.path.join(fx.image_dirs["objects365"], "README"), "w").close()
+    assert get_resolver("objects365", fx.image_dirs["objects365"]).resolve("README") is None
+
+
+def test_index_is_built_once_and_rebuilt_when_a_folder_changes(tmp_path):
+    root = tmp_path / "px"
+    make_jpeg(str(root / "a" / "aaa.jpg"))
+    r = get_resolver("pixmo", str(root))
+    assert r.resolve("aaa").endswith("a/aaa.jpg")
+    mtime = os.stat(r.index_path).st_mtime_ns
+    r2 = get_resolver("pixmo", str(root))
+    assert r2.is_fresh() and r2.resolve("aaa") and os.stat(r2.index_path).st_mtime_ns == mtime  # reused
+    make_jpeg(str(root / "a" / "bbb.png"))  # changes the mtime of folder a/
+    r3 = get_resolver("pixmo", str(root))
+    assert not r3.is_fresh()
+    assert r3.resolve("bbb").endswith("a/bbb.png")
+
+
+def test_duplicate_ids_pick_the_smallest_path_and_are_counted(tmp_path, caplog):
+    root = tmp_path / "mine"
+    for rel in ("z/dup.jpg", "a/dup.png", "b/dup.jpg"):
+        make_jpeg(str(root / rel), fmt="PNG" if rel.endswith("png") else "JPEG")
+    r = get_resolver("mine", str(root))
+    with caplog.at_level(logging.WARNING):
+        stats = r.build_index()
+    assert stats.duplicates == 2
+    assert "2 image ids of source 'mine' occur more than once" in caplog.text
+    assert r.resolve("dup") == os.path.join(os.path.realpath(root), "a", "dup.png")
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "a/../../x", "/etc/passwd"])
+def test_ids_escaping_the_root_are_refused(tmp_path, bad_id):
+    root = tmp_path / "mine"
+    make_jpeg(str(root / "x.jpg"))
+    with pytest.raises(ValueError, match=f"image_id '{bad_id}' would escape the image root '{root}'"):
+        get_resolver("mine", str(root)).resolve(bad_id)
+
+
+@pytest.mark.parametrize("policy", ["error", "warn", "skip"])
+@pytest.mark.parametrize("kind", ["dotdot", "symlink"])
+def test_builder_refuses_escapes_under_every_policy(tmp_path, policy, kind):
+    outside = tmp_path / "outside" / "secret.jpg"
+    make_jpeg(str(outside))
+    root = tmp_path / "images" / "mine"
+    make_jpeg(str(root / "ok.jpg"))
+    if kind == "symlink":
+        os.symlink(outside, root / "evil.jpg")
+        image_id, match = "evil", "image_id 'evil' resolves to 'evil.jpg', a symlink pointing outside the image root"
+    else:
+        image_id, match = "../outside/secret", "image_id '../outside/secret' would escape the image root"
+    im = FixtureImage("mine", image_id, str(outside), 64, 48, (1, 1, 5, 5))
+    write_shards(str(tmp_path / "ann"), rows_for_image(im, ("counting",)))
+    b = SpatialForge10M(config_name="counting", annotations=str(tmp_path / "ann"), image_dirs={"mine": str(root)},
+                        on_missing_image=policy, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=match):
+        b.download_and_prepare()
+    with pytest.raises(ValueError, match=match):
+        b.as_streaming_dataset(split="train")
+
+
+# -- bad files under each policy ------------------------------------------------------------------
+@pytest.fixture
+def damaged(tmp_path):
+    """make_dataset with 4 bad images: one missing, one zero-byte, one non-image, one truncated."""
+    fx = make_dataset(tmp_path)
+    by = {(im.source, im.image_id): im for im in fx.images}
+    picks = {
+        "missing": fx.images[0],  # objects365, EXIF-rotated
+        "zero_byte": fx.images[1],  # openimages
+        "not_image": fx.images[2],  # pixmo without extension
+        "truncated": fx.images[4],  # objects365 in val/
+    }
+    os.remove(picks["missing"].path)
+    for how in ("zero_byte", "not_image", "truncated"):
+        corrupt(picks[how].path, how)
+    bad_keys = {(im.source, im.image_id) for im in picks.values()}
+    assert len(bad_keys) == 4 and all(k in by for k in bad_keys)
+    fx.extra.update(picks=picks, bad_keys=bad_keys)
+    return fx
+
+
+def test_inspect_image_names_each_problem(damaged):
+    picks = damaged.extra["picks"]
+    assert {how: inspect_image(im.path).status for how, im in picks.items()} == {
+        "missing": "missing",
+        "zero_byte": "zero_byte",
+        "not_image": "not_image",
+        "truncated": "truncated",
+    }
+    good = damaged.images[3]
+    assert inspect_image(good.path).status == "ok"
+
+
+def test_inspect_image_reports_the_exif_transposed_size(tmp_path):
+    path = str(tmp_path / "r.jpg")
+    make_jpeg(path, (80, 48), (1, 1, 9, 9), orientation=6)
+    status = inspect_image(path)
+    assert (status.status, status.width, status.height) == ("ok", 80, 48)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_error_policy_fails_before_yielding_naming_count_ids_and_roots(damaged, tmp_path, streaming):
+    b = SpatialForge10M(annotations=damaged.annotations, image_dirs=damaged.image_dirs, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(FileNotFoundError) as err:
+        _load(b, streaming)
+    msg = str(err.value)
+    assert "4 images referenced by" in msg and f"({4 * len(TASKS)} rows;" in msg
+    assert "{'missing': 1, 'not_image': 1, 'truncated': 1, 'zero_byte': 1}" in msg
+    missing = damaged.extra["picks"]["missing"]
+    assert f"objects365/{missing.image_id} (missing)" in msg
+    assert f"objects365={damaged.image_dirs['objects365']!r}" in msg
+    assert "on_missing_image='skip'" in msg
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_skip_drops_exactly_the_rows_of_bad_images_and_counts_them(damaged, tmp_path, streaming, caplog):
+    b = SpatialForge10M(annotations=damaged.annotations, image_dirs=damaged.image_dirs, on_missing_image="skip",
+                        cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.WARNING):
+        rows = _load(b, streaming)
+    bad = damaged.extra["bad_keys"]
+    want = [r for r in damaged.rows if (r["source"], r["image_id"]) not in bad]
+    assert [{c: r[c] for c in COLUMNS} for r in rows] == want
+    assert b.dropped_rows == 4 * len(TASKS) == len(damaged.rows) - len(want)
+    assert b.image_stats["dropped_rows_by_reason"] == {r: len(TASKS) for r in ("missing", "not_image", "truncated", "zero_byte")}
+    assert f"dropped {4 * len(TASKS)} of {len(damaged.rows)} rows" in caplog.text
+    assert "dropping rows of image" not in caplog.text  # skip logs one summary, not one line per image
+
+
+def test_skip_counts_survive_a_reused_cache(damaged, tmp_path):
+    kw = dict(annotations=damaged.annotations, image_dirs=damaged.image_dirs, on_missing_image="skip", cache_dir=str(tmp_path / "c"))
+    SpatialForge10M(**kw).download_and_prepare()
+    again = SpatialForge10M(**kw)
+    again.download_and_prepare()  # nothing to do: counts come from the report kept beside the cache
+    assert again.dropped_rows == 4 * len(TASKS)
+
+
+def test_warn_logs_once_per_image_and_drops_the_rows(damaged, tmp_path, caplog):
+    b = SpatialForge10M(annotations=damaged.annotations, image_dirs=damaged.image_dirs, on_missing_image="warn",
+                        cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.WARNING, logger="spatialforge_10m"):
+        rows = _load(b, streaming=True)
+    per_image = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("dropping rows of image")]
+    assert len(per_image) == 4  # each image has 6 rows, logged once
+    for (source, image_id) in damaged.extra["bad_keys"]:
+        assert sum(f"{source}/{image_id}:" in m for m in per_image) == 1
+    assert len(rows) == len(damaged.rows) - 4 * len(TASKS)
+
+
+def test_source_without_image_dir_counts_as_missing(tmp_path):
+    fx = make_dataset(tmp_path)
+    dirs = {k: v for k, v in fx.image_dirs.items() if k != "pixmo"}
+    b = SpatialForge10M(config_name="grounding", annotations=fx.annotations, image_dirs=dirs, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(FileNotFoundError, match=r"pixmo=\(no image dir given\)"):
+        b.download_and_prepare()
+
+
+@pytest.mark.parametrize("policy", ["error", "warn", "skip"])
+def test_decompression_bomb_is_never_decoded(tmp_path, policy):
+    fx = make_dataset(tmp_path, n_per_source=1)
+    # every fixture image is 64x48 = 3072 pixels: a limit of 3000 makes each of them a "bomb"
+    b = SpatialForge10M(config_name="counting", annotations=fx.annotations, image_dirs=fx.image_dirs,
+                        on_missing_image=policy, max_image_pixels=3000, cache_dir=str(tmp_path / "c"))
+    if policy == "skip":
+        assert _load(b, streaming=True) == []
+        assert b.image_stats["dropped_rows_by_reason"] == {"too_many_pixels": 4}
+    else:
+        with pytest.raises(FileNotFoundError, match="too_many_pixels"):
+            _load(b, streaming=True)
+
+
+def test_size_mismatch_is_counted_and_logged_never_rescaled(tmp_path, caplog):
+    fx = make_dataset(tmp_path, n_per_source=2)
+    same_aspect, other_aspect = fx.images[0], fx.images[1]  # objects365 (EXIF-rotated) and openimages
+    make_jpeg(same_aspect.path, (same_aspect.width * 2, same_aspect.height * 2), orientation=6)
+    make_jpeg(other_aspect.path, (other_aspect.width, other_aspect.height * 2))
+    b = SpatialForge10M(config_name="counting", annotations=fx.annotations, image_dirs=fx.image_dirs,
+                        cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.WARNING):
+        rows = list(b.as_streaming_dataset(split="train"))
+    assert "2 images differ in size from the recorded width/height (1 also in aspect ratio" in caplog.text
+    by_id = {r["image_id"]: r for r in rows}
+    assert by_id[same_aspect.image_id]["image"].size == (same_aspect.width * 2, same_aspect.height * 2)
+    assert b.image_stats["sources"]["objects365"]["size_mismatch"] == 1
+    assert b.image_stats["sources"]["openimages"]["aspect_mismatch"] == 1
+
+
+# -- check-images -------------------------------------------------------------------------------
+def test_check_images_counts_and_cli_output(damaged, tmp_path):
+    resized = damaged.images[3]  # "mine" source, PNG: stored twice as large, same aspect ratio
+    make_jpeg(resized.path, (resized.width * 2, resized.height * 2), fmt="PNG")
+    report = check_images(damaged.annotations, damaged.image_dirs)
+    o365, oi, px, mine = (report.sources[s] for s in ("objects365", "openimages", "pixmo", "mine"))
+    assert (o365.rows, o365.images, o365.found, o365.missing, dict(o365.unreadable)) == (18, 3, 1, 1, {"truncated": 1})
+    assert (oi.found, oi.missing, dict(oi.unreadable)) == (2, 0, {"zero_byte": 1})
+    assert (px.found, dict(px.unreadable)) == (2, {"not_image": 1})
+    assert (mine.found, mine.size_mismatch, mine.aspect_ok) == (3, 1, True)
+    assert report.rows_affected == 4 * len(TASKS)
+
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    out = tmp_path / "missing.txt"
+    args = ["check-images", "--annotations", damaged.annotations, "--missing-out", str(out), "--task", "near_far"]
+    for source, root in damaged.image_dirs.items():
+        args += ["--image-dir", f"{source}={root}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line.split() for line in res.output.splitlines() if line.split()}
+    assert lines["objects365"][1:7] == ["3", "3", "1", "1", "1", "0"]  # rows images found missing unreadable resized
+    assert lines["mine"][1:8] == ["3", "3", "3", "0", "0", "1", "kept"]
+    assert "rows whose image is missing or unreadable: 4 of 12" in res.output
+    assert out.read_text() == f"objects365\t{damaged.extra['picks']['missing'].image_id}\n"
+
+
+def test_index_cli_builds_and_reuses(tmp_path):
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    root = tmp_path / "o365"
+    for k in range(3):
+        make_jpeg(str(root / "train" / "patch0" / f"objects365_v2_{k:08d}.jpg"))
+    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "indexed 3 objects365 image files" in res.output
+    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(root)])
+    assert "is up to date" in res.output
+    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(tmp_path / "nope")])
+    assert res.exit_code != 0 and "not a directory" in res.output
