@@ -1,0 +1,49 @@
+"""Counting: "how many X?" only where the count is certain.
+
+One candidate per label in the image. Asked only when the label's annotation is exhaustive, none
+of its boxes is a group/crowd box (a crowd box hides an unknown number) or a depiction, every box
+scores >= ``min_score``, and the count is in ``[count_min, count_max]``. Tiny boxes still count
+(the check ``min_box_area`` does not apply: a small cup is still a cup). ``objects`` are the
+counted boxes, left to right; ``count`` is set.
+
+Count 0 (opt-in, ``count_zero``): labels listed in ``record.meta["absent_labels"]`` (verified
+absent, e.g. OpenImages negative image-level labels) become "0" questions; a listed label that
+does have boxes is a contradiction and is dropped as ``absent_label_present``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .records import Record
+from .tasks import Candidate, Generated
+from .verify import Sieve, VerifyConfig, scene_for
+
+
+def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
+    scene = scene_for(record, config)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for k, label in enumerate(scene.labels):
+        by_label[label].append(k)
+    labels = sorted(by_label)
+    groups = [by_label[label] for label in labels]
+    sieve = Sieve(len(labels))
+    sieve.check("exhaustive", [scene.exhaustive[label] for label in labels], "not_exhaustive")
+    scene.check_groups(sieve, groups, skip=("min_box_area",))
+    sieve.check("instance_count", [config.count_min <= len(g) <= config.count_max for g in groups],
+                "count_out_of_range")
+    out = []
+    for c in sieve.survivors():
+        boxes = sorted(groups[c], key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k))
+        out.append(Candidate(objects=tuple(boxes), form="plain", label=labels[c], count=len(boxes),
+                             checks=sieve.passed(c)))
+    drops = sieve.drops
+    if config.count_zero:
+        for label in sorted(record.meta.get("absent_labels") or ()):
+            if label in by_label:
+                drops["absent_label_present"] += 1
+            else:
+                out.append(Candidate(objects=(), form="plain", label=label, count=0, checks=["absent_label"]))
+    return Generated(out, drops)

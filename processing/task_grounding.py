@@ -1,0 +1,37 @@
+"""Grounding: a label -> the box of its single instance, or the boxes of all its instances.
+
+One candidate per label in the image. A label is asked about only when every instance is boxed
+(``Record.exhaustive_labels``; a lone box of a non-exhaustive label may be one of several), none of
+its boxes is a group/crowd box or a depiction, every box passes the per-object checks, and there
+are at most ``grounding_max_instances``. The answer is the Qwen3-VL JSON of the boxes, left to
+right; ``objects`` are the same boxes in the same order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .records import Record
+from .tasks import Candidate, Generated
+from .verify import Sieve, VerifyConfig, scene_for
+
+
+def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
+    scene = scene_for(record, config)
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for k, label in enumerate(scene.labels):
+        by_label[label].append(k)
+    labels = sorted(by_label)
+    groups = [by_label[label] for label in labels]
+    sieve = Sieve(len(labels))
+    sieve.check("exhaustive", [scene.exhaustive[label] for label in labels], "not_exhaustive")
+    scene.check_groups(sieve, groups)
+    sieve.check("instance_count", [len(g) <= config.grounding_max_instances for g in groups], "too_many_instances")
+    out = []
+    for c in sieve.survivors():
+        boxes = sorted(groups[c], key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k))
+        form = "single" if len(boxes) == 1 else "multi"
+        out.append(Candidate(objects=tuple(boxes), form=form, label=labels[c], checks=sieve.passed(c)))
+    return Generated(out, sieve.drops)

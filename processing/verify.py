@@ -1,0 +1,449 @@
+"""Automatic verification: the thresholds, the robust per-object depth, and the named checks.
+
+Every candidate question runs through checks in a fixed order; the first that fails drops it and
+counts the drop under that check's reason, and a row that survives carries the names of the checks
+it passed (``verification.checks``) with their evidence (depth margin, box gap, IoU, ...).
+
+Robust object depth (:func:`object_depth`): the inner part of the box (``shrink`` removes a border,
+where blurred depth edges and background live), sampled on a strided grid of at most
+``depth_max_samples`` pixels, minus the pixels that lie in *other* boxes that overlap this one
+(there the occluder's depth may show; a box that contains the whole object, e.g. a table under a
+cup, is not subtracted), valid pixels only, then a quantile ``depth_quantile`` in *nearness order*
+(0 = nearest): the low quantile of metric depth or the corresponding high quantile of inverse
+depth, so ``depth`` and ``1 / depth`` of the same scene give the same object.
+
+Depth margin: ``1 - nearer / farther`` of the two robust values. It is the same for depth and
+inverse depth (``1 - (1/f) / (1/n) == 1 - n / f``) and for any global scale, so one threshold
+serves metric and relative models. Relative (affine-ambiguous) inverse depth can also carry an
+unknown shift, which ratios do not survive; for ``kind="inverse_depth"`` with ``metric=False``
+the difference must also be a fraction ``min_range_margin`` of the image's robust depth range.
+
+Example:
+    >>> import numpy as np
+    >>> from spatialforge.processing.records import DepthMap
+    >>> d = DepthMap(np.full((20, 20), 3.0), kind="depth")
+    >>> object_depth(d, [2, 2, 12, 12])
+    3.0
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+
+import numpy as np
+
+from ..builders.schema import normalize_bbox
+from .records import DepthMap, Record
+from .templates import display_label
+
+CHECKS = (
+    "exhaustive",  # counting/grounding: every instance of the label is boxed
+    "single_instance",  # no group/crowd box involved
+    "not_depiction",  # no drawing/photo of the thing
+    "score",  # box score >= min_score
+    "min_box_area",  # every box of the row >= min_box_area
+    "instance_count",  # grounding: <= grounding_max_instances; counting: count in [count_min, count_max]
+    "unambiguous_region",  # referring: no box of another label overlaps the region heavily
+    "depth_valid",  # near_far: both objects have a robust depth (enough valid, unoccluded pixels)
+    "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
+    "depth_margin",  # near_far: relative depth margin >= min_depth_margin
+    "depth_range_margin",  # near_far, relative inverse depth: difference >= min_range_margin of the range
+    "occlusion",  # near_far, overlapping boxes: the overlap shows the nearer object's depth
+    "depth_alt_valid",  # near_far: the second depth signal gives both objects a positive depth
+    "depth_alt",  # near_far: a second depth signal orders the pair the same way
+    "ground_contact",  # near_far (opt-in): the lower box bottom is the nearer object
+    "facing_known",  # perspective: the person's facing was estimated (not "unknown")
+    "facing",  # perspective: person faces toward or away from the camera (not "sideways")
+    "facing_confidence",  # perspective: facing confidence >= min_facing_confidence
+    "box_separation",  # left_right / perspective: horizontal gap >= min_box_gap
+    "lateral_3d",  # perspective, metric depth: the 3-D lateral order agrees with the image order
+)
+
+OBJECT_DROP_REASONS = {
+    "single_instance": "group_box",
+    "not_depiction": "depiction",
+    "score": "low_score",
+    "min_box_area": "box_too_small",
+}
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Thresholds of every check (data, not code). Fractions are of the image width/height/area.
+
+    Defaults aim at 100 % precision on exact depth and >= 99 % on monocular-like depth (global
+    scale and shift, ~10 % per-object bias, blur, noise): a 10 % bias on each of two objects moves
+    their ratio by at most ``1.1 / 0.9 = 1.22`` (margin 0.18), so the default margin 0.3 needs
+    about 2.5 sigma of a Gaussian 10 % bias to flip an answer at the threshold.
+
+    >>> VerifyConfig(min_depth_margin=0.2).min_depth_margin
+    0.2
+    """
+
+    # --- every task
+    min_box_area: float = 0.0005  # smallest box, fraction of image area (0.0005 ~ 12x12 px at 518x518)
+    min_score: float = 0.0  # boxes scored below this (detector output) are not asked about
+    # --- robust object depth
+    depth_shrink: float = 0.2  # fraction of the box width/height removed on each side before sampling
+    depth_quantile: float = 0.4  # quantile in nearness order (0 = nearest pixel, 0.5 = median)
+    depth_max_samples: int = 1024  # strided sampling caps the pixels read per box (speed)
+    min_valid_fraction: float = 0.3  # valid, unoccluded share of the inner box needed for a depth
+    # --- near_far
+    min_depth_margin: float = 0.3  # 1 - nearer/farther; well above a ~10 % per-object depth bias
+    min_range_margin: float = 0.05  # relative inverse depth only: |difference| / robust image range
+    range_quantiles: tuple[float, float] = (0.02, 0.98)  # robust image depth range
+    occlusion_check: bool = True  # overlapping boxes: the overlap must look like the nearer object
+    occlusion_min_fraction: float = 0.5  # share of decided overlap pixels that must match the nearer one
+    occlusion_min_pixels: int = 8  # fewer decided overlap samples than this: no evidence, check skipped
+    use_depth_alt: bool = True  # use record.meta["depth_alt"] (flip-TTA or second model) when present
+    depth_alt_min_margin: float = 0.0  # margin the second signal must show in the same direction
+    ground_contact: bool = False  # opt-in: lower box bottom must be the nearer object
+    ground_min_dy: float = 0.02  # bottoms closer than this (fraction of height): no evidence
+    # --- referring
+    max_referring_iou: float = 0.5  # a box of another label with IoU >= this makes the region ambiguous
+    # --- grounding / counting
+    grounding_max_instances: int = 10  # multi-instance grounding answers list at most this many boxes
+    count_min: int = 1  # counting asks about counts in [count_min, count_max]
+    count_max: int = 10
+    count_zero: bool = False  # also ask "how many X" with answer 0 for labels in record.meta["absent_labels"]
+    # --- left_right / perspective
+    min_box_gap: float = 0.0  # horizontal gap between the boxes / width (0: touching allowed, <0: overlap)
+    min_facing_confidence: float = 0.5  # facing estimates below this are not trusted
+    person_labels: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child")  # case-insensitive
+    lateral_3d_check: bool = True  # with metric depth, X = (x - cx) * Z must keep the image's left/right order
+
+    def __post_init__(self) -> None:
+        for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
+                     "min_range_margin", "occlusion_min_fraction", "ground_min_dy", "max_referring_iou",
+                     "min_facing_confidence", "depth_alt_min_margin"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not 0.0 <= self.depth_shrink < 0.5:
+            raise ValueError(f"depth_shrink must be in [0, 0.5), got {self.depth_shrink!r}")
+        if self.depth_max_samples < 16:
+            raise ValueError(f"depth_max_samples must be >= 16, got {self.depth_max_samples!r}")
+        lo, hi = self.range_quantiles
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"range_quantiles must satisfy 0 <= lo < hi <= 1, got {self.range_quantiles!r}")
+        if not 0 <= self.count_min <= self.count_max:
+            raise ValueError(f"need 0 <= count_min <= count_max, got {self.count_min!r}..{self.count_max!r}")
+        if self.grounding_max_instances < 1 or self.occlusion_min_pixels < 1:
+            raise ValueError(
+                f"grounding_max_instances and occlusion_min_pixels must be >= 1, got "
+                f"{self.grounding_max_instances!r}, {self.occlusion_min_pixels!r}"
+            )
+        if not -1.0 <= self.min_box_gap <= 1.0:
+            raise ValueError(f"min_box_gap must be in [-1, 1], got {self.min_box_gap!r}")
+        object.__setattr__(self, "person_labels", tuple(label.lower() for label in self.person_labels))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ----------------------------------------------------------------------------------------- depth
+def _quantile(values: np.ndarray, q: float) -> float:
+    """``q``-quantile (nearest rank) by partition: faster than np.quantile on small arrays."""
+    k = int(round(q * (len(values) - 1)))
+    return float(np.partition(values, k)[k])
+
+
+def _grid(depth: DepthMap, box: Sequence[float], shrink: float, max_samples: int):
+    """Strided pixel rows/cols covering the inner box (depth-map pixels); at least one pixel."""
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * shrink, (y2 - y1) * shrink
+    c0 = min(max(int(math.floor(x1 + dx)), 0), depth.width - 1)
+    r0 = min(max(int(math.floor(y1 + dy)), 0), depth.height - 1)
+    c1 = min(max(int(math.ceil(x2 - dx)), c0 + 1), depth.width)
+    r1 = min(max(int(math.ceil(y2 - dy)), r0 + 1), depth.height)
+    step = max(1, math.ceil(math.sqrt((c1 - c0) * (r1 - r0) / max_samples)))
+    return np.arange(r0, r1, step), np.arange(c0, c1, step), (slice(r0, r1, step), slice(c0, c1, step))
+
+
+def _robust_depth(
+    depth: DepthMap,
+    box: Sequence[float],
+    exclude: np.ndarray | None,
+    shrink: float,
+    quantile: float,
+    min_valid_fraction: float,
+    max_samples: int,
+) -> tuple[float | None, float]:
+    """``(value or None, usable fraction)`` of one box in depth-map pixel coordinates."""
+    rows, cols, sl = _grid(depth, box, shrink, max_samples)
+    keep = depth.valid[sl]
+    if exclude is not None and len(exclude):
+        in_x = (cols[None, :] >= exclude[:, 0:1]) & (cols[None, :] < exclude[:, 2:3])
+        in_y = (rows[None, :] >= exclude[:, 1:2]) & (rows[None, :] < exclude[:, 3:4])
+        keep = keep & ~(in_y[:, :, None] & in_x[:, None, :]).any(0)
+    fraction = float(keep.mean())
+    if fraction < min_valid_fraction or not keep.any():
+        return None, fraction
+    q = quantile if depth.kind == "depth" else 1.0 - quantile  # nearness order: inverse depth flips
+    return _quantile(depth.values[sl][keep], q), fraction
+
+
+def object_depth(
+    depth: DepthMap,
+    xyxy: Sequence[float],
+    *,
+    exclude: Sequence[Sequence[float]] | None = None,
+    image_size: tuple[int, int] | None = None,
+    config: VerifyConfig | None = None,
+) -> float | None:
+    """Robust depth of the object in pixel box ``xyxy`` (depth-map units), or None if unreliable.
+
+    ``exclude``: boxes whose pixels do not belong to this object (occluders); ``image_size``
+    ``(width, height)`` of the grid the boxes are on when it differs from the depth map's.
+    """
+    config = config or VerifyConfig()
+    sx, sy = (1.0, 1.0) if image_size is None else (depth.width / image_size[0], depth.height / image_size[1])
+    scale = np.array([sx, sy, sx, sy])
+    box = np.asarray(xyxy, float) * scale
+    ex = None if exclude is None or len(exclude) == 0 else np.asarray(exclude, float).reshape(-1, 4) * scale
+    value, _ = _robust_depth(depth, box, ex, config.depth_shrink, config.depth_quantile,
+                             config.min_valid_fraction, config.depth_max_samples)
+    return value
+
+
+def _region_values(depth: DepthMap, box: Sequence[float], max_samples: int) -> np.ndarray:
+    _, _, sl = _grid(depth, box, 0.0, max_samples)
+    return depth.values[sl][depth.valid[sl]]
+
+
+# ----------------------------------------------------------------------------------------- scene
+@dataclass(eq=False)
+class Scene:
+    """Per-record facts every task reads, computed once (boxes, flags, IoU, object depths).
+
+    Built by :func:`scene_for`, which caches the last scene so the six generators of one record
+    share it. Arrays are indexed like ``record.objects``.
+    """
+
+    record: Record
+    config: VerifyConfig
+    _mentions: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        det, rec = self.record.objects, self.record
+        self.n = len(det)
+        self.xyxy = det.xyxy.clip([0, 0, 0, 0], [rec.width, rec.height, rec.width, rec.height])
+        self.boxes = [normalize_bbox(b, rec.width, rec.height) for b in self.xyxy]
+        self.labels = det.labels
+        self.area_frac = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1]) / (rec.width * rec.height)
+        self.label_count = Counter(self.labels)
+        exhaustive = rec.exhaustive_labels
+        self.exhaustive = {label: exhaustive is None or label in exhaustive for label in self.label_count}
+
+    # -- per-object facts
+    @cached_property
+    def object_ok(self) -> dict[str, np.ndarray]:
+        """Per-object results of the checks every object of a row must pass, in the order they run."""
+        det, cfg = self.record.objects, self.config
+        return {
+            "single_instance": ~det.is_group,
+            "not_depiction": ~det.is_depiction,
+            "score": det.scores >= cfg.min_score,
+            "min_box_area": self.area_frac >= cfg.min_box_area,
+        }
+
+    @cached_property
+    def eligible(self) -> np.ndarray:
+        """Objects that pass every per-object check (the only ones whose depth is computed)."""
+        return np.logical_and.reduce(list(self.object_ok.values())) if self.n else np.zeros(0, bool)
+
+    def check_objects(self, sieve: Sieve, *indices: np.ndarray, skip: tuple[str, ...] = ()) -> None:
+        """Run the per-object checks on candidates made of the objects ``indices[0][c], indices[1][c], ...``."""
+        for name, ok_obj in self.object_ok.items():
+            if name in skip:
+                continue
+            ok = np.ones(sieve.m, dtype=bool)
+            for idx in indices:
+                ok &= ok_obj[np.asarray(idx, dtype=int)]
+            sieve.check(name, ok, OBJECT_DROP_REASONS[name])
+
+    @cached_property
+    def iou(self) -> np.ndarray:
+        b = self.xyxy
+        iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+        ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+        inter = iw * ih
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        union = area[:, None] + area[None, :] - inter
+        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+    @cached_property
+    def x_center(self) -> np.ndarray:
+        return (self.xyxy[:, 0] + self.xyxy[:, 2]) / 2
+
+    def box_gap(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Signed horizontal gap between boxes ``i`` and ``j`` / image width (< 0: they overlap in x)."""
+        b = self.xyxy
+        return np.maximum(b[j, 0] - b[i, 2], b[i, 0] - b[j, 2]) / self.record.width
+
+    def check_groups(self, sieve: Sieve, groups: Sequence[Sequence[int]], skip: tuple[str, ...] = ()) -> None:
+        """Per-object checks on candidates made of variable-size groups of objects (all must pass)."""
+        for name, ok_obj in self.object_ok.items():
+            if name not in skip:
+                sieve.check(name, [bool(ok_obj[list(g)].all()) for g in groups], OBJECT_DROP_REASONS[name])
+
+    def mention(self, k: int) -> str:
+        """``the cup`` when the label names one boxed thing, else ``the cup at [x1, y1, x2, y2]``.
+
+        A label is only unique when its annotation is exhaustive (an unboxed second cup would make
+        "the cup" ambiguous) and it has one box (group boxes included).
+        """
+        if k not in self._mentions:
+            label = self.labels[k]
+            text = f"the {display_label(label)}"
+            if self.label_count[label] > 1 or not self.exhaustive[label]:
+                text += f" at {box_text(self.boxes[k])}"
+            self._mentions[k] = text
+        return self._mentions[k]
+
+    def is_person(self, k: int) -> bool:
+        det = self.record.objects
+        return self.labels[k].lower() in self.config.person_labels or det.facing[k] in ("toward_camera", "away_from_camera")
+
+    # -- depth
+    def _depth_of(self, depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, usable fractions)`` per object for one depth map; NaN where unreliable."""
+        cfg, rec = self.config, self.record
+        sx, sy = depth.width / rec.width, depth.height / rec.height
+        boxes = self.xyxy * np.array([sx, sy, sx, sy])
+        values = np.full(self.n, np.nan)
+        fractions = np.zeros(self.n)
+        inter = self.iou > 0
+        area = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
+        for k in range(self.n):
+            if not self.eligible[k]:
+                continue
+            # Subtract overlapping boxes, except those that contain this whole box (its support).
+            others = np.flatnonzero(inter[k])
+            others = others[others != k]
+            if len(others):
+                b = self.xyxy
+                iw = np.minimum(b[others, 2], b[k, 2]) - np.maximum(b[others, 0], b[k, 0])
+                ih = np.minimum(b[others, 3], b[k, 3]) - np.maximum(b[others, 1], b[k, 1])
+                covers = iw * ih >= 0.95 * area[k]
+                others = others[~covers]
+            value, fraction = _robust_depth(depth, boxes[k], boxes[others] if len(others) else None,
+                                            cfg.depth_shrink, cfg.depth_quantile, cfg.min_valid_fraction,
+                                            cfg.depth_max_samples)
+            fractions[k] = fraction
+            if value is not None:
+                values[k] = value
+        return values, fractions
+
+    @cached_property
+    def depth(self) -> np.ndarray:
+        """Robust depth per object in depth-map units (NaN: no depth map or unreliable)."""
+        if self.record.depth is None:
+            return np.full(self.n, np.nan)
+        return self._depth_of(self.record.depth)[0]
+
+    @cached_property
+    def depth_alt(self) -> np.ndarray | None:
+        alt = self.record.meta.get("depth_alt")
+        if alt is None or not self.config.use_depth_alt:
+            return None
+        if not isinstance(alt, DepthMap):
+            raise TypeError(f"{self.record.key}: meta['depth_alt'] must be a DepthMap, got {type(alt).__name__}")
+        return self._depth_of(alt)[0]
+
+    @cached_property
+    def depth_range(self) -> float:
+        """Robust spread of the depth map (``range_quantiles``), in its own units."""
+        d = self.record.depth
+        step = max(1, math.ceil(math.sqrt(d.values.size / 4096)))
+        v = d.values[::step, ::step][d.valid[::step, ::step]]
+        if len(v) < 2:
+            return 0.0
+        lo, hi = self.config.range_quantiles
+        return _quantile(v, hi) - _quantile(v, lo)
+
+    def occlusion_consistent(self, near: int, far: int) -> bool | None:
+        """Does the overlap of two boxes show the nearer object? None when there is no evidence.
+
+        Pixels of the overlap are sorted by which robust depth they are closer to; pixels beyond
+        the farther object by more than half the gap are background and ignored.
+        """
+        d = self.record.depth
+        rec = self.record
+        b = self.xyxy
+        box = [max(b[near, 0], b[far, 0]), max(b[near, 1], b[far, 1]), min(b[near, 2], b[far, 2]), min(b[near, 3], b[far, 3])]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            return None
+        sx, sy = d.width / rec.width, d.height / rec.height
+        v = _region_values(d, [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], 256)
+        a, f = self.depth[near], self.depth[far]
+        sign = 1.0 if d.kind == "depth" else -1.0  # compare in "depth order": larger = farther
+        v, a, f = v * sign, a * sign, f * sign
+        mid, gap = (a + f) / 2, f - a
+        near_side = int((v < mid).sum())
+        far_side = int(((v >= mid) & (v <= f + gap / 2)).sum())
+        if near_side + far_side < self.config.occlusion_min_pixels:
+            return None
+        return near_side >= self.config.occlusion_min_fraction * (near_side + far_side)
+
+
+def box_text(box: Sequence[int]) -> str:
+    return "[" + ", ".join(str(int(v)) for v in box) + "]"
+
+
+_CACHE = threading.local()
+
+
+def scene_for(record: Record, config: VerifyConfig) -> Scene:
+    """The :class:`Scene` of ``record``, reused while the same record/objects/depth are asked for."""
+    key = (record, record.objects, record.depth, record.meta.get("depth_alt"), config)
+    cached = getattr(_CACHE, "entry", None)
+    if cached is not None and len(cached[0]) == len(key) and all(x is y for x, y in zip(cached[0], key)):
+        return cached[1]
+    scene = Scene(record, config)
+    _CACHE.entry = (key, scene)
+    return scene
+
+
+# ----------------------------------------------------------------------------------------- sieve
+class Sieve:
+    """Runs named checks over ``m`` candidates at once; the first failing check drops a candidate.
+
+    ``check(name, ok, reason, applies)``: candidates still alive where ``applies`` and not ``ok``
+    are dropped and counted under ``reason``; the check is recorded as passed for the others it
+    applied to.
+    """
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+        self.alive = np.ones(m, dtype=bool)
+        self.drops: Counter = Counter()
+        self._log: list[tuple[str, np.ndarray]] = []
+
+    def check(self, name: str, ok, reason: str, applies=True) -> None:
+        ok = np.broadcast_to(np.asarray(ok, dtype=bool), (self.m,))
+        applies = np.broadcast_to(np.asarray(applies, dtype=bool), (self.m,))
+        fail = self.alive & applies & ~ok
+        n = int(fail.sum())
+        if n:
+            self.drops[reason] += n
+            self.alive = self.alive & ~fail
+        self._log.append((name, applies))
+
+    def drop_reasons(self, reasons: Sequence[str | None]) -> None:
+        """Drop candidates with a precomputed reason (None keeps them), counting each reason."""
+        for k, reason in enumerate(reasons):
+            if reason is not None and self.alive[k]:
+                self.drops[reason] += 1
+                self.alive[k] = False
+
+    def passed(self, k: int) -> list[str]:
+        return [name for name, applies in self._log if applies[k]]
+
+    def survivors(self) -> np.ndarray:
+        return np.flatnonzero(self.alive)
