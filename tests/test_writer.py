@@ -1,0 +1,95 @@
+"""Parquet writer (schema, order, atomic names) and dataset card (YAML, plain load_dataset)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from spatialforge.builders import schema
+from spatialforge.builders.card import acceptance, card_yaml, write_card
+from spatialforge.processing.records import Record
+from spatialforge.processing.writer import ParquetWriter
+
+
+def _row(image_id: str, task: str, k: int = 0) -> dict:
+    objects = [{"label": "cup", "bbox": [10, 20, 30, 40]}, {"label": "dog", "bbox": [500, 500, 900, 950]}]
+    row = {
+        "id": schema.make_id("t", image_id, task, k), "source": "t", "image_id": image_id, "width": 64, "height": 48,
+        "task": task, "question": "q", "answer": "a", "objects": objects, "fact": None, "count": None,
+        "verification": {"checks": ["c"], "depth_margin": 0.25},
+    }
+    if task == "near_far":
+        row["fact"] = {"subject": 0, "predicate": "nearer_than", "object": 1, "frame": "camera"}
+    if task == "counting":
+        row["count"], row["objects"] = 2, []
+    return row
+
+
+def _write(out, records, rank=0, world_size=2):
+    writer = ParquetWriter(out)
+    list(writer.run(records, rank=rank, world_size=world_size))
+    return writer
+
+
+def test_writer_sorted_rows_declared_schema_and_counts(tmp_path):
+    r1 = Record("t", "img2", 64, 48, rows=[_row("img2", "near_far"), _row("img2", "counting")])
+    r2 = Record("t", "img1", 64, 48, rows=[_row("img1", "near_far"), _row("img1", "near_far")])  # repeated id
+    r2.drop("near_far:margin_small", 3)
+    bad = _row("img3", "near_far")
+    bad["objects"][0]["bbox"] = [10, 20, 5, 40]  # x1 > x2
+    r3 = Record("t", "img3", 64, 48, rows=[bad])
+    writer = _write(tmp_path, [r1, r2, r3])
+    path = tmp_path / "data" / "near_far" / "shard-00000-of-00002.parquet"
+    table = pq.read_table(path)
+    assert table.schema.equals(schema.arrow_schema())
+    assert table.schema.metadata == schema.arrow_schema().metadata  # the datasets features travel along
+    assert table.column("id").to_pylist() == ["t-img1-near_far-000", "t-img2-near_far-000"]
+    assert writer.rows_per_task == {"near_far": 2, "counting": 1}
+    assert writer.candidate_drops == {"near_far:margin_small": 3}
+    assert writer.stats.dropped == {"duplicate_row_id": 1, "invalid_row": 1}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["data", "near_far", "counting", "shard-00000-of-00002.parquet", "shard-00000-of-00002.parquet"]
+    )  # no tmp files left
+
+
+def test_card_yaml_configs_and_zero_row_tasks(tmp_path):
+    stats = {"rows_per_task": {"near_far": 2, "counting": 1, "left_right": 0}, "candidate_drops": {"near_far:margin": 2},
+             "records_in": 3, "records_out": 2, "num_shards": 2, "steps": []}
+    meta = yaml.safe_load(card_yaml(stats))
+    assert meta["license"] == "cc-by-nc-4.0"
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert set(configs) == {"all", "near_far", "counting"}  # no config for a task without rows
+    assert configs["all"]["default"] is True
+    assert configs["all"]["data_files"] == [{"split": "train", "path": "data/*/*.parquet"}]
+    assert configs["near_far"]["data_files"] == [{"split": "train", "path": "data/near_far/*.parquet"}]
+    infos = {i["config_name"]: i for i in meta["dataset_info"]}
+    assert infos["near_far"]["splits"] == [{"name": "train", "num_bytes": 0, "num_examples": 2}]
+    assert infos["all"]["features"] == schema.FEATURES._to_yaml_list()
+    assert acceptance(stats)["near_far"] == pytest.approx(0.5)
+
+
+def test_card_with_no_rows_has_no_configs(tmp_path):
+    write_card(tmp_path, {"rows_per_task": {}, "records_in": 0, "records_out": 0})
+    text = (tmp_path / "README.md").read_text()
+    assert "configs" not in yaml.safe_load(text.split("---")[1])
+    assert json.loads((tmp_path / "stats.json").read_text())["records_in"] == 0
+
+
+def test_plain_load_dataset_reads_the_folder(tmp_path):
+    import datasets
+
+    _write(tmp_path, [Record("t", "a", 64, 48, rows=[_row("a", "near_far"), _row("a", "counting")])], 0, 2)
+    _write(tmp_path, [Record("t", "b", 64, 48, rows=[_row("b", "near_far")])], 1, 2)
+    write_card(tmp_path, {"rows_per_task": {"near_far": 2, "counting": 1}, "records_in": 2, "records_out": 2})
+    body = (tmp_path / "README.md").read_text()
+    assert "liu2026spatialforge" in body and "2605.11462" in body and "| near_far | 2 |" in body
+    ds = datasets.load_dataset(str(tmp_path), "near_far", split="train")
+    assert ds.features == schema.FEATURES
+    assert ds["id"] == ["t-a-near_far-000", "t-b-near_far-000"]
+    assert ds[0]["fact"] == {"subject": 0, "predicate": "nearer_than", "object": 1, "frame": "camera"}
+    assert ds[0]["objects"][1] == {"label": "dog", "bbox": [500, 500, 900, 950]}
+    everything = datasets.load_dataset(str(tmp_path), split="train")  # the default config: all tasks
+    assert sorted(everything["task"]) == ["counting", "near_far", "near_far"]
