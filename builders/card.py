@@ -40,6 +40,7 @@ CITATION = """@article{liu2026spatialforge,
   year    = {2026}
 }"""
 TOP_REASONS = 15
+NOT_REJECTED = frozenset({"over_cap"})  # candidates that passed verification but exceeded the per-image cap
 
 
 def size_category(n: int) -> str:
@@ -61,17 +62,22 @@ def task_of_reason(reason: str) -> str | None:
 
 
 def acceptance(stats: Mapping[str, Any]) -> dict[str, float | None]:
-    """Per task: rows written / (rows written + candidates dropped for that task)."""
+    """Per task: share of candidates that passed verification.
+
+    ``(rows + capped) / (rows + capped + rejected)``, where ``capped`` are candidates dropped only
+    by the per-image cap (``<task>/over_cap``) and ``rejected`` every other candidate drop of the task.
+    """
     rows = Counter(stats.get("rows_per_task", {}))
-    dropped: Counter = Counter()
+    capped: Counter = Counter()
+    rejected: Counter = Counter()
     for reason, n in stats.get("candidate_drops", {}).items():
         task = task_of_reason(reason)
         if task:
-            dropped[task] += n
+            (capped if reason[len(task) + 1:] in NOT_REJECTED else rejected)[task] += n
     out = {}
     for task in schema.TASKS:
-        total = rows[task] + dropped[task]
-        out[task] = rows[task] / total if total else None
+        total = rows[task] + capped[task] + rejected[task]
+        out[task] = (rows[task] + capped[task]) / total if total else None
     return out
 
 
@@ -159,7 +165,8 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
     records_in, records_out = stats.get("records_in", 0), stats.get("records_out", 0)
     lines += [
         "",
-        "Acceptance is rows written / (rows written + candidates dropped by verification) for the task.",
+        "Acceptance is the share of a task's candidates that passed verification (candidates dropped",
+        "only by the per-image cap count as passed).",
         "",
         "## Images",
         "",

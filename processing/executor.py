@@ -234,9 +234,12 @@ class LocalExecutor:
                 (self.out_dir / name).unlink(missing_ok=True)
         if run_file.is_file():
             have = json.loads(run_file.read_text(encoding="utf-8"))
-            if have != json.loads(json.dumps(want)):
+            want_json = json.loads(json.dumps(want))
+            if have != want_json:
+                old, new = {"num_shards": have.get("num_shards"), **have.get("fingerprint", {})}, {"num_shards": self.num_shards, **want_json["fingerprint"]}
+                diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
                 raise ValueError(
-                    f"{str(self.out_dir)!r} holds a run with other settings ({have}); this run is {want}. "
+                    f"{str(self.out_dir)!r} holds a run with other settings (setting: (that run, this run)): {diff}. "
                     "Use another output folder, or overwrite=True (--overwrite) to start again."
                 )
         else:

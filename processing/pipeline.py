@@ -43,15 +43,17 @@ from .readers import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SHARDS = 8
-_RUN_FIELDS = ("workers", "progress", "overwrite")  # may change between a killed run and its resume
+# may change between a killed run and its resume (`out` too: a run folder may be moved)
+_RUN_FIELDS = ("out", "workers", "progress", "overwrite")
 
 
 @dataclass
 class GenerateConfig:
     """Everything ``spatialforge generate`` needs; the same object drives :func:`generate`.
 
-    Only ``workers``, ``progress`` and ``overwrite`` may change between a killed run and its resume:
-    the rest is recorded in ``<out>/.spatialforge/run.json`` and checked.
+    Only ``workers``, ``progress`` and ``overwrite`` may change between a killed run and its resume
+    (and ``out``, if the folder was moved): the rest is recorded in ``<out>/.spatialforge/run.json``
+    and checked.
     """
 
     source: str  # objects365 | openimages | pixmo | folder | hf: which reader parses the input
@@ -123,7 +125,7 @@ class GenerateConfig:
             raise ValueError(f"on_size_mismatch must be 'rescale' or 'drop', got {self.on_size_mismatch!r}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the output (everything but workers / progress / overwrite)."""
+        """The settings that determine the output (everything but out / workers / progress / overwrite)."""
         out = {}
         for f in dataclasses.fields(self):
             if f.name not in _RUN_FIELDS:

@@ -44,6 +44,40 @@ def make_folder(root: Path, n: int, size: tuple[int, int] = (32, 24)) -> Path:
     return root
 
 
+LABELS = ("cup", "chair", "bottle", "lamp", "book")
+
+
+def make_coco_scene(root: Path, n: int, size: tuple[int, int] = (96, 64), seed: int = 0) -> dict[str, Path]:
+    """``n`` images with 3 boxes each (COCO JSON, Objects365-style paths) and metric depth files.
+
+    Boxes sit side by side (no overlap) at known depths (1..9 m, one constant value per box on a
+    10 m background), so near/far and left/right truths are known.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    images, anns = [], []
+    for i in range(n):
+        name = f"objects365_v2_{i:08d}"
+        save_image(root / "images" / "v2" / "patch0" / f"{name}.jpg", width, height, seed=i)
+        depth = np.full((height, width), 10.0, np.float32)
+        labels = rng.choice(len(LABELS), size=3, replace=False)
+        depths = rng.choice(np.arange(1, 10), size=3, replace=False).astype(np.float32)
+        for k in range(3):
+            x1 = 4 + k * 30
+            y1 = int(rng.integers(4, 24))
+            w, h = 24, int(rng.integers(16, 36))
+            depth[y1:y1 + h, x1:x1 + w] = depths[k]
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(labels[k]) + 1,
+                         "bbox": [x1, y1, w, h], "iscrowd": 0, "area": w * h})
+        images.append({"id": i + 1, "file_name": f"images/v2/patch0/{name}.jpg", "width": width, "height": height})
+        (root / "depth").mkdir(parents=True, exist_ok=True)
+        np.save(root / "depth" / f"{name}.npy", depth)
+    categories = [{"id": k + 1, "name": label} for k, label in enumerate(LABELS)]
+    ann_path = root / "annotations.json"
+    ann_path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return {"annotations": ann_path, "images": root / "images", "depth": root / "depth"}
+
+
 class EmitRows(Step):
     """Stand-in task step: one counting row per record, count derived from the image id; and one
     grounding row per object. Counts a candidate drop ``near_far:toy`` per record. ``sleep`` makes

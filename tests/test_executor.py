@@ -1,0 +1,147 @@
+"""LocalExecutor / generate: same bytes for any worker count, merged stats, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from _pipeline_fixtures import make_coco_scene, make_folder, toy_generate
+
+from spatialforge.processing.pipeline import GenerateConfig, build_steps, generate
+
+HERE = Path(__file__).parent
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every output file that must not depend on how the run went (not stats.json: it has timings)."""
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "data").rglob("*")) if p.is_file()}
+    files["README.md"] = (out / "README.md").read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return make_coco_scene(tmp_path_factory.mktemp("scene"), 12)
+
+
+def _cfg(scene, out, **kw) -> GenerateConfig:
+    kw = {"source": "objects365", "num_shards": 3, "progress": False, **kw}
+    return GenerateConfig(annotations=scene["annotations"], images=scene["images"], depth_dir=scene["depth"], out=out, **kw)
+
+
+def test_build_steps_order(scene, tmp_path):
+    names = [s.name for s in build_steps(_cfg(scene, tmp_path / "o"))]
+    assert names == ["reader", "depth_files", "facing", "tasks", "writer"]
+
+
+def test_config_validation_names_the_value(scene, tmp_path):
+    with pytest.raises(ValueError, match="source must be one of .* got 'coco'"):
+        _cfg(scene, tmp_path, source="coco")
+    with pytest.raises(ValueError, match=r"tasks must be .* got \('near_far', 'far_near'\)"):
+        _cfg(scene, tmp_path, tasks=("near_far", "far_near"))
+    with pytest.raises(ValueError, match="not both"):
+        _cfg(scene, tmp_path, depth_model="some/model")
+
+
+def test_workers_do_not_change_the_bytes_and_stats_merge(scene, tmp_path):
+    s1 = generate(_cfg(scene, tmp_path / "w1", workers=1))
+    s2 = generate(_cfg(scene, tmp_path / "w2", workers=2))
+    f1, f2 = _files(tmp_path / "w1"), _files(tmp_path / "w2")
+    assert f1 == f2
+    assert "data/near_far/shard-00002-of-00003.parquet" in f1
+    assert s1["rows_per_task"] == s2["rows_per_task"] and s1["candidate_drops"] == s2["candidate_drops"]
+    # merged stats agree with the files
+    for task, n in s1["rows_per_task"].items():
+        assert sum(pq.read_metadata(p).num_rows for p in (tmp_path / "w1" / "data" / task).glob("*.parquet")) == n
+    assert s1["records_in"] == 12 and s1["records_out"] == 12 and s1["shards_done"] == 3
+    assert [s["name"] for s in s1["steps"]] == ["reader", "depth_files", "facing", "tasks", "writer"]
+    assert s1["steps"][0]["records_in"] == 12
+    assert sum(s1["candidate_drops"].values()) > 0  # record.drops of every shard are merged
+    saved = json.loads((tmp_path / "w1" / "stats.json").read_text())
+    assert saved["rows_per_task"] == s1["rows_per_task"] and saved["config"]["num_shards"] == 3
+    markers = sorted(p.name for p in (tmp_path / "w1" / ".spatialforge" / "markers").iterdir())
+    assert markers == ["shard-00000.json", "shard-00001.json", "shard-00002.json"]
+
+
+def test_resume_redoes_unfinished_shards_only(scene, tmp_path):
+    full = tmp_path / "full"
+    generate(_cfg(scene, full))
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    # shard 1 "was killed": no marker, a half-written tmp file and a corrupted renamed file
+    (part / ".spatialforge" / "markers" / "shard-00001.json").unlink()
+    (part / "data" / "near_far" / "shard-00001-of-00003.parquet").write_bytes(b"half a file")
+    (part / "data" / "grounding" / "shard-00001-of-00003.parquet.tmp-999").write_bytes(b"tmp")
+    done_before = (part / ".spatialforge" / "markers" / "shard-00000.json").stat().st_mtime_ns
+    stats = generate(_cfg(scene, part, workers=2))
+    assert _files(part) == _files(full)
+    assert (part / ".spatialforge" / "markers" / "shard-00000.json").stat().st_mtime_ns == done_before  # skipped
+    assert stats["records_in"] == 12
+
+
+def test_rerun_with_other_settings_refuses_or_overwrites(scene, tmp_path):
+    out = tmp_path / "o"
+    generate(_cfg(scene, out, tasks=("near_far",)))
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        generate(_cfg(scene, out, tasks=("near_far",), seed=1))
+    stats = generate(_cfg(scene, out, tasks=("counting",), overwrite=True))
+    assert set(stats["rows_per_task"]) == {"counting"}
+    assert not (out / "data" / "near_far").exists()
+
+
+def test_cli_generate_prints_summary(scene, tmp_path):
+    from typer.testing import CliRunner
+
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, [
+        "generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images",
+        str(scene["images"]), "--depth-dir", str(scene["depth"]), "--out", str(out), "--num-shards", "2",
+        "--tasks", "near_far,left_right", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "near_far" in result.output and "acceptance" in result.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert set(stats["rows_per_task"]) == {"near_far", "left_right"}
+    bad = CliRunner().invoke(app, ["generate", "--source", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "source must be one of" in bad.output
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_uninterrupted_output(tmp_path):
+    images = make_folder(tmp_path / "imgs", 48)
+    reference = tmp_path / "reference"
+    toy_generate(str(reference), str(images), workers=1, num_shards=6)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "_pipeline_fixtures.py"), str(out), str(images), "--workers", "2",
+           "--num-shards", "6", "--sleep", "0.06"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    markers = out / ".spatialforge" / "markers"
+    deadline = time.monotonic() + 60
+    while not (markers.is_dir() and any(markers.glob("shard-*.json"))):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no shard finished within 60 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # the main process only: its workers must notice and stop
+    proc.wait()
+    done = len(list(markers.glob("shard-*.json")))
+    assert 1 <= done < 6, f"{done} shards were done at the kill: the test did not interrupt the run"
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["rows_total"] == 48
+    assert _files(out) == _files(reference)
+    ids = sorted(i for p in (out / "data").rglob("*.parquet") for i in pq.read_table(p, columns=["id"])["id"].to_pylist())
+    assert len(ids) == len(set(ids)) == 48
+    assert not list((out / "data").rglob("*.tmp*"))
