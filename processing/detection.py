@@ -335,8 +335,9 @@ class DetectionStep(BatchStep):
                 inputs = self._inputs(images=images, text=[labels] * len(images))
                 outputs = self.model(**inputs)
                 outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+                # threshold 0 here: the step thresholds itself, counting what it drops.
                 results = self.processor.post_process_grounded_object_detection(
-                    outputs, threshold=self.threshold, target_sizes=sizes, text_labels=[labels] * len(images)
+                    outputs, threshold=0.0, target_sizes=sizes, text_labels=[labels] * len(images)
                 )
             for i, r in enumerate(results):
                 parts[i].append(r)

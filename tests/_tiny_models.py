@@ -160,7 +160,11 @@ class TinyModels:
 
         return self._once("rt-detr", build)
 
-    def owlv2(self) -> str:
+    def owlv2(self, grid_boxes: bool = False) -> str:
+        """Tiny OWLv2; ``grid_boxes=True`` zeroes the box head so that each image patch predicts its
+        own cell (OWLv2 adds a per-patch position bias): varied, sensible boxes from random weights,
+        for end-to-end runs that need objects."""
+
         def build(folder: Path) -> None:
             from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
@@ -171,10 +175,17 @@ class TinyModels:
                                    num_attention_heads=2, image_size=32, patch_size=8),
                 projection_dim=16,
             )
-            Owlv2ForObjectDetection(config).save_pretrained(folder)
+            model = Owlv2ForObjectDetection(config)
+            if grid_boxes:
+                import torch
+
+                with torch.no_grad():
+                    model.box_head.dense2.weight.zero_()
+                    model.box_head.dense2.bias.zero_()
+            model.save_pretrained(folder)
             Owlv2Processor(Owlv2ImageProcessor(size={"height": 32, "width": 32}), tok).save_pretrained(folder)
 
-        return self._once("owlv2", build)
+        return self._once("owlv2-grid" if grid_boxes else "owlv2", build)
 
     def owlvit(self) -> str:
         def build(folder: Path) -> None:
