@@ -145,3 +145,23 @@ def test_kill_and_resume_gives_the_uninterrupted_output(tmp_path):
     ids = sorted(i for p in (out / "data").rglob("*.parquet") for i in pq.read_table(p, columns=["id"])["id"].to_pylist())
     assert len(ids) == len(set(ids)) == 48
     assert not list((out / "data").rglob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_generate_with_a_depth_model_step(scene, tmp_path):
+    """The model step is built from the config inside the run; its depth feeds the relation tasks."""
+    from _tiny_models import TinyModels
+
+    model = TinyModels(tmp_path / "models").depth_anything()
+    cfg = GenerateConfig(source="objects365", annotations=scene["annotations"], images=scene["images"], out=tmp_path / "o",
+                         depth_model=model, tasks=("near_far",), num_shards=2, batch_size=4, device="cpu", progress=False)
+    stats = generate(cfg)
+    assert [s["name"] for s in stats["steps"]] == ["reader", "depth_model", "facing", "tasks", "writer"]
+    assert stats["steps"][1]["records_out"] == 12
+    rows = [r for p in sorted((tmp_path / "o" / "data").rglob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == stats["rows_total"]
+    assert all(r["verification"]["depth_source"].startswith("model:") for r in rows)
+    # random weights give meaningless depth: what must hold is that every candidate pair
+    # (3 boxes -> 3 pairs per image) was judged on it, kept or dropped by reason
+    judged = len(rows) + sum(n for k, n in stats["candidate_drops"].items() if k.startswith("near_far/"))
+    assert judged == 12 * 3
