@@ -51,7 +51,9 @@ class TaskReport:
     unmatched: int = 0  # rows whose objects match no truth object (counted as wrong)
     ambiguous: int = 0  # rows about pairs whose truth depends on the definition (counted, judged anyway)
     ambiguous_wrong: int = 0
+    excluded: int = 0  # rows left out of the counts by ``min_fill`` (not judged)
     dropped: int = 0  # candidates the generator dropped (from record drops, when given)
+    over_cap: int = 0  # of which passed every check but exceeded the per-image cap
     drop_reasons: Counter = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -64,12 +66,23 @@ class TaskReport:
         return self.correct / self.rows if self.rows else None
 
     @property
+    def accepted(self) -> int:
+        """Rows the generator wrote (judged or excluded)."""
+        return self.rows + self.excluded
+
+    @property
     def candidates(self) -> int:
-        return self.rows + self.dropped
+        return self.accepted + self.dropped
 
     @property
     def yield_(self) -> float | None:
-        return self.rows / self.candidates if self.candidates else None
+        """Accepted rows / candidates."""
+        return self.accepted / self.candidates if self.candidates else None
+
+    @property
+    def pass_rate(self) -> float | None:
+        """Share of candidates that passed verification (accepted or only capped)."""
+        return (self.accepted + self.over_cap) / self.candidates if self.candidates else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,9 +93,11 @@ class TaskReport:
             "unmatched": self.unmatched,
             "ambiguous": self.ambiguous,
             "ambiguous_wrong": self.ambiguous_wrong,
+            "excluded": self.excluded,
             "precision": self.precision,
             "candidates": self.candidates,
             "yield": self.yield_,
+            "pass_rate": self.pass_rate,
             "drop_reasons": dict(sorted(self.drop_reasons.items())),
             "failures": self.failures,
         }
@@ -137,10 +152,14 @@ def evaluate(
     drops: Mapping[str, int] | None = None,
     min_iou: float = MIN_IOU,
     ambiguous_lateral: float = AMBIGUOUS_LATERAL,
+    min_fill: float = 0.0,
 ) -> dict[str, TaskReport]:
     """Judge ``rows`` against ``truth`` (``image_id -> truth``, see :func:`synth.Scene.truth`).
 
     ``drops`` (``"task/reason" -> count``, as records count them) adds candidate counts, hence yield.
+    ``min_fill`` > 0 leaves out (and counts as ``excluded``) relation rows about an object that
+    covers less than that share of its own box (thin or open shapes: umbrellas, lamp posts), to
+    measure precision on the objects a box-based depth estimate is meant for.
     Rows of images without truth raise ``KeyError`` naming the image.
     """
     reports = {task: TaskReport(task) for task in TASKS}
@@ -153,9 +172,11 @@ def evaluate(
             if image_id not in truth:
                 raise KeyError(f"row {row.get('id')!r} refers to image {image_id!r}, which has no truth")
             cache[image_id] = _ImageTruth(truth[image_id])
-        verdict = _JUDGES[task](row, cache[image_id], min_iou, ambiguous_lateral)
+        ok, ambiguous, detail = _JUDGES[task](row, cache[image_id], min_iou, ambiguous_lateral)
+        if min_fill > 0 and min(detail.get("fills", [1.0])) < min_fill:
+            rep.excluded += 1
+            continue
         rep.rows += 1
-        ok, ambiguous, detail = verdict
         rep.correct += bool(ok)
         rep.unmatched += detail.get("unmatched", False)
         rep.ambiguous += bool(ambiguous)
@@ -167,6 +188,8 @@ def evaluate(
         if task in reports and why:
             reports[task].dropped += int(n)
             reports[task].drop_reasons[why] += int(n)
+            if why == "over_cap":
+                reports[task].over_cap += int(n)
     return reports
 
 
@@ -194,6 +217,7 @@ def _near_far(row, t: _ImageTruth, min_iou: float, _lat: float) -> Verdict:
         "z_range_subject": oa["z_range"],
         "z_range_object": ob["z_range"],
         "instances": [oa.get("instance"), ob.get("instance")],
+        "fills": [oa.get("fill", 1.0), ob.get("fill", 1.0)],
         "verification": row.get("verification"),
     }
     return row["fact"]["predicate"] == holds, ambiguous, detail
@@ -208,7 +232,8 @@ def _left_right(row, t: _ImageTruth, min_iou: float, _lat: float) -> Verdict:
     (a0, a1), (b0, b1) = t.objects[a]["u_range"], t.objects[b]["u_range"]
     ambiguous = not (a1 <= b0 or b1 <= a0)
     detail = {"predicate": row["fact"]["predicate"], "truth": holds, "u_subject": ua, "u_object": ub,
-              "instances": [t.objects[a].get("instance"), t.objects[b].get("instance")], "verification": row.get("verification")}  # fmt: skip
+              "instances": [t.objects[a].get("instance"), t.objects[b].get("instance")], "verification": row.get("verification"),
+              "fills": [t.objects[a].get("fill", 1.0), t.objects[b].get("fill", 1.0)]}  # fmt: skip
     return row["fact"]["predicate"] == holds, ambiguous, detail
 
 
@@ -225,7 +250,8 @@ def _perspective(row, t: _ImageTruth, min_iou: float, ambiguous_lateral: float) 
     holds = "left_of" if lateral < 0 else "right_of"
     detail = {"predicate": row["fact"]["predicate"], "truth": holds, "lateral_m": lateral, "ahead_m": ahead,
               "person_facing": person.get("facing"), "yaw_to_camera_deg": person.get("yaw_to_camera_deg"),
-              "instances": [t.objects[a].get("instance"), person.get("instance")], "verification": row.get("verification")}  # fmt: skip
+              "instances": [t.objects[a].get("instance"), person.get("instance")], "verification": row.get("verification"),
+              "fills": [t.objects[a].get("fill", 1.0), person.get("fill", 1.0)]}  # fmt: skip
     return row["fact"]["predicate"] == holds, abs(lateral) < ambiguous_lateral, detail
 
 
@@ -278,11 +304,18 @@ _JUDGES = {
 
 
 def format_report(reports: Mapping[str, TaskReport], title: str | None = None) -> str:
-    """A fixed-width table: task, rows, candidates, yield, precision, wrong, ambiguous."""
+    """A fixed-width table per task: rows, candidates, yield (rows / candidates), pass rate
+    (candidates passing verification, before per-image caps), precision, wrong, ambiguous."""
     lines = [title] if title else []
-    lines.append(f"{'task':<12} {'rows':>6} {'cands':>6} {'yield':>7} {'precision':>9} {'wrong':>6} {'ambig':>6}")
+    lines.append(f"{'task':<12} {'rows':>6} {'cands':>6} {'yield':>6} {'pass':>6} {'precision':>9} {'wrong':>6} {'ambig':>6}")
+
+    def fmt(v: float | None, digits: int) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
     for task, rep in reports.items():
-        y = "-" if rep.yield_ is None or not rep.dropped and not rep.rows else f"{rep.yield_:.3f}"
-        p = "-" if rep.precision is None else f"{rep.precision:.4f}"
-        lines.append(f"{task:<12} {rep.rows:>6} {rep.candidates:>6} {y:>7} {p:>9} {rep.wrong:>6} {rep.ambiguous:>6}")
+        y, pr = (fmt(rep.yield_, 3), fmt(rep.pass_rate, 3)) if rep.dropped else ("-", "-")
+        lines.append(
+            f"{task:<12} {rep.rows:>6} {rep.candidates if rep.dropped else '-':>6} {y:>6} {pr:>6} "
+            f"{fmt(rep.precision, 4):>9} {rep.wrong:>6} {rep.ambiguous:>6}"
+        )
     return "\n".join(lines)

@@ -224,6 +224,14 @@ class SceneObject:
         return self.visible_pixels / self.own_pixels if self.own_pixels else 0.0
 
     @property
+    def fill(self) -> float:
+        """Share of the visible box the object's pixels cover (an umbrella or a lamp post: low)."""
+        if self.box is None:
+            return 0.0
+        x1, y1, x2, y2 = self.box
+        return self.visible_pixels / max((x2 - x1) * (y2 - y1), 1.0)
+
+    @property
     def depth(self) -> float:
         """Truth for nearness: camera-space z of the center of the solid's bounding volume."""
         return float(self.center_cam[2])
@@ -288,6 +296,7 @@ class Scene:
                 "u_range": [float(v) for v in o.u_range],
                 "visible_fraction": round(o.visible_fraction, 4),
                 "visible_pixels": o.visible_pixels,
+                "fill": round(o.fill, 4),
             }
             if o.category == PERSON:
                 item.update(
@@ -719,7 +728,10 @@ def write_objects365_layout(
     paths = LayoutPaths(root, root / "images", root / "annotations" / f"zhiyuan_objv2_{split}.json", root / "depth", root / "truth.json")
     paths.depth.mkdir(parents=True, exist_ok=True)
     paths.annotations.parent.mkdir(parents=True, exist_ok=True)
-    cat_ids = {name: k + 1 for k, name in enumerate(CATEGORIES)}
+    from .objects365_labels import OBJECTS365_CATEGORIES
+
+    # The real Objects365 v2 ids (id = index + 1), so a user's label maps work on these files too.
+    cat_ids = {name: OBJECTS365_CATEGORIES.index(name) + 1 for name in CATEGORIES}
     images, annotations, truth = [], [], {}
     ann_id = 1
     for scene in scenes:

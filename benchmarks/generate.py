@@ -1,0 +1,146 @@
+"""Throughput of relations + verification + writing on ONE core, beside a bare baseline.
+
+Both paths read the same 518x518 float32 depth maps from .npy files (OS cache warm) for images with
+10 boxes each:
+
+* baseline: load depth, take the median depth of every box (what a pipeline without relations,
+  verification or writing would do at least);
+* generate: load depth, facing from keypoints, the task step on near_far / left_right /
+  perspective (candidates, verification checks, templates, rows), Parquet writing of the rows.
+
+Prints images/s of both and their ratio. Goal: >= 1,000 images/s per core for the generate path.
+
+    python benchmarks/generate.py                  # 2,000 images (about a minute at most)
+    python benchmarks/generate.py --images 20000   # steadier numbers
+    python benchmarks/generate.py --profile        # cProfile of the generate path, top functions
+"""
+
+from __future__ import annotations
+
+import os
+
+# One core: keep numpy's and Arrow's thread pools to one thread before they load.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ARROW_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
+import pstats  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from spatialforge.processing.records import DepthMap, Record  # noqa: E402
+from spatialforge.processing.synth import SceneConfig, make_scene, scene_record  # noqa: E402
+
+SIZE = 518
+OBJECTS = 10
+RELATIONS = ("near_far", "left_right", "perspective")
+
+
+def _pin_one_core() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    try:
+        import pyarrow as pa
+
+        pa.set_cpu_count(1)
+        pa.set_io_thread_count(1)
+    except ImportError:
+        pass
+
+
+def build_inputs(folder: Path, distinct: int, seed: int) -> list[tuple[Record, Path]]:
+    """``distinct`` synthetic scenes with exactly ``OBJECTS`` boxes each and their depth files."""
+    config = SceneConfig(objects=(14, 16), people=(1, 3), min_visible_fraction=0.3, min_visible_pixels=100)
+    out, index = [], 0
+    while len(out) < distinct:
+        scene = make_scene(seed, index, SIZE, SIZE, config)
+        index += 1
+        record = scene_record(scene)
+        if len(record.objects) < OBJECTS:
+            continue
+        record.objects = record.objects[np.arange(OBJECTS)]
+        path = folder / f"{scene.image_id}.npy"
+        np.save(path, scene.depth)
+        out.append((record, path))
+    return out
+
+
+def _records(inputs: list[tuple[Record, Path]], n: int):
+    """``n`` fresh records cycling over the inputs (distinct image ids), depth read from file."""
+    for i in range(n):
+        proto, path = inputs[i % len(inputs)]
+        values = np.load(path)
+        yield Record(
+            source=proto.source,
+            image_id=f"{proto.image_id}-{i:07d}",
+            width=proto.width,
+            height=proto.height,
+            objects=proto.objects,
+            depth=DepthMap(values, kind="depth", valid=values > 0, source="file:depth", metric=True),
+        )
+
+
+def run_baseline(inputs, n: int) -> float:
+    start = time.perf_counter()
+    total = 0.0
+    for record in _records(inputs, n):
+        d = record.depth.values
+        for x1, y1, x2, y2 in record.objects.xyxy.astype(int):
+            total += float(np.median(d[y1:y2, x1:x2]))
+    return time.perf_counter() - start
+
+
+def run_generate(inputs, n: int, out_dir: Path) -> tuple[float, int]:
+    from spatialforge.processing.facing import FacingFromKeypoints
+    from spatialforge.processing.tasks import TaskStep
+    from spatialforge.processing.verify import VerifyConfig
+    from spatialforge.processing.writer import ParquetWriter
+
+    steps = [FacingFromKeypoints(), TaskStep(tasks=RELATIONS, seed=0, config=VerifyConfig()), ParquetWriter(out_dir)]
+    start = time.perf_counter()
+    stream = _records(inputs, n)
+    for step in steps:
+        stream = step.run(stream)
+    rows = sum(len(r.rows) for r in stream)
+    return time.perf_counter() - start, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=2000, help="images per path")
+    parser.add_argument("--distinct", type=int, default=48, help="distinct scenes the images cycle over")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="print the cProfile top functions of the generate path")
+    args = parser.parse_args()
+    _pin_one_core()
+    with tempfile.TemporaryDirectory(prefix="spatialforge-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "depth").mkdir()
+        t0 = time.perf_counter()
+        inputs = build_inputs(tmp / "depth", args.distinct, args.seed)
+        print(f"inputs: {len(inputs)} distinct {SIZE}x{SIZE} scenes, {OBJECTS} boxes each ({time.perf_counter() - t0:.1f}s to render)")
+        run_generate(inputs, min(50, args.images), tmp / "warmup")  # imports, template caches
+        base = run_baseline(inputs, args.images)
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+        gen, rows = run_generate(inputs, args.images, tmp / "out")
+        if args.profile:
+            prof.disable()
+        n = args.images
+        print(f"baseline  (load depth + box medians):                   {n / base:9.0f} images/s")
+        print(f"generate  (load + facing + relations/verify + parquet): {n / gen:9.0f} images/s  ({rows / n:.2f} rows/image)")
+        print(f"ratio generate / baseline: {base / gen:.3f}   goal: >= 1000 images/s per core for generate")
+        if args.profile:
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+            print(buf.getvalue())
+
+
+if __name__ == "__main__":
+    main()
