@@ -331,3 +331,20 @@ def test_hf_dataset_reader(tmp_path):
     assert reader.stats.dropped == {"duplicate_image_id": 1}
     assert reader.objects_dropped == {"bbox_outside_image": 1}
     assert math.isclose(records["a"].width, 10)
+
+
+def test_hf_reader_local_imagefolder(tmp_path):
+    """A local dataset folder (imagefolder + metadata.jsonl) goes through datasets.load_dataset."""
+    root = tmp_path / "imgs"
+    save_image(root / "train" / "x1.jpg", 30, 20)
+    save_image(root / "train" / "x2.jpg", 20, 20)
+    meta = [
+        {"file_name": "x1.jpg", "image_id": "x1", "objects": {"bbox": [[1, 2, 10, 5]], "category": ["cup"]}},
+        {"file_name": "x2.jpg", "image_id": "x2", "objects": {"bbox": [[0, 0, 0, 5]], "category": ["dog"]}},
+    ]
+    (root / "train" / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in meta) + "\n")
+    reader = HFDatasetReader(root, cache_dir=tmp_path / "cache")
+    records = {r.image_id: r for r in reader.run(None, 0, 1)}
+    assert records["x1"].objects.xyxy.tolist() == [[1, 2, 11, 7]] and records["x1"].objects.labels == ["cup"]
+    assert records["x1"].image_path.endswith("x1.jpg") and (records["x1"].width, records["x1"].height) == (30, 20)
+    assert len(records["x2"].objects) == 0 and reader.objects_dropped == {"bbox_zero_area": 1}
