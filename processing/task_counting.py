@@ -38,7 +38,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     for c in sieve.survivors():
         boxes = sorted(groups[c], key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k))
         out.append(Candidate(objects=tuple(boxes), form="plain", label=labels[c], count=len(boxes),
-                             checks=sieve.passed(c)))
+                             sieve=sieve, index=int(c)))
     drops = sieve.drops
     if config.count_zero:
         for label in sorted(record.meta.get("absent_labels") or ()):

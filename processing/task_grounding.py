@@ -33,5 +33,5 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     for c in sieve.survivors():
         boxes = sorted(groups[c], key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k))
         form = "single" if len(boxes) == 1 else "multi"
-        out.append(Candidate(objects=tuple(boxes), form=form, label=labels[c], checks=sieve.passed(c)))
+        out.append(Candidate(objects=tuple(boxes), form=form, label=labels[c], sieve=sieve, index=int(c)))
     return Generated(out, sieve.drops)

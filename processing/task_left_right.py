@@ -25,7 +25,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     i_left = scene.x_center[i] < scene.x_center[j]
     left, right = np.where(i_left, i, j), np.where(i_left, j, i)
     out = [
-        Candidate(objects=(int(left[c]), int(right[c])), predicate="left_of", checks=sieve.passed(c),
+        Candidate(objects=(int(left[c]), int(right[c])), predicate="left_of", sieve=sieve, index=int(c),
                   evidence={"box_gap": float(gap[c])})
         for c in sieve.survivors()
     ]

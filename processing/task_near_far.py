@@ -66,7 +66,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
                     applies[c], ok[c] = True, verdict
         sieve.check("occlusion", ok, "occlusion_inconsistent", applies=applies)
     out = [
-        Candidate(objects=(int(near[c]), int(far[c])), predicate="nearer_than", checks=sieve.passed(c),
+        Candidate(objects=(int(near[c]), int(far[c])), predicate="nearer_than", sieve=sieve, index=int(c),
                   evidence={"depth_margin": float(margin[c])})
         for c in sieve.survivors()
     ]

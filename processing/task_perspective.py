@@ -50,7 +50,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     person_left = np.where(facing == "toward_camera", ~image_left, image_left)
     predicate = np.where(person_left, "left_of", "right_of")
     out = [
-        Candidate(objects=(int(obj[c]), int(per[c])), predicate=str(predicate[c]), checks=sieve.passed(c),
+        Candidate(objects=(int(obj[c]), int(per[c])), predicate=str(predicate[c]), sieve=sieve, index=int(c),
                   evidence={"box_gap": float(gap[c])})
         for c in sieve.survivors()
     ]

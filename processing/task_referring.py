@@ -25,6 +25,6 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         labels = np.asarray(scene.labels, dtype=object)
         other_label_iou = np.where(labels[:, None] != labels[None, :], scene.iou, 0.0).max(1)
         sieve.check("unambiguous_region", other_label_iou < config.max_referring_iou, "ambiguous_region")
-    out = [Candidate(objects=(int(k),), form="plain", label=scene.labels[k], checks=sieve.passed(k))
+    out = [Candidate(objects=(int(k),), form="plain", label=scene.labels[k], sieve=sieve, index=int(k))
            for k in sieve.survivors()]
     return Generated(out, sieve.drops)

@@ -62,6 +62,7 @@ CHECKS = (
     "facing_confidence",  # perspective: facing confidence >= min_facing_confidence
     "box_separation",  # left_right / perspective: horizontal gap >= min_box_gap
     "lateral_3d",  # perspective, metric depth: the 3-D lateral order agrees with the image order
+    "absent_label",  # counting, count 0: the label is listed in record.meta["absent_labels"]
 )
 
 OBJECT_DROP_REASONS = {
@@ -93,6 +94,7 @@ class VerifyConfig:
     depth_quantile: float = 0.4  # quantile in nearness order (0 = nearest pixel, 0.5 = median)
     depth_max_samples: int = 1024  # strided sampling caps the pixels read per box (speed)
     min_valid_fraction: float = 0.3  # valid, unoccluded share of the inner box needed for a depth
+    container_tolerance: float = 0.1  # |log| distance to a containing box's depth that marks its pixels
     # --- near_far
     min_depth_margin: float = 0.3  # 1 - nearer/farther; well above a ~10 % per-object depth bias
     min_range_margin: float = 0.05  # relative inverse depth only: |difference| / robust image range
@@ -120,7 +122,7 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
                      "min_range_margin", "occlusion_min_fraction", "ground_min_dy", "max_referring_iou",
-                     "min_facing_confidence", "depth_alt_min_margin"):
+                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -153,16 +155,17 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.partition(values, k)[k])
 
 
-def _grid(depth: DepthMap, box: Sequence[float], shrink: float, max_samples: int):
-    """Strided pixel rows/cols covering the inner box (depth-map pixels); at least one pixel."""
+def _grid(depth: DepthMap, box: Sequence[float], shrink: float, max_samples: int) -> tuple[slice, slice]:
+    """Strided row/column slices covering the inner box (depth-map pixels); at least one pixel."""
     x1, y1, x2, y2 = box
     dx, dy = (x2 - x1) * shrink, (y2 - y1) * shrink
-    c0 = min(max(int(math.floor(x1 + dx)), 0), depth.width - 1)
-    r0 = min(max(int(math.floor(y1 + dy)), 0), depth.height - 1)
-    c1 = min(max(int(math.ceil(x2 - dx)), c0 + 1), depth.width)
-    r1 = min(max(int(math.ceil(y2 - dy)), r0 + 1), depth.height)
+    h, w = depth.values.shape
+    c0 = min(max(int(math.floor(x1 + dx)), 0), w - 1)
+    r0 = min(max(int(math.floor(y1 + dy)), 0), h - 1)
+    c1 = min(max(int(math.ceil(x2 - dx)), c0 + 1), w)
+    r1 = min(max(int(math.ceil(y2 - dy)), r0 + 1), h)
     step = max(1, math.ceil(math.sqrt((c1 - c0) * (r1 - r0) / max_samples)))
-    return np.arange(r0, r1, step), np.arange(c0, c1, step), (slice(r0, r1, step), slice(c0, c1, step))
+    return slice(r0, r1, step), slice(c0, c1, step)
 
 
 def _robust_depth(
@@ -173,19 +176,51 @@ def _robust_depth(
     quantile: float,
     min_valid_fraction: float,
     max_samples: int,
+    reject: np.ndarray | None = None,
+    reject_tolerance: float = 0.0,
 ) -> tuple[float | None, float]:
-    """``(value or None, usable fraction)`` of one box in depth-map pixel coordinates."""
-    rows, cols, sl = _grid(depth, box, shrink, max_samples)
-    keep = depth.valid[sl]
-    if exclude is not None and len(exclude):
+    """``(value or None, usable fraction)`` of one box in depth-map pixel coordinates.
+
+    ``exclude``: boxes whose pixels are not used; ``reject``: depth values whose pixels (within a
+    relative ``reject_tolerance``) are not used.
+    """
+    rs, cs = _grid(depth, box, shrink, max_samples)
+    values = depth.values[rs, cs]
+    q = quantile if depth.kind == "depth" else 1.0 - quantile  # nearness order: inverse depth flips
+    if exclude is None and reject is None:  # fast path: no overlapping boxes
+        v = values.ravel() if _all_valid(depth) else values[depth.valid[rs, cs]]
+        fraction = len(v) / values.size
+        if not len(v) or fraction < min_valid_fraction:
+            return None, fraction
+        return _quantile(v, q), fraction
+    keep = depth.valid[rs, cs]
+    if exclude is not None:
+        rows, cols = np.arange(rs.start, rs.stop, rs.step), np.arange(cs.start, cs.stop, cs.step)
         in_x = (cols[None, :] >= exclude[:, 0:1]) & (cols[None, :] < exclude[:, 2:3])
         in_y = (rows[None, :] >= exclude[:, 1:2]) & (rows[None, :] < exclude[:, 3:4])
         keep = keep & ~(in_y[:, :, None] & in_x[:, None, :]).any(0)
+    if reject is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            near_any = (np.abs(np.log(values[..., None] / reject)) < reject_tolerance).any(-1)
+        keep = keep & ~near_any
     fraction = float(keep.mean())
     if fraction < min_valid_fraction or not keep.any():
         return None, fraction
-    q = quantile if depth.kind == "depth" else 1.0 - quantile  # nearness order: inverse depth flips
-    return _quantile(depth.values[sl][keep], q), fraction
+    return _quantile(values[keep], q), fraction
+
+
+_VALID_CACHE: dict[int, tuple[np.ndarray, bool]] = {}
+
+
+def _all_valid(depth: DepthMap) -> bool:
+    """Whether every pixel is valid (cached per mask object: a full-map reduction per box is slow)."""
+    entry = _VALID_CACHE.get(id(depth.valid))
+    if entry is None or entry[0] is not depth.valid:
+        if len(_VALID_CACHE) > 8:
+            _VALID_CACHE.clear()
+        entry = (depth.valid, bool(depth.valid.all()))
+        _VALID_CACHE[id(depth.valid)] = entry
+    return entry[1]
 
 
 def object_depth(
@@ -212,8 +247,8 @@ def object_depth(
 
 
 def _region_values(depth: DepthMap, box: Sequence[float], max_samples: int) -> np.ndarray:
-    _, _, sl = _grid(depth, box, 0.0, max_samples)
-    return depth.values[sl][depth.valid[sl]]
+    rs, cs = _grid(depth, box, 0.0, max_samples)
+    return depth.values[rs, cs][depth.valid[rs, cs]]
 
 
 # ----------------------------------------------------------------------------------------- scene
@@ -259,8 +294,12 @@ class Scene:
 
     def check_objects(self, sieve: Sieve, *indices: np.ndarray, skip: tuple[str, ...] = ()) -> None:
         """Run the per-object checks on candidates made of the objects ``indices[0][c], indices[1][c], ...``."""
+        all_ok = bool(self.eligible.all())
         for name, ok_obj in self.object_ok.items():
             if name in skip:
+                continue
+            if all_ok:  # the common case: nothing to drop, only record the check
+                sieve.check(name, np.ones(sieve.m, dtype=bool), OBJECT_DROP_REASONS[name])
                 continue
             ok = np.ones(sieve.m, dtype=bool)
             for idx in indices:
@@ -311,41 +350,61 @@ class Scene:
         return self.labels[k].lower() in self.config.person_labels or det.facing[k] in ("toward_camera", "away_from_camera")
 
     # -- depth
-    def _depth_of(self, depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
-        """``(values, usable fractions)`` per object for one depth map; NaN where unreliable."""
+    @cached_property
+    def _overlaps(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(partial, contains)`` boolean matrices: row k lists boxes that overlap box k in part,
+        and boxes that contain (>= 95 % of) box k, e.g. a table under a cup."""
+        b = self.xyxy
+        iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+        ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+        inter = iw * ih
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        other = ~np.eye(self.n, dtype=bool)
+        contains = (inter >= 0.95 * area[:, None]) & (inter > 0) & other
+        partial = (inter > 0) & other & ~contains
+        return partial, contains
+
+    def _depth_of(self, depth: DepthMap) -> np.ndarray:
+        """Robust depth per object for one depth map; NaN where unreliable.
+
+        Pass 1 subtracts partly overlapping boxes (their pixels may be an occluder's). A box that
+        contains the whole object cannot be subtracted, so pass 2 removes the pixels whose depth
+        is within ``container_tolerance`` of that container's own pass-1 depth: a far object
+        peeking out inside a near object's box keeps only its own pixels, a cup on a table keeps
+        the cup. An object whose container has no depth gets none either.
+        """
         cfg, rec = self.config, self.record
         sx, sy = depth.width / rec.width, depth.height / rec.height
         boxes = self.xyxy * np.array([sx, sy, sx, sy])
-        values = np.full(self.n, np.nan)
-        fractions = np.zeros(self.n)
-        inter = self.iou > 0
-        area = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
+        partial, contains = self._overlaps
+        any_partial, any_container = partial.any(1), contains.any(1)
+        args = (cfg.depth_shrink, cfg.depth_quantile, cfg.min_valid_fraction, cfg.depth_max_samples)
+        first = np.full(self.n, np.nan)
         for k in range(self.n):
-            if not self.eligible[k]:
-                continue
-            # Subtract overlapping boxes, except those that contain this whole box (its support).
-            others = np.flatnonzero(inter[k])
-            others = others[others != k]
-            if len(others):
-                b = self.xyxy
-                iw = np.minimum(b[others, 2], b[k, 2]) - np.maximum(b[others, 0], b[k, 0])
-                ih = np.minimum(b[others, 3], b[k, 3]) - np.maximum(b[others, 1], b[k, 1])
-                covers = iw * ih >= 0.95 * area[k]
-                others = others[~covers]
-            value, fraction = _robust_depth(depth, boxes[k], boxes[others] if len(others) else None,
-                                            cfg.depth_shrink, cfg.depth_quantile, cfg.min_valid_fraction,
-                                            cfg.depth_max_samples)
-            fractions[k] = fraction
+            exclude = boxes[partial[k]] if any_partial[k] else None
+            value, _ = _robust_depth(depth, boxes[k], exclude, *args)
             if value is not None:
-                values[k] = value
-        return values, fractions
+                first[k] = value
+        values = first.copy()
+        for k in np.flatnonzero(any_container):
+            if np.isnan(values[k]):
+                continue
+            exclude = boxes[partial[k]] if any_partial[k] else None
+            reject = first[contains[k]]
+            if not (np.isfinite(reject).all() and (reject > 0).all()):
+                values[k] = np.nan
+                continue
+            value, _ = _robust_depth(depth, boxes[k], exclude, *args, reject=reject,
+                                     reject_tolerance=cfg.container_tolerance)
+            values[k] = np.nan if value is None else value
+        return values
 
     @cached_property
     def depth(self) -> np.ndarray:
         """Robust depth per object in depth-map units (NaN: no depth map or unreliable)."""
         if self.record.depth is None:
             return np.full(self.n, np.nan)
-        return self._depth_of(self.record.depth)[0]
+        return self._depth_of(self.record.depth)
 
     @cached_property
     def depth_alt(self) -> np.ndarray | None:
@@ -354,14 +413,14 @@ class Scene:
             return None
         if not isinstance(alt, DepthMap):
             raise TypeError(f"{self.record.key}: meta['depth_alt'] must be a DepthMap, got {type(alt).__name__}")
-        return self._depth_of(alt)[0]
+        return self._depth_of(alt)
 
     @cached_property
     def depth_range(self) -> float:
         """Robust spread of the depth map (``range_quantiles``), in its own units."""
         d = self.record.depth
         step = max(1, math.ceil(math.sqrt(d.values.size / 4096)))
-        v = d.values[::step, ::step][d.valid[::step, ::step]]
+        v = d.values[::step, ::step].ravel() if _all_valid(d) else d.values[::step, ::step][d.valid[::step, ::step]]
         if len(v) < 2:
             return 0.0
         lo, hi = self.config.range_quantiles
@@ -414,36 +473,33 @@ def scene_for(record: Record, config: VerifyConfig) -> Scene:
 class Sieve:
     """Runs named checks over ``m`` candidates at once; the first failing check drops a candidate.
 
-    ``check(name, ok, reason, applies)``: candidates still alive where ``applies`` and not ``ok``
-    are dropped and counted under ``reason``; the check is recorded as passed for the others it
-    applied to.
+    ``check(name, ok, reason, applies=None)``: candidates still alive where ``applies`` (default:
+    all) and not ``ok`` are dropped and counted under ``reason``; the check is recorded as passed
+    for the others it applied to.
     """
 
     def __init__(self, m: int) -> None:
         self.m = m
         self.alive = np.ones(m, dtype=bool)
         self.drops: Counter = Counter()
-        self._log: list[tuple[str, np.ndarray]] = []
+        self._log: list[tuple[str, np.ndarray | None]] = []
 
-    def check(self, name: str, ok, reason: str, applies=True) -> None:
-        ok = np.broadcast_to(np.asarray(ok, dtype=bool), (self.m,))
-        applies = np.broadcast_to(np.asarray(applies, dtype=bool), (self.m,))
-        fail = self.alive & applies & ~ok
-        n = int(fail.sum())
+    def check(self, name: str, ok, reason: str, applies: np.ndarray | None = None) -> None:
+        ok = np.asarray(ok, dtype=bool)
+        if ok.shape != (self.m,):
+            raise ValueError(f"check {name!r}: expected {self.m} results, got shape {ok.shape}")
+        fail = self.alive & ~ok
+        if applies is not None:
+            applies = np.asarray(applies, dtype=bool)
+            fail &= applies
+        n = int(np.count_nonzero(fail))
         if n:
             self.drops[reason] += n
-            self.alive = self.alive & ~fail
+            self.alive &= ~fail
         self._log.append((name, applies))
 
-    def drop_reasons(self, reasons: Sequence[str | None]) -> None:
-        """Drop candidates with a precomputed reason (None keeps them), counting each reason."""
-        for k, reason in enumerate(reasons):
-            if reason is not None and self.alive[k]:
-                self.drops[reason] += 1
-                self.alive[k] = False
-
     def passed(self, k: int) -> list[str]:
-        return [name for name, applies in self._log if applies[k]]
+        return [name for name, applies in self._log if applies is None or applies[k]]
 
     def survivors(self) -> np.ndarray:
         return np.flatnonzero(self.alive)
