@@ -12,7 +12,8 @@ without one (half-written ``*.tmp*`` files, or Parquet files renamed before the 
 and those shards run again. At the end, the markers' stats are merged into ``stats.json`` and the
 dataset card.
 
-Workers are processes started with ``spawn`` (safe with torch and threads); ``workers=1`` runs in
+Workers are processes started with ``spawn`` (safe with torch and threads) in a
+``ProcessPoolExecutor``; ``workers=1`` runs in
 this process. Steps are built inside each worker by ``build()`` (a picklable callable, e.g.
 ``functools.partial(build_steps, config)``) once, so models load once per worker; the counters of
 every step are reset before each shard, so stats are per shard.
@@ -300,43 +301,44 @@ class LocalExecutor:
     def _run_here(self, todo: list[int], shard_bar, record_bar) -> None:
         steps = self.build()
         for shard in todo:
-            stats = run_shard(steps, self.out_dir, shard, self.num_shards, record_bar.update)
+            try:
+                stats = run_shard(steps, self.out_dir, shard, self.num_shards, record_bar.update)
+            except Exception as err:
+                raise RuntimeError(f"shard {shard} failed: {err!r}") from err
             shard_bar.update(1)
             shard_bar.set_postfix(rows=sum(stats["rows_per_task"].values()))
 
     def _run_pool(self, todo: list[int], shard_bar, record_bar) -> None:
+        # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by the OOM killer raises
+        # BrokenProcessPool here instead of leaving its shard (and this loop) waiting forever.
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
         ctx = mp.get_context(self.start_method)
         progress_queue = ctx.Queue()
-        errors: list[BaseException] = []
-        finished: list[int] = []
-        processes = min(self.workers, len(todo))
-        with ctx.Pool(processes, initializer=_init_worker, initargs=(progress_queue, os.getpid())) as pool:
-            results = [
-                pool.apply_async(
-                    _worker_shard,
-                    (self.build, str(self.out_dir), shard, self.num_shards),
-                    callback=lambda stats: finished.append(stats["shard"]),
-                    error_callback=errors.append,
-                )
-                for shard in todo
-            ]
-            reported = 0
+
+        def drain() -> None:
             while True:
-                try:
-                    record_bar.update(progress_queue.get(timeout=0.1))
-                except queue_mod.Empty:
-                    pass
-                while reported < len(finished):
-                    shard_bar.update(1)
-                    reported += 1
-                if errors:
-                    pool.terminate()
-                    raise RuntimeError(f"a shard failed: {errors[0]!r}") from errors[0]
-                if all(r.ready() for r in results):
-                    break
-            while True:  # drain the last progress messages
                 try:
                     record_bar.update(progress_queue.get_nowait())
                 except queue_mod.Empty:
-                    break
-            shard_bar.update(len(finished) - reported)
+                    return
+
+        processes = min(self.workers, len(todo))
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())) as pool:
+            futures = {pool.submit(_worker_shard, self.build, str(self.out_dir), shard, self.num_shards): shard for shard in todo}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                    drain()
+                    for future in done:
+                        try:
+                            stats = future.result()
+                        except Exception as err:
+                            raise RuntimeError(f"shard {futures[future]} failed: {err!r}") from err
+                        shard_bar.update(1)
+                        shard_bar.set_postfix(last_rows=sum(stats["rows_per_task"].values()))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            drain()

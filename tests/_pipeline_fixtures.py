@@ -105,6 +105,30 @@ class EmitRows(Step):
         return record
 
 
+class Crash(Step):
+    """Fails on one image: raises (``mode="raise"``) or kills its process (``mode="die"``, like the OOM killer)."""
+
+    name = "crash"
+
+    def __init__(self, image_id: str, mode: str) -> None:
+        super().__init__()
+        self.image_id, self.mode = image_id, mode
+
+    def process(self, record: Record) -> Record:
+        if record.image_id == self.image_id:
+            if self.mode == "die":
+                import os
+
+                os._exit(9)
+            raise ValueError(f"cannot process {record.image_id!r}")
+        return record
+
+
+def build_crashing(cfg, image_id: str, mode: str) -> list[Step]:
+    steps = build_toy(cfg)
+    return [steps[0], Crash(image_id, mode), *steps[1:]]
+
+
 def build_toy(cfg, sleep: float = 0.0) -> list[Step]:
     """``build_steps(cfg)`` with the stand-in task step (picklable through ``functools.partial``)."""
     from spatialforge.processing.pipeline import build_steps

@@ -165,3 +165,16 @@ def test_generate_with_a_depth_model_step(scene, tmp_path):
     # (3 boxes -> 3 pairs per image) was judged on it, kept or dropped by reason
     judged = len(rows) + sum(n for k, n in stats["candidate_drops"].items() if k.startswith("near_far/"))
     assert judged == 12 * 3
+
+
+@pytest.mark.parametrize("mode, workers", [("raise", 1), ("raise", 2), pytest.param("die", 2, marks=pytest.mark.slow)])
+def test_a_failing_shard_stops_the_run_with_its_number(tmp_path, mode, workers):
+    from functools import partial
+
+    from _pipeline_fixtures import build_crashing
+
+    images = make_folder(tmp_path / "imgs", 8)
+    cfg = GenerateConfig(source="folder", images=images, out=tmp_path / "o", num_shards=4, workers=workers, progress=False)
+    with pytest.raises(RuntimeError, match="shard 1 failed: ValueError" if mode == "raise" else "failed: BrokenProcessPool"):
+        generate(cfg, build=partial(build_crashing, cfg, "img_004", mode))
+    assert not (tmp_path / "o" / ".spatialforge" / "markers" / "shard-00001.json").exists()  # ids sorted: img_003, img_004 form shard 1
