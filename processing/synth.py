@@ -86,6 +86,7 @@ class Part:
     center: tuple[float, float, float]
     size: tuple[float, float, float]
     shade: float = 1.0  # brightness factor of this part relative to the object color
+    color: tuple[int, int, int] | None = None  # own color (e.g. a face), else the object's
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,14 @@ def _cyl(r, h, y0=0.0, x=0.0, z=0.0, shade=1.0) -> Part:
     return Part("cyl", (x, y0, z), (r, h, 0.0), shade)
 
 
-def _sphere(r, y, x=0.0, z=0.0, shade=1.0) -> Part:
-    return Part("sphere", (x, y, z), (r, 0.0, 0.0), shade)
+def _sphere(r, y, x=0.0, z=0.0, shade=1.0, color=None) -> Part:
+    return Part("sphere", (x, y, z), (r, 0.0, 0.0), shade, color)
 
 
 CATEGORIES: dict[str, Category] = {
     c.name: c
     for c in (
-        Category("Person", (_box(0.36, 0.92, 0.2, shade=0.6), _box(0.46, 0.56, 0.26, 0.9), _sphere(0.11, 1.6, shade=1.4)),
+        Category("Person", (_box(0.36, 0.92, 0.2, shade=0.6), _box(0.46, 0.56, 0.26, 0.9), _sphere(0.11, 1.6, color=(225, 180, 150))),
                  (2.5, 14.0), (40, 90, 170)),
         Category("Chair", (_box(0.46, 0.46, 0.46), _box(0.46, 0.46, 0.06, 0.46, z=-0.2, shade=0.8)), (2.0, 9.0), (150, 90, 40)),
         Category("Car", (_box(1.8, 0.75, 4.3, 0.2), _box(1.6, 0.55, 2.2, 0.95, z=-0.2, shade=0.7)), (6.0, 25.0), (190, 30, 30)),
@@ -442,6 +443,7 @@ def _rays(width: int, height: int, fx: float, fy: float, cx: float, cy: float) -
     return np.broadcast_to(u[None, :], (height, width)), np.broadcast_to(v[:, None], (height, width))
 
 
+_CLOTHES = ((40, 90, 170), (170, 40, 40), (60, 130, 60), (200, 180, 60), (90, 60, 120), (60, 60, 60))
 _LIGHT = np.array([0.4, 0.8, -0.45]) / np.linalg.norm([0.4, 0.8, -0.45])
 
 
@@ -559,15 +561,18 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
         n_world = orot @ n_best
         lam = np.clip(_LIGHT @ n_world, 0, 1)
         p_loc = o_loc[:, None] + np.where(own, t_best, 0) * d_loc
-        base = np.array(cat.color, np.float32) * (0.85 + 0.3 * scene_rng(seed, index, f"color{obj.instance}").random())
+        crng = scene_rng(seed, index, f"color{obj.instance}")
+        color = _CLOTHES[int(crng.integers(len(_CLOTHES)))] if obj.category == PERSON else cat.color
+        base = np.array(color, np.float32) * (0.85 + 0.3 * crng.random())
         shade = np.array([p.shade for p in cat.parts] + [1.0])[part_best]
+        colors = np.array([p.color or base for p in cat.parts] + [base], np.float32)[part_best]
         stripes = 1.0 + 0.08 * np.sin(p_loc[1] * 40.0 / obj.scale)
         if obj.category == PERSON:
             # Dark hair on the back of the head makes the facing visible in the image.
             head = part_best == 2
             back = head & (p_loc[2] < 0.02)
             shade = np.where(back, 0.25, shade)
-        col = base[None, :] * (shade * stripes * (0.35 + 0.65 * lam))[:, None]
+        col = colors * (shade * stripes * (0.35 + 0.65 * lam))[:, None]
         win_img = image[y0:y1, x0:x1].reshape(-1, 3)
         win_img[front] = np.clip(col[front], 0, 255)
         image[y0:y1, x0:x1] = win_img.reshape(y1 - y0, x1 - x0, 3)
