@@ -30,7 +30,9 @@ import logging
 import os
 
 import datasets
+import pyarrow as pa
 from datasets.builder import Key
+from datasets.iterable_dataset import ArrowExamplesIterable
 from datasets.download.streaming_download_manager import StreamingDownloadManager
 
 from spatialforge.builders.annotations import AnnotationShards, iter_batches, locate_shards
@@ -195,39 +197,56 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         """Rows left out because their image is missing or unreadable (``skip`` / ``warn``)."""
         return int(self.image_stats.get("dropped_rows", 0))
 
-    def _generate_examples(self, files: list[str]):
+    def _generate_tables(self, files: list[str]):
+        """Annotation record batches with the rows of bad images removed and an ``image`` column
+        ``{"bytes": None, "path": <absolute path>}`` in front: the one reading path of both modes."""
         shards = self._shards
         bad, resolvers, policy = self._bad_keys, self._resolvers, self.config.on_missing_image
         download_config = getattr(self, "_download_config", None)
+        image_type = self.info.features["image"].pa_type
         for file_idx, path in enumerate(files):
-            row_idx = -1
-            for batch in iter_batches(
-                path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config
+            for batch_idx, table in enumerate(
+                iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config)
             ):
-                sources, image_ids = batch["source"], batch["image_id"]
+                keys = list(zip(table.column("source").to_pylist(), table.column("image_id").to_pylist()))
                 wanted: dict[str, set[str]] = {}
-                for s, i in zip(sources, image_ids):
+                for s, i in keys:
                     wanted.setdefault(s, set()).add(i)
                 paths: dict[tuple[str, str], str] = {}
-                for s, ids in wanted.items():
+                for s, ids in wanted.items():  # one index query per source and batch, never per row
                     resolver = resolvers.get(s)
                     if resolver is not None:
                         paths.update(((s, i), p) for i, p in resolver.resolve_many(ids).items())
-                columns = [(c, batch[c]) for c in COLUMNS]
-                for k in range(len(sources)):
-                    row_idx += 1
-                    key = (sources[k], image_ids[k])
+                keep, image_paths = [], []
+                for k, key in enumerate(keys):
                     if key in bad:
                         continue
                     image_path = paths.get(key)
-                    if image_path is None:  # vanished since the pre-scan (the index changed meanwhile)
+                    if image_path is None:  # vanished since the pre-scan (the folder changed meanwhile)
+                        row_id = table.column("id")[k].as_py()
                         if policy == "error":
-                            raise FileNotFoundError(f"image {key[0]}/{key[1]} of row {batch['id'][k]!r} is {MISSING}")
-                        logger.warning("dropping row %r: image %s/%s disappeared", batch["id"][k], *key)
+                            raise FileNotFoundError(f"image {key[0]}/{key[1]} of row {row_id!r} is {MISSING}")
+                        logger.warning("dropping row %r: image %s/%s disappeared", row_id, *key)
                         continue
-                    row = {c: col[k] for c, col in columns}
-                    row["image"] = {"path": image_path, "bytes": None}
-                    yield Key(file_idx, row_idx), row
+                    keep.append(k)
+                    image_paths.append(image_path)
+                if len(keep) < table.num_rows:
+                    table = table.take(pa.array(keep, pa.int64()))
+                image = pa.StructArray.from_arrays(
+                    [pa.nulls(len(keep), pa.binary()), pa.array(image_paths, pa.string())], fields=list(image_type)
+                )
+                yield Key(file_idx, batch_idx), table.add_column(0, pa.field("image", image_type), image)
+
+    def _generate_examples(self, files: list[str]):
+        """Rows of :meth:`_generate_tables` (used by ``download_and_prepare``)."""
+        for key, table in self._generate_tables(files):
+            for k, row in enumerate(table.to_pylist()):
+                yield Key(key.original_shard_id, key.item_or_batch_id * 10**9 + k), row
+
+    def _get_examples_iterable_for_split(self, split_generator: datasets.SplitGenerator):
+        # Streaming serves the Arrow batches themselves: datasets then decodes rows straight from
+        # Arrow instead of re-encoding every nested row dict (which cost ~30% of the throughput).
+        return ArrowExamplesIterable(self._generate_tables, kwargs=split_generator.gen_kwargs)
 
 
 def load_dataset(

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .schema import ALL_CONFIG, COLUMNS, DATA_DIR, TASKS
@@ -144,14 +143,29 @@ def iter_batches(
     batch_size: int = 1024,
     tasks: list[str] | None = None,
     download_config=None,
-) -> Iterator[dict[str, list]]:
-    """Yield column dicts (``{column: list}``) of at most ``batch_size`` rows from one shard.
+):
+    """Yield ``pyarrow.Table`` batches of at most ``batch_size`` rows of one shard, in file order.
 
-    Parquet is read in record batches with only ``columns``; JSONL line by line. Missing columns
-    come back as ``None``. If ``tasks`` is given, rows of other tasks are left out.
+    Columns are ``columns`` (default: every schema column) in that order, typed as in
+    ``schema.arrow_schema()``; missing ones come back null. Parquet is read in record batches with
+    only the needed columns; JSONL in chunks of lines. If ``tasks`` is given, rows of other tasks
+    are left out (for files that mix tasks).
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .schema import arrow_schema
+
+    full = arrow_schema()
     cols = list(columns or COLUMNS)
     need = cols if tasks is None or "task" in cols else cols + ["task"]
+    schema = pa.schema([full.field(c) for c in need])
+
+    def finish(table: pa.Table) -> pa.Table:
+        if tasks is not None and len(tasks) < len(TASKS):
+            table = table.filter(pc.is_in(table.column("task"), value_set=pa.array(tasks, pa.string())))
+        return table.select(cols)
+
     with _open(path, download_config) as f:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -159,12 +173,13 @@ def iter_batches(
             pf = pq.ParquetFile(f)
             present = [c for c in need if c in pf.schema_arrow.names]
             for rb in pf.iter_batches(batch_size=batch_size, columns=present):
-                batch = rb.to_pydict()
-                n = rb.num_rows
-                for c in need:
-                    if c not in batch:
-                        batch[c] = [None] * n
-                yield _filter_tasks(batch, tasks, cols)
+                arrays = [
+                    rb.column(c) if c in present else pa.nulls(rb.num_rows, schema.field(c).type) for c in need
+                ]
+                table = pa.Table.from_arrays(arrays, names=need)
+                if table.schema != schema:
+                    table = table.cast(schema)
+                yield finish(table)
         elif fmt == "jsonl":
             rows: list[dict] = []
             for lineno, line in enumerate(f, 1):
@@ -175,18 +190,9 @@ def iter_batches(
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
                 if len(rows) >= batch_size:
-                    yield _filter_tasks({c: [r.get(c) for r in rows] for c in need}, tasks, cols)
+                    yield finish(pa.Table.from_pylist(rows, schema=schema))
                     rows = []
             if rows:
-                yield _filter_tasks({c: [r.get(c) for r in rows] for c in need}, tasks, cols)
+                yield finish(pa.Table.from_pylist(rows, schema=schema))
         else:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-
-
-def _filter_tasks(batch: dict[str, list], tasks: list[str] | None, cols: list[str]) -> dict[str, list]:
-    if tasks is None or len(tasks) == len(TASKS):
-        return {c: batch[c] for c in cols}
-    keep = [i for i, t in enumerate(batch["task"]) if t in tasks]
-    if len(keep) == len(batch["task"]):
-        return {c: batch[c] for c in cols}
-    return {c: [batch[c][i] for i in keep] for c in cols}

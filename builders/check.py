@@ -120,7 +120,8 @@ def scan_images(
         for batch in iter_batches(
             path, shards.format, _KEY_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config
         ):
-            for key in zip(batch["source"], batch["image_id"], batch["width"], batch["height"]):
+            columns = [batch.column(c).to_pylist() for c in _KEY_COLUMNS]
+            for key in zip(*columns):
                 entry = seen.get(key[:2])
                 if entry is None:
                     seen[key[:2]] = [1, key[2], key[3]]
