@@ -85,6 +85,13 @@ def _records(inputs: list[tuple[Record, Path]], n: int):
         )
 
 
+def run_load_only(inputs, n: int) -> float:
+    start = time.perf_counter()
+    for _ in _records(inputs, n):
+        pass
+    return time.perf_counter() - start
+
+
 def run_baseline(inputs, n: int) -> float:
     start = time.perf_counter()
     total = 0.0
@@ -125,6 +132,7 @@ def main() -> None:
         inputs = build_inputs(tmp / "depth", args.distinct, args.seed)
         print(f"inputs: {len(inputs)} distinct {SIZE}x{SIZE} scenes, {OBJECTS} boxes each ({time.perf_counter() - t0:.1f}s to render)")
         run_generate(inputs, min(50, args.images), tmp / "warmup")  # imports, template caches
+        load = run_load_only(inputs, args.images)
         base = run_baseline(inputs, args.images)
         if args.profile:
             prof = cProfile.Profile()
@@ -133,6 +141,7 @@ def main() -> None:
         if args.profile:
             prof.disable()
         n = args.images
+        print(f"load only (np.load of the depth map + Record):          {n / load:9.0f} images/s  (ceiling of both paths)")
         print(f"baseline  (load depth + box medians):                   {n / base:9.0f} images/s")
         print(f"generate  (load + facing + relations/verify + parquet): {n / gen:9.0f} images/s  ({rows / n:.2f} rows/image)")
         print(f"ratio generate / baseline: {base / gen:.3f}   goal: >= 1000 images/s per core for generate")
