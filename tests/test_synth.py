@@ -159,3 +159,50 @@ def test_write_objects365_layout_round_trips_through_the_coco_reader(tmp_path, s
         for i in persons:
             lab = want.objects.keypoints[i][:, 2] > 0
             np.testing.assert_allclose(rec.objects.keypoints[i][lab], want.objects.keypoints[i][lab], atol=0.01)
+
+
+def _row(scene, task, objs, fact=None, count=None):
+    from spatialforge.builders.schema import normalize_bbox
+
+    return {
+        "id": f"{scene.image_id}-{task}", "image_id": scene.image_id, "task": task, "count": count, "fact": fact,
+        "objects": [{"label": o.category, "bbox": normalize_bbox(o.box, scene.width, scene.height)} for o in objs],
+    }  # fmt: skip
+
+
+def test_evaluate_catches_every_kind_of_wrong_answer(scenes):
+    from spatialforge.processing.evaluate import evaluate
+
+    s = next(s for s in scenes if sum(o.category == PERSON for o in s.annotated) >= 1 and len(s.annotated) >= 4)
+    truth = {s.image_id: s.truth()}
+    objs = s.annotated
+    a, b = objs[0], objs[1]
+    near = "nearer_than" if a.depth < b.depth else "farther_than"
+    far = "farther_than" if near == "nearer_than" else "nearer_than"
+    ua, ub = (s.camera.project(o.center_cam)[0] for o in (a, b))
+    left, right = ("left_of", "right_of") if ua < ub else ("right_of", "left_of")
+    person = next(o for o in objs if o.category == PERSON)
+    other = next(o for o in objs if o is not person)
+    lateral, _ = s.world_to_person(person, s.camera.center + s.camera.rotation @ other.center_cam)
+    pl, pr = ("left_of", "right_of") if lateral < 0 else ("right_of", "left_of")
+    same = [o for o in objs if o.category == a.category]
+    wrong_label = dict(_row(s, "referring", [a])["objects"][0], label="Zebra")
+    rows = [
+        _row(s, "near_far", [a, b], {"subject": 0, "predicate": near, "object": 1, "frame": "camera"}),
+        _row(s, "near_far", [a, b], {"subject": 0, "predicate": far, "object": 1, "frame": "camera"}),
+        _row(s, "left_right", [a, b], {"subject": 0, "predicate": left, "object": 1, "frame": "camera"}),
+        _row(s, "left_right", [a, b], {"subject": 0, "predicate": right, "object": 1, "frame": "camera"}),
+        _row(s, "perspective", [other, person], {"subject": 0, "predicate": pl, "object": 1, "frame": "person"}),
+        _row(s, "perspective", [other, person], {"subject": 0, "predicate": pr, "object": 1, "frame": "person"}),
+        _row(s, "counting", [a], count=len(same)),
+        _row(s, "counting", [a], count=len(same) + 1),
+        _row(s, "grounding", same),
+        _row(s, "grounding", same + [same[0]]),
+        _row(s, "referring", [a]),
+        {**_row(s, "referring", [a]), "objects": [wrong_label]},
+    ]
+    report = evaluate(rows, truth, drops={"near_far/depth_margin": 3, "near_far/over_cap": 1})
+    for task in ("near_far", "left_right", "perspective", "counting", "grounding", "referring"):
+        assert (report[task].rows, report[task].correct) == (2, 1), (task, report[task].failures)
+    assert report["near_far"].candidates == 6 and report["near_far"].yield_ == pytest.approx(2 / 6)
+    assert report["near_far"].pass_rate == pytest.approx(3 / 6)
