@@ -4,17 +4,21 @@ Records are built in memory from synthetic scenes (no files), run through the fa
 task step with the default ``VerifyConfig``, and every row is judged from its structured answer
 (see ``processing/evaluate.py`` for the truth definitions). Tables print with ``pytest -s``.
 
-Two known gaps of the verification are pinned by strict ``xfail`` tests (they start failing,
-as a reminder to drop the marker, the day the verification handles them):
+Two gaps the verification may or may not close yet are tested only when ``VerifyConfig`` has the
+setting that closes them (otherwise they xfail, naming the gap):
 
 * near/far on objects that cover little of their own box (an umbrella: a thin pole under a
-  canopy): the robust box depth (inner box, 0.4 nearness quantile) then measures the ground
-  behind the object;
-* perspective for people turned 10-25 degrees from the camera axis, about objects at a very
-  different depth: mirroring the image's left/right is then wrong in the person's own frame
-  (``lateral_3d`` checks the camera's X order, not the person's).
+  canopy): a box depth that ignores this measures the ground seen through the object
+  (``max_near_share``);
+* perspective for people turned 10-25 degrees from the camera, about objects at a very different
+  depth: mirroring the image's left/right is then wrong in the person's own frame unless the
+  offset across the camera-person ray outweighs the offset along it (``perspective_max_yaw_deg``).
+
+Without those, precision is still asserted where the geometry makes box depth and image mirroring
+exact: objects filling at least ``MIN_FILL`` of their box, people facing the camera exactly.
 """
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -92,11 +96,18 @@ def test_near_far_exact_on_objects_that_fill_their_box(exact):
     assert rep.precision == 1.0, rep.failures[:3]
 
 
-@pytest.mark.xfail(strict=True, reason="box depth of open shapes (umbrella) measures the background behind them")
+def _handles(field: str, gap: str) -> None:
+    """xfail (naming the gap) unless the verification has the setting that closes it."""
+    if field not in {f.name for f in dataclasses.fields(verify_mod.VerifyConfig)}:
+        pytest.xfail(f"verification without VerifyConfig.{field}: {gap}")
+
+
 def test_near_far_exact_on_every_object(exact):
+    _handles("max_near_share", "box depth of open shapes (umbrella) measures the background behind them")
     rows, drops, truth = exact
     rep = evaluate(rows, truth, drops)["near_far"]
-    assert rep.precision == 1.0, [(f["image_id"], f["depth_subject"], f["depth_object"], f["fills"]) for f in rep.failures]
+    print(f"\nnear_far, exact depth, every object: {rep.rows} rows, yield {rep.yield_:.3f}, precision {rep.precision:.4f}")
+    assert rep.precision == 1.0, [(f["id"], f["depth_subject"], f["depth_object"], f["fills"]) for f in rep.failures]
 
 
 def test_near_far_survives_monocular_like_depth(monocular):
@@ -108,6 +119,8 @@ def test_near_far_survives_monocular_like_depth(monocular):
     assert rep.rows >= 300, f"too few near_far rows to measure: {rep.rows} ({dict(rep.drop_reasons)})"
     assert rep.precision >= 0.99, rep.failures[:3]
     assert everything.precision >= 0.98
+    if "max_near_share" in {f.name for f in dataclasses.fields(verify_mod.VerifyConfig)}:
+        assert everything.precision >= 0.99, everything.failures[:3]
 
 
 def test_perspective_exact_when_people_face_the_camera_exactly():
@@ -120,9 +133,10 @@ def test_perspective_exact_when_people_face_the_camera_exactly():
     assert rep.precision == 1.0, rep.failures[:3]
 
 
-@pytest.mark.xfail(strict=True, reason="people turned 10-25 deg: image mirroring is wrong for objects at other depths")
 def test_perspective_exact_with_people_turned_up_to_25_degrees(exact):
+    _handles("perspective_max_yaw_deg", "people turned 10-25 deg: image mirroring is wrong for objects at other depths")
     rows, drops, truth = exact
     rep = evaluate(rows, truth, drops)["perspective"]
-    print(f"\nperspective, facing within 25 deg: {rep.rows} rows, precision {rep.precision:.4f}")
-    assert rep.precision == 1.0, [(f["image_id"], f["lateral_m"], f["ahead_m"], f["yaw_to_camera_deg"]) for f in rep.failures]
+    print(f"\nperspective, facing within 25 deg: {rep.rows} rows, yield {rep.yield_:.3f}, precision {rep.precision:.4f}")
+    assert rep.rows >= 150
+    assert rep.precision == 1.0, [(f["id"], f["lateral_m"], f["ahead_m"], f["yaw_to_camera_deg"]) for f in rep.failures]
