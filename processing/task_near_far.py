@@ -3,6 +3,8 @@
 Candidates: every unordered pair of boxes. Checks, in order (first failure = the drop reason):
 per-object checks of both boxes; ``depth_valid`` (a robust depth for both, see
 :func:`.verify.object_depth`; ``no_depth`` when the record has no depth map at all);
+``depth_uniform`` (few pixels much nearer than the object's depth: not an open shape such as an
+umbrella over the ground, not hidden behind something unboxed; drop reason ``depth_mixed``);
 ``depth_positive``; ``depth_margin`` (``1 - nearer / farther >= min_depth_margin``);
 ``depth_range_margin`` (relative inverse depth only); ``depth_alt`` (a second depth signal in
 ``record.meta["depth_alt"]`` orders the pair the same way); ``ground_contact`` (opt-in); and
@@ -31,7 +33,9 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     depth = record.depth
     d = scene.depth
     di, dj = d[i], d[j]
-    sieve.check("depth_valid", np.isfinite(di) & np.isfinite(dj), "depth_invalid")
+    mixed = scene.depth_mixed
+    sieve.check("depth_valid", (np.isfinite(di) | mixed[i]) & (np.isfinite(dj) | mixed[j]), "depth_invalid")
+    sieve.check("depth_uniform", ~mixed[i] & ~mixed[j], "depth_mixed")
     with np.errstate(invalid="ignore", divide="ignore"):
         sieve.check("depth_positive", (di > 0) & (dj > 0), "depth_nonpositive")
         margin = 1.0 - np.minimum(di, dj) / np.maximum(di, dj)  # same for depth and 1 / depth

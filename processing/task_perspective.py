@@ -5,10 +5,15 @@ Candidates: every (person, other box) pair; a person is a box labeled one of
 facing the camera has their LEFT on the image's RIGHT; a person facing away shares the camera's
 left/right. Only ``toward_camera`` / ``away_from_camera`` with ``facing_confidence >=
 min_facing_confidence`` are used (``facing_unknown``, ``facing_sideways``,
-``facing_low_confidence`` drops otherwise). The boxes must be separated in x (``box_separation``);
-with metric depth, ``lateral_3d`` also asks that the lateral order in 3-D,
-``X = (x - width / 2) * Z``, agrees with the image order (a far object can sit left in the image
-yet right in the room). Fact: ``{subject: the object, predicate: left_of | right_of, object: the
+``facing_low_confidence`` drops otherwise). The boxes must be separated in x (``box_separation``).
+
+A person labeled "toward_camera" is rarely turned exactly at it. Turned by an angle ``yaw``, their
+right vector tilts, and an object far ahead of or behind them changes side when its offset along
+the camera-person ray outweighs its offset across it. With a depth map, ``lateral_dominance``
+places both on the ground plane (``X = (x - width / 2) / f * Z``, ``f`` from ``assumed_hfov_deg``)
+and asks ``across >= tan(perspective_max_yaw_deg) * |along|``, so no turn up to that angle can
+flip the answer (drops: ``depth_invalid``, ``lateral_ambiguous``). Without a depth map the check
+cannot run and the image rule alone decides. Fact: ``{subject: the object, predicate: left_of | right_of, object: the
 person, frame: person}``.
 """
 
@@ -39,13 +44,23 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     sieve.check("box_separation", gap >= config.min_box_gap, "boxes_overlap_x")
     cx = scene.x_center
     image_left = cx[obj] < cx[per]  # the object is on the image's left of the person
-    depth = record.depth
-    if config.lateral_3d_check and depth is not None and depth.kind == "depth" and depth.metric and len(pairs):
-        z = scene.depth
-        lateral = (cx[obj] - record.width / 2) * z[obj] - (cx[per] - record.width / 2) * z[per]
-        applies = np.isfinite(lateral)
-        sieve.check("lateral_3d", np.where(applies, (lateral < 0) == image_left, True), "lateral_3d_disagree",
-                    applies=applies)
+    if config.lateral_check and record.depth is not None and len(pairs):
+        d = scene.depth
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)
+        has = np.isfinite(z[obj]) & np.isfinite(z[per])
+        sieve.check("depth_valid", has, "depth_invalid")
+        # Camera-frame ground-plane positions (focal length from an assumed, narrow field of view:
+        # a narrow view under-states lateral offsets, which keeps the check conservative).
+        f = record.width / 2 / np.tan(np.radians(config.assumed_hfov_deg) / 2)
+        px, pz = (cx[per] - record.width / 2) / f * z[per], z[per]
+        ox, oz = (cx[obj] - record.width / 2) / f * z[obj], z[obj]
+        norm = np.hypot(px, pz)
+        along = ((ox - px) * px + (oz - pz) * pz) / norm  # offset along the camera-person ray
+        across = np.abs((ox - px) * pz - (oz - pz) * px) / norm  # offset across it (the image's left/right)
+        tan_yaw = np.tan(np.radians(config.perspective_max_yaw_deg))
+        ok = np.where(has, across >= tan_yaw * np.abs(along), False)
+        sieve.check("lateral_dominance", ok, "lateral_ambiguous")
     # Facing the camera mirrors left and right; facing away keeps the camera's.
     person_left = np.where(facing == "toward_camera", ~image_left, image_left)
     predicate = np.where(person_left, "left_of", "right_of")

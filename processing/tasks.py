@@ -232,7 +232,7 @@ def render(task: str, cand: Candidate, scene: Scene, rng: np.random.Generator, i
             verification["facing_confidence"] = float(det.facing_confidence[o])
     if "box_gap" in cand.evidence:
         verification["box_gap"] = float(cand.evidence["box_gap"])
-    if task == "near_far" or "lateral_3d" in checks:
+    if task == "near_far" or "lateral_dominance" in checks:
         verification["depth_source"] = rec.depth.source
     return {
         "id": make_id(rec.source, rec.image_id, task, index),

@@ -50,6 +50,7 @@ CHECKS = (
     "instance_count",  # grounding: <= grounding_max_instances; counting: count in [count_min, count_max]
     "unambiguous_region",  # referring: no box of another label overlaps the region heavily
     "depth_valid",  # near_far: both objects have a robust depth (enough valid, unoccluded pixels)
+    "depth_uniform",  # near_far: few pixels in the box much nearer than the object (max_near_share)
     "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
     "depth_margin",  # near_far: relative depth margin >= min_depth_margin
     "depth_range_margin",  # near_far, relative inverse depth: difference >= min_range_margin of the range
@@ -61,7 +62,7 @@ CHECKS = (
     "facing",  # perspective: person faces toward or away from the camera (not "sideways")
     "facing_confidence",  # perspective: facing confidence >= min_facing_confidence
     "box_separation",  # left_right / perspective: horizontal gap >= min_box_gap
-    "lateral_3d",  # perspective, metric depth: the 3-D lateral order agrees with the image order
+    "lateral_dominance",  # perspective with depth: no turn up to perspective_max_yaw_deg flips the side
     "absent_label",  # counting, count 0: the label is listed in record.meta["absent_labels"]
 )
 
@@ -95,6 +96,8 @@ class VerifyConfig:
     depth_max_samples: int = 1024  # strided sampling caps the pixels read per box (speed)
     min_valid_fraction: float = 0.3  # valid, unoccluded share of the inner box needed for a depth
     container_tolerance: float = 0.1  # |log| distance to a containing box's depth that marks its pixels
+    max_near_share: float = 0.05  # more of an object's pixels much nearer than its depth: open shape/occluded
+    near_share_ratio: float = 0.3  # "much nearer": by more than this (1 - d / object depth)
     # --- near_far
     min_depth_margin: float = 0.3  # 1 - nearer/farther; well above a ~10 % per-object depth bias
     min_range_margin: float = 0.05  # relative inverse depth only: |difference| / robust image range
@@ -117,15 +120,24 @@ class VerifyConfig:
     min_box_gap: float = 0.0  # horizontal gap between the boxes / width (0: touching allowed, <0: overlap)
     min_facing_confidence: float = 0.5  # facing estimates below this are not trusted
     person_labels: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child")  # case-insensitive
-    lateral_3d_check: bool = True  # with metric depth, X = (x - cx) * Z must keep the image's left/right order
+    lateral_check: bool = True  # perspective with depth: the lateral offset must outweigh a turned person
+    perspective_max_yaw_deg: float = 30.0  # how far "toward/away from camera" people may be turned
+    assumed_hfov_deg: float = 50.0  # horizontal field of view assumed for the focal length (narrow = safe)
 
     def __post_init__(self) -> None:
         for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
                      "min_range_margin", "occlusion_min_fraction", "ground_min_dy", "max_referring_iou",
-                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance"):
+                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance", "max_near_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not 0.0 <= self.perspective_max_yaw_deg < 90.0 or not 1.0 <= self.assumed_hfov_deg < 180.0:
+            raise ValueError(
+                f"need 0 <= perspective_max_yaw_deg < 90 and 1 <= assumed_hfov_deg < 180, got "
+                f"{self.perspective_max_yaw_deg!r}, {self.assumed_hfov_deg!r}"
+            )
+        if not 0.0 < self.near_share_ratio < 1.0:
+            raise ValueError(f"near_share_ratio must be in (0, 1), got {self.near_share_ratio!r}")
         if not 0.0 <= self.depth_shrink < 0.5:
             raise ValueError(f"depth_shrink must be in [0, 0.5), got {self.depth_shrink!r}")
         if self.depth_max_samples < 16:
@@ -178,11 +190,14 @@ def _robust_depth(
     max_samples: int,
     reject: np.ndarray | None = None,
     reject_tolerance: float = 0.0,
-) -> tuple[float | None, float]:
-    """``(value or None, usable fraction)`` of one box in depth-map pixel coordinates.
+    near_ratio: float = 0.3,
+) -> tuple[float | None, float, float]:
+    """``(value or None, usable fraction, near share)`` of one box in depth-map pixel coordinates.
 
     ``exclude``: boxes whose pixels are not used; ``reject``: depth values whose pixels (within a
-    relative ``reject_tolerance``) are not used.
+    relative ``reject_tolerance``) are not used. The near share is the share of used pixels nearer
+    than the value by more than ``near_ratio`` (``1 - d / value``): large for open shapes (an
+    umbrella's canopy over the ground seen through it) and for unboxed occluders.
     """
     rs, cs = _grid(depth, box, shrink, max_samples)
     values = depth.values[rs, cs]
@@ -191,8 +206,9 @@ def _robust_depth(
         v = values.ravel() if _all_valid(depth) else values[depth.valid[rs, cs]]
         fraction = len(v) / values.size
         if not len(v) or fraction < min_valid_fraction:
-            return None, fraction
-        return _quantile(v, q), fraction
+            return None, fraction, 0.0
+        value = _quantile(v, q)
+        return value, fraction, _near_share(v, value, depth.kind, near_ratio)
     keep = depth.valid[rs, cs]
     if exclude is not None:
         rows, cols = np.arange(rs.start, rs.stop, rs.step), np.arange(cs.start, cs.stop, cs.step)
@@ -205,8 +221,18 @@ def _robust_depth(
         keep = keep & ~near_any
     fraction = float(keep.mean())
     if fraction < min_valid_fraction or not keep.any():
-        return None, fraction
-    return _quantile(values[keep], q), fraction
+        return None, fraction, 0.0
+    v = values[keep]
+    value = _quantile(v, q)
+    return value, fraction, _near_share(v, value, depth.kind, near_ratio)
+
+
+def _near_share(v: np.ndarray, value: float, kind: str, ratio: float) -> float:
+    if value <= 0:
+        return 0.0  # no ratio to speak of; the positivity check drops such objects
+    if kind == "depth":
+        return float(np.count_nonzero(v < value * (1.0 - ratio))) / len(v)
+    return float(np.count_nonzero(v > value / (1.0 - ratio))) / len(v)
 
 
 _VALID_CACHE: dict[int, tuple[np.ndarray, bool]] = {}
@@ -241,9 +267,10 @@ def object_depth(
     scale = np.array([sx, sy, sx, sy])
     box = np.asarray(xyxy, float) * scale
     ex = None if exclude is None or len(exclude) == 0 else np.asarray(exclude, float).reshape(-1, 4) * scale
-    value, _ = _robust_depth(depth, box, ex, config.depth_shrink, config.depth_quantile,
-                             config.min_valid_fraction, config.depth_max_samples)
-    return value
+    value, _, near = _robust_depth(depth, box, ex, config.depth_shrink, config.depth_quantile,
+                                   config.min_valid_fraction, config.depth_max_samples,
+                                   near_ratio=config.near_share_ratio)
+    return None if near > config.max_near_share else value
 
 
 def _region_values(depth: DepthMap, box: Sequence[float], max_samples: int) -> np.ndarray:
@@ -364,8 +391,9 @@ class Scene:
         partial = (inter > 0) & other & ~contains
         return partial, contains
 
-    def _depth_of(self, depth: DepthMap) -> np.ndarray:
-        """Robust depth per object for one depth map; NaN where unreliable.
+    def _depth_of(self, depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
+        """``(robust depth, mixed)`` per object for one depth map; depth NaN where unreliable,
+        ``mixed`` where a value exists but too many pixels are much nearer (``max_near_share``).
 
         Pass 1 subtracts partly overlapping boxes (their pixels may be an occluder's). A box that
         contains the whole object cannot be subtracted, so pass 2 removes the pixels whose depth
@@ -380,9 +408,10 @@ class Scene:
         any_partial, any_container = partial.any(1), contains.any(1)
         args = (cfg.depth_shrink, cfg.depth_quantile, cfg.min_valid_fraction, cfg.depth_max_samples)
         first = np.full(self.n, np.nan)
+        near = np.zeros(self.n)
         for k in range(self.n):
             exclude = boxes[partial[k]] if any_partial[k] else None
-            value, _ = _robust_depth(depth, boxes[k], exclude, *args)
+            value, _, near[k] = _robust_depth(depth, boxes[k], exclude, *args, near_ratio=cfg.near_share_ratio)
             if value is not None:
                 first[k] = value
         values = first.copy()
@@ -394,17 +423,29 @@ class Scene:
             if not (np.isfinite(reject).all() and (reject > 0).all()):
                 values[k] = np.nan
                 continue
-            value, _ = _robust_depth(depth, boxes[k], exclude, *args, reject=reject,
-                                     reject_tolerance=cfg.container_tolerance)
+            value, _, near[k] = _robust_depth(depth, boxes[k], exclude, *args, reject=reject,
+                                              reject_tolerance=cfg.container_tolerance,
+                                              near_ratio=cfg.near_share_ratio)
             values[k] = np.nan if value is None else value
-        return values
+        mixed = np.isfinite(values) & (near > cfg.max_near_share)
+        values[mixed] = np.nan
+        return values, mixed
 
     @cached_property
+    def _depth_and_mixed(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.record.depth is None:
+            return np.full(self.n, np.nan), np.zeros(self.n, dtype=bool)
+        return self._depth_of(self.record.depth)
+
+    @property
     def depth(self) -> np.ndarray:
         """Robust depth per object in depth-map units (NaN: no depth map or unreliable)."""
-        if self.record.depth is None:
-            return np.full(self.n, np.nan)
-        return self._depth_of(self.record.depth)
+        return self._depth_and_mixed[0]
+
+    @property
+    def depth_mixed(self) -> np.ndarray:
+        """Objects with a depth value that was refused for mixing near and far pixels."""
+        return self._depth_and_mixed[1]
 
     @cached_property
     def depth_alt(self) -> np.ndarray | None:
@@ -413,7 +454,7 @@ class Scene:
             return None
         if not isinstance(alt, DepthMap):
             raise TypeError(f"{self.record.key}: meta['depth_alt'] must be a DepthMap, got {type(alt).__name__}")
-        return self._depth_of(alt)
+        return self._depth_of(alt)[0]
 
     @cached_property
     def depth_range(self) -> float:
