@@ -12,21 +12,20 @@ import numpy as np
 
 from .records import Record
 from .tasks import Candidate, Generated
-from .verify import Sieve, VerifyConfig, scene_for
+from .verify import Sieve, VerifyConfig, pairs, scene_for
 
 
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
-    i, j = np.triu_indices(scene.n, 1)
+    i, j = pairs(scene.n)
     sieve = Sieve(len(i))
     scene.check_objects(sieve, i, j)
     gap = scene.box_gap(i, j)
     sieve.check("box_separation", gap >= config.min_box_gap, "boxes_overlap_x")
     i_left = scene.x_center[i] < scene.x_center[j]
     left, right = np.where(i_left, i, j), np.where(i_left, j, i)
-    out = [
-        Candidate(objects=(int(left[c]), int(right[c])), predicate="left_of", sieve=sieve, index=int(c),
-                  evidence={"box_gap": float(gap[c])})
-        for c in sieve.survivors()
-    ]
+    sieve.evidence["box_gap"] = gap
+    keep = sieve.survivors()
+    out = [Candidate(objects=(a, b), predicate="left_of", sieve=sieve, index=c)
+           for a, b, c in zip(left[keep].tolist(), right[keep].tolist(), keep.tolist())]
     return Generated(out, sieve.drops)

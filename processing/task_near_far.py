@@ -20,12 +20,12 @@ import numpy as np
 
 from .records import Record
 from .tasks import Candidate, Generated
-from .verify import Sieve, VerifyConfig, scene_for
+from .verify import Sieve, VerifyConfig, pairs, scene_for
 
 
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
-    i, j = np.triu_indices(scene.n, 1)
+    i, j = pairs(scene.n)
     if record.depth is None:
         return Generated([], Counter({"no_depth": len(i)}) if len(i) else Counter())
     sieve = Sieve(len(i))
@@ -69,9 +69,8 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
                 if verdict is not None:
                     applies[c], ok[c] = True, verdict
         sieve.check("occlusion", ok, "occlusion_inconsistent", applies=applies)
-    out = [
-        Candidate(objects=(int(near[c]), int(far[c])), predicate="nearer_than", sieve=sieve, index=int(c),
-                  evidence={"depth_margin": float(margin[c])})
-        for c in sieve.survivors()
-    ]
+    sieve.evidence["depth_margin"] = margin
+    keep = sieve.survivors()
+    out = [Candidate(objects=(a, b), predicate="nearer_than", sieve=sieve, index=c)
+           for a, b, c in zip(near[keep].tolist(), far[keep].tolist(), keep.tolist())]
     return Generated(out, sieve.drops)

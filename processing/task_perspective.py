@@ -29,11 +29,11 @@ from .verify import Sieve, VerifyConfig, scene_for
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
     det = record.objects
-    persons = [k for k in range(scene.n) if scene.is_person(k)]
-    pairs = [(o, p) for p in persons for o in range(scene.n) if o != p]
-    obj = np.array([o for o, _ in pairs], dtype=int)
-    per = np.array([p for _, p in pairs], dtype=int)
-    sieve = Sieve(len(pairs))
+    persons = np.array([k for k in range(scene.n) if scene.is_person(k)], dtype=int)
+    others = ~np.eye(scene.n, dtype=bool)[persons]  # (persons, n): every other box
+    per = np.repeat(persons, others.sum(1))
+    obj = np.nonzero(others)[1]
+    sieve = Sieve(len(per))
     scene.check_objects(sieve, per, obj)
     facing = np.asarray(det.facing, dtype=object)[per]
     sieve.check("facing_known", facing != "unknown", "facing_unknown")
@@ -44,7 +44,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     sieve.check("box_separation", gap >= config.min_box_gap, "boxes_overlap_x")
     cx = scene.x_center
     image_left = cx[obj] < cx[per]  # the object is on the image's left of the person
-    if config.lateral_check and record.depth is not None and len(pairs):
+    if config.lateral_check and record.depth is not None and len(per):
         d = scene.depth
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)
@@ -64,9 +64,8 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     # Facing the camera mirrors left and right; facing away keeps the camera's.
     person_left = np.where(facing == "toward_camera", ~image_left, image_left)
     predicate = np.where(person_left, "left_of", "right_of")
-    out = [
-        Candidate(objects=(int(obj[c]), int(per[c])), predicate=str(predicate[c]), sieve=sieve, index=int(c),
-                  evidence={"box_gap": float(gap[c])})
-        for c in sieve.survivors()
-    ]
+    sieve.evidence["box_gap"] = gap
+    keep = sieve.survivors()
+    out = [Candidate(objects=(a, b), predicate=p, sieve=sieve, index=c)
+           for a, b, p, c in zip(obj[keep].tolist(), per[keep].tolist(), predicate[keep].tolist(), keep.tolist())]
     return Generated(out, sieve.drops)

@@ -67,7 +67,7 @@ SWAPPABLE = {"near_far": True, "left_right": True, "perspective": False}
 """Relation tasks whose two objects may trade places in a question (the person frame may not)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """A question that passed its checks, before phrasing.
 
@@ -87,6 +87,13 @@ class Candidate:
     evidence: dict[str, Any] = field(default_factory=dict)
     sieve: Sieve | None = None
     index: int = -1
+
+    def evidence_of(self, key: str) -> float | None:
+        if key in self.evidence:
+            return float(self.evidence[key])
+        if self.sieve is not None and key in self.sieve.evidence:
+            return float(self.sieve.evidence[key][self.index])
+        return None
 
     def passed(self) -> list[str]:
         if self.checks is not None:
@@ -225,13 +232,12 @@ def render(task: str, cand: Candidate, scene: Scene, rng: np.random.Generator, i
         if task == "near_far":
             verification["depth_subject"] = float(scene.depth[s])
             verification["depth_object"] = float(scene.depth[o])
-            verification["depth_margin"] = float(cand.evidence["depth_margin"])
+            verification["depth_margin"] = cand.evidence_of("depth_margin")
         if task == "perspective":
             det = rec.objects
             verification["facing"] = det.facing[o]
             verification["facing_confidence"] = float(det.facing_confidence[o])
-    if "box_gap" in cand.evidence:
-        verification["box_gap"] = float(cand.evidence["box_gap"])
+    verification["box_gap"] = cand.evidence_of("box_gap")
     if task == "near_far" or "lateral_dominance" in checks:
         verification["depth_source"] = rec.depth.source
     return {

@@ -7,10 +7,13 @@ it passed (``verification.checks``) with their evidence (depth margin, box gap, 
 Robust object depth (:func:`object_depth`): the inner part of the box (``shrink`` removes a border,
 where blurred depth edges and background live), sampled on a strided grid of at most
 ``depth_max_samples`` pixels, minus the pixels that lie in *other* boxes that overlap this one
-(there the occluder's depth may show; a box that contains the whole object, e.g. a table under a
-cup, is not subtracted), valid pixels only, then a quantile ``depth_quantile`` in *nearness order*
-(0 = nearest): the low quantile of metric depth or the corresponding high quantile of inverse
-depth, so ``depth`` and ``1 / depth`` of the same scene give the same object.
+(there the occluder's depth may show); for a box that contains the whole object (a table under a
+cup, a sofa around a vase seen through it) the pixels at that box's own depth are removed instead;
+valid pixels only, then a quantile ``depth_quantile`` in *nearness order* (0 = nearest): the low
+quantile of metric depth or the corresponding high quantile of inverse depth, so ``depth`` and
+``1 / depth`` of the same scene give the same object. If more than ``max_near_share`` of those
+pixels are much nearer than the result (an umbrella's canopy over the ground, an unboxed
+occluder), the object gets no depth (:func:`object_depth` returns None).
 
 Depth margin: ``1 - nearer / farther`` of the two robust values. It is the same for depth and
 inverse depth (``1 - (1/f) / (1/n) == 1 - n / f``) and for any global scale, so one threshold
@@ -37,7 +40,6 @@ from functools import cached_property
 
 import numpy as np
 
-from ..builders.schema import normalize_bbox
 from .records import DepthMap, Record
 from .templates import display_label
 
@@ -219,8 +221,8 @@ def _robust_depth(
         with np.errstate(invalid="ignore", divide="ignore"):
             near_any = (np.abs(np.log(values[..., None] / reject)) < reject_tolerance).any(-1)
         keep = keep & ~near_any
-    fraction = float(keep.mean())
-    if fraction < min_valid_fraction or not keep.any():
+    fraction = np.count_nonzero(keep) / keep.size
+    if fraction < min_valid_fraction or fraction == 0:
         return None, fraction, 0.0
     v = values[keep]
     value = _quantile(v, q)
@@ -295,7 +297,9 @@ class Scene:
         det, rec = self.record.objects, self.record
         self.n = len(det)
         self.xyxy = det.xyxy.clip([0, 0, 0, 0], [rec.width, rec.height, rec.width, rec.height])
-        self.boxes = [normalize_bbox(b, rec.width, rec.height) for b in self.xyxy]
+        # Vectorized normalize_bbox (same float ops, same round-half-even): one numpy pass per record.
+        size = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float64)
+        self.boxes = np.clip(np.round(self.xyxy / size * 1000), 0, 1000).astype(int).tolist()
         self.labels = det.labels
         self.area_frac = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1]) / (rec.width * rec.height)
         self.label_count = Counter(self.labels)
@@ -511,6 +515,18 @@ def scene_for(record: Record, config: VerifyConfig) -> Scene:
 
 
 # ----------------------------------------------------------------------------------------- sieve
+_PAIRS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``i < j`` index arrays of every unordered pair of ``n`` objects (cached per ``n``)."""
+    if n not in _PAIRS:
+        i, j = np.triu_indices(n, 1)
+        i.flags.writeable = j.flags.writeable = False
+        _PAIRS[n] = (i, j)
+    return _PAIRS[n]
+
+
 class Sieve:
     """Runs named checks over ``m`` candidates at once; the first failing check drops a candidate.
 
@@ -524,6 +540,7 @@ class Sieve:
         self.alive = np.ones(m, dtype=bool)
         self.drops: Counter = Counter()
         self._log: list[tuple[str, np.ndarray | None]] = []
+        self.evidence: dict[str, np.ndarray] = {}  # per-candidate numbers for the verification struct
 
     def check(self, name: str, ok, reason: str, applies: np.ndarray | None = None) -> None:
         ok = np.asarray(ok, dtype=bool)

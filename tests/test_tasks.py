@@ -371,3 +371,29 @@ def test_step_rejects_bad_arguments():
         TaskStep(max_per_task={"nearfar": 1})
     with pytest.raises(ValueError, match="on_invalid_row"):
         TaskStep(on_invalid_row="ignore")
+
+
+# -------------------------------------------------------------------------------- verification
+def test_object_depth_conventions_and_refusals():
+    z = np.full((60, 60), 10.0, np.float32)
+    z[10:50, 10:50] = 2.0
+    box = [10, 10, 50, 50]
+    assert object_depth(DepthMap(z, "depth"), box) == 2.0
+    assert object_depth(DepthMap(1 / z, "inverse_depth"), box) == pytest.approx(0.5)
+    assert object_depth(DepthMap(z, "depth", valid=np.zeros_like(z, bool)), box) is None
+    assert object_depth(DepthMap(z, "depth"), box, exclude=[[0, 0, 60, 60]]) is None  # nothing of its own left
+    # An "umbrella": a near canopy strip over far ground. Mostly ground in the box -> refused.
+    u = np.full((60, 60), 10.0, np.float32)
+    u[10:22, 10:50] = 2.0
+    assert object_depth(DepthMap(u, "depth"), box) is None
+    assert object_depth(DepthMap(u, "depth"), box, config=VerifyConfig(max_near_share=1.0)) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("min_depth_margin", 1.5), ("depth_shrink", 0.5), ("count_max", -1), ("range_quantiles", (0.9, 0.1)),
+     ("perspective_max_yaw_deg", 95.0), ("near_share_ratio", 0.0), ("depth_max_samples", 4)],
+)
+def test_verify_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        VerifyConfig(**{field: value})
