@@ -2,7 +2,8 @@
 
 One pass over the ``(source, image_id, width, height)`` columns only (Parquet column projection,
 record batches), then one cheap check per unique image (header + trailer, no decode; many rows share
-one image). The builder runs it before yielding any row, so ``on_missing_image="error"`` fails early;
+one image). Check outcomes are stored in each root's index: a later scan only ``stat()``-s files that
+did not change (see ``resolvers.py``). The builder runs it before yielding any row, so ``on_missing_image="error"`` fails early;
 ``spatialforge check-images`` prints the same report.
 
 Example:
@@ -16,11 +17,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 
 from .annotations import AnnotationShards, iter_batches, locate_shards
-from .resolvers import MISSING, OK, UNREADABLE, ImageStatus, Resolver, get_resolver, inspect_image
+from .resolvers import MISSING, OK, UNREADABLE, ImageStatus, Resolver, get_resolver
 from .schema import ALL_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -112,8 +113,6 @@ def scan_images(
 
     Raises ``ValueError`` if an ``image_id`` would escape its root (whatever the policy).
     """
-    from tqdm.auto import tqdm
-
     # 1. unique images with their row counts and recorded size (first row wins)
     seen: dict[tuple[str, str], list] = {}
     for path in shards.files:
@@ -138,33 +137,32 @@ def scan_images(
         rep.images += 1
         by_source.setdefault(source, []).append(image_id)
 
-    # 2. resolve through the index, then one cheap check per unique image
+    # 2. resolve through the index, then one cheap check per unique image; the resolver reuses the
+    #    checks stored in its index for files that did not change (one stat() each)
     for source, ids in by_source.items():
         rep = report.sources[source]
         resolver = resolvers.get(source)
         paths = resolver.resolve_many(ids) if resolver is not None else {}
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            statuses = pool.map(lambda i: inspect_image(paths.get(i), max_pixels), ids, chunksize=64)
-            for image_id, status in tqdm(
-                zip(ids, statuses), total=len(ids), desc=f"Checking {source} images", disable=not progress
-            ):
-                key = (source, image_id)
-                if status.status == OK:
-                    rep.found += 1
-                    _, w, h = seen[key]
-                    if (status.width, status.height) != (w, h):
-                        rep.size_mismatch += 1
-                        report.mismatched[key] = ((w, h), (status.width, status.height))
-                        if not w or not h or abs(status.width / status.height - w / h) > aspect_tolerance * (w / h):
-                            rep.aspect_mismatch += 1
-                    continue
-                report.bad[key] = status
-                report.bad_rows[key] = seen[key][0]
-                rep.rows_affected += seen[key][0]
-                if status.status == MISSING:
-                    rep.missing += 1
-                else:
-                    rep.unreadable[status.status] += 1
+        statuses = resolver.check_many(paths, max_pixels, threads=threads, progress=progress) if paths else iter(())
+        absent = ((image_id, ImageStatus(MISSING)) for image_id in ids if image_id not in paths)
+        for image_id, status in chain(statuses, absent):
+            key = (source, image_id)
+            if status.status == OK:
+                rep.found += 1
+                _, w, h = seen[key]
+                if (status.width, status.height) != (w, h):
+                    rep.size_mismatch += 1
+                    report.mismatched[key] = ((w, h), (status.width, status.height))
+                    if not w or not h or abs(status.width / status.height - w / h) > aspect_tolerance * (w / h):
+                        rep.aspect_mismatch += 1
+                continue
+            report.bad[key] = status
+            report.bad_rows[key] = seen[key][0]
+            rep.rows_affected += seen[key][0]
+            if status.status == MISSING:
+                rep.missing += 1
+            else:
+                rep.unreadable[status.status] += 1
     return report
 
 

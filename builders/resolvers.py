@@ -17,14 +17,33 @@ root's real path and the resolver kind.
 **When the index is rebuilt.** The index stores the mtime of the root and of every directory below
 it. Adding, removing or renaming a file changes its parent directory's mtime, so the index is
 rebuilt when any stored directory has a different mtime or is gone. Rewriting a file in place keeps
-the directory mtime: the index still points to the right path, and the per-image check cache
-(keyed by path, size and mtime) sees the change.
+the directory mtime: the index still points to the right path, and the stored image checks (below)
+see the change.
+
+**Stored image checks.** The cheap check of an image (header + trailer, :func:`inspect_image`) is
+remembered in the same index file, keyed by relative path, size, mtime (ns) and the pixel limit.
+A later scan of the root costs one ``stat()`` per image; only files whose size or mtime changed
+(rewritten, replaced, truncated) are opened again. A rebuilt index keeps the checks of the files
+it still holds. Outcomes of I/O errors (permission denied, EIO) are never stored.
 
 **Duplicates.** Two files with the same key under one root (e.g. ``a.jpg`` and ``a.png``): the
 lexicographically smallest relative path wins, always; the number of such keys is logged.
 
-**Safety.** An ``image_id`` that is absolute or contains ``..`` raises ``ValueError``; so does a
-file that is a symlink pointing outside the root. Symlinked directories are not followed.
+**Symlinks.** Clusters often keep a source's splits on other disks
+(``objects365/train -> /mnt/disk2/o365/train``), so a symlinked directory under the root is
+followed: its files are indexed under the path through the link (``train/patch0/x.jpg``) and served
+as ``<root>/train/patch0/x.jpg``. Every real directory is walked once (a set of real paths guards
+against cycles): a link whose target was already walked (a second link to the same disk, a link to
+a folder inside the root) or holds the link's own folder or the root (``loop -> ..``) is skipped
+and counted. Links are followed after the root's own tree, smallest relative path first, so the
+path that indexes a folder reachable twice does not depend on the file system's listing order. The
+trees an image may live in are the root's real path plus the real paths of the followed directory
+links; nothing else is trusted:
+
+* an ``image_id`` that is absolute or contains ``..`` raises ``ValueError`` (checked lexically,
+  before any lookup);
+* a FILE that is a symlink resolving outside those trees (``evil.jpg -> /etc/passwd``) is indexed
+  but refused on use with ``ValueError``, also when it sits inside a followed directory.
 
 Example:
     >>> r = get_resolver("objects365", "/data/objects365")          # doctest: +SKIP
@@ -42,16 +61,23 @@ import struct
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".jpe"}
 )
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: directory symlinks are followed; image checks are stored
 _SQL_CHUNK = 900  # bound parameters per query (old SQLite builds allow 999)
+# Stored outcomes of inspect_image: valid while the file keeps its size and mtime and the pixel
+# limits are the same (``limits``, see _limits_key).
+_CHECKS_TABLE = (
+    "CREATE TABLE checks (relpath TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, limits TEXT, "
+    "status TEXT, width INTEGER, height INTEGER, detail TEXT)"
+)
 
 
 def cache_root() -> str:
@@ -131,6 +157,38 @@ class ImageIndex:
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
 
+    def stored_checks(self, relpaths: Iterable[str]) -> dict[str, tuple]:
+        """``relpath -> (size, mtime_ns, limits, status, width, height, detail)`` of the stored checks."""
+        relpaths = list(relpaths)
+        found: dict[str, tuple] = {}
+        conn = self.conn
+        for i in range(0, len(relpaths), _SQL_CHUNK):
+            chunk = relpaths[i : i + _SQL_CHUNK]
+            sql = f"SELECT * FROM checks WHERE relpath IN ({','.join('?' * len(chunk))})"
+            try:
+                found.update((row[0], row[1:]) for row in conn.execute(sql, chunk))
+            except sqlite3.OperationalError as err:  # an index written before checks were stored
+                if "no such table" not in str(err):
+                    raise
+                return {}
+        return found
+
+    def store_checks(self, rows: list[tuple]) -> None:
+        """Remember check outcomes ``(relpath, size, mtime_ns, limits, status, width, height, detail)``.
+
+        The store is a cache: if the index file cannot be written (read-only cache folder, another
+        process holding the write lock past the timeout) the outcomes are only logged as not kept.
+        """
+        if not rows:
+            return
+        conn = self.conn
+        try:
+            with conn:  # one transaction
+                conn.execute(_CHECKS_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+                conn.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.OperationalError as err:
+            logger.warning("could not store %d image checks in %s (%s); they will be redone next time", len(rows), self.path, err)
+
     def meta(self, name: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
@@ -142,8 +200,10 @@ class IndexStats:
 
     files: int = 0
     duplicates: int = 0  # keys seen more than once (the smallest relative path was kept)
-    symlinked_dirs: int = 0  # not followed
+    symlinked_dirs: int = 0  # directory symlinks followed
+    skipped_links: int = 0  # directory symlinks not followed: target already walked (cycle, second link)
     outside_links: int = 0  # file symlinks pointing outside the root (refused on use)
+    checks_kept: int = 0  # stored image checks carried over from the previous index
     seconds: float = 0.0
 
 
@@ -224,41 +284,61 @@ class Resolver:
 
         t0 = time.perf_counter()
         stats = IndexStats()
-        best: dict[str, tuple[str, bool]] = {}
+        best: dict[str, tuple[str, str | None]] = {}  # key -> (relpath, realpath if a file symlink)
         dirs: list[tuple[str, int]] = []
-        stack = [""]
+        # Real paths of the walked directories (the cycle guard) and of the trees images may live in.
+        visited: set[str] = {self.root_real}
+        trees = [self.root_real]
+        stack = [("", self.root_real)]  # (relative path, real path) of directories to walk
+        links: list[tuple[str, str, str]] = []  # directory symlinks (rel, target, real parent), followed last
         bar = tqdm(desc=f"Indexing {self.source} images", unit=" files", disable=not progress)
-        while stack:
-            rel = stack.pop()
+        while stack or links:
+            if not stack:
+                # Links in order of relative path, each once: a target already walked is skipped.
+                links.sort(reverse=True)
+                rel, real, parent = links.pop()
+                # A target already walked, or one holding the link's own folder or the root
+                # (``loop -> ..``), would walk a tree twice or loop: skip it.
+                if real in visited or _inside(parent, real) or _inside(self.root_real, real):
+                    stats.skipped_links += 1
+                    continue
+                visited.add(real)
+                trees.append(real)
+                stats.symlinked_dirs += 1
+                stack.append((rel, real))
+            rel, real = stack.pop()
             full = os.path.join(self.root_real, rel) if rel else self.root_real
             dirs.append((rel, os.stat(full).st_mtime_ns))
             with os.scandir(full) as it:
                 for entry in it:
                     child = f"{rel}/{entry.name}" if rel else entry.name
+                    link_target = None
                     if entry.is_symlink():
-                        if entry.is_dir():
-                            stats.symlinked_dirs += 1
+                        if entry.is_dir():  # follows the link: a directory symlink that is not dangling
+                            links.append((child, os.path.realpath(entry.path), real))
                             continue
-                        outside = not _inside(os.path.realpath(entry.path), self.root_real)
+                        link_target = os.path.realpath(entry.path)
                     elif entry.is_dir():
-                        if entry.name not in self.skip_dirs:
-                            stack.append(child)
+                        child_real = f"{real}/{entry.name}" if real != "/" else f"/{entry.name}"
+                        if entry.name not in self.skip_dirs and child_real not in visited:
+                            visited.add(child_real)
+                            stack.append((child, child_real))
                         continue
-                    else:
-                        outside = False
                     key = self.key_for(entry.name)
                     if key is None:
                         continue
                     stats.files += 1
-                    stats.outside_links += outside
                     bar.update(1)
                     prev = best.get(key)
                     if prev is not None:
                         stats.duplicates += 1
                         if prev[0] <= child:
                             continue
-                    best[key] = (child, outside)
+                    best[key] = (child, link_target)
         bar.close()
+        # Decided after the walk: a file link may point into a linked tree that is followed later.
+        kept = {k: (rel, target is not None and not any(_inside(target, t) for t in trees)) for k, (rel, target) in best.items()}
+        stats.outside_links = sum(out for _, out in kept.values())
         os.makedirs(os.path.dirname(self.index_path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.index_path), suffix=".tmp")
         os.close(fd)
@@ -269,12 +349,14 @@ class Resolver:
             conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
             conn.execute("CREATE TABLE dirs (reldir TEXT, mtime_ns INTEGER)")
             conn.execute("CREATE TABLE files (key TEXT PRIMARY KEY, relkey TEXT, relpath TEXT, outside INTEGER)")
+            conn.execute(_CHECKS_TABLE)
             conn.executemany("INSERT INTO dirs VALUES (?, ?)", dirs)
             conn.executemany(
                 "INSERT INTO files VALUES (?, ?, ?, ?)",
-                ((k, _relkey(rel), rel, int(out)) for k, (rel, out) in best.items()),
+                ((k, _relkey(rel), rel, int(out)) for k, (rel, out) in kept.items()),
             )
             conn.execute("CREATE INDEX files_relkey ON files (relkey)")
+            stats.checks_kept = self._carry_checks(conn)
             meta = {
                 "version": INDEX_VERSION,
                 "kind": self.kind,
@@ -297,8 +379,28 @@ class Resolver:
                 self.source,
                 self.root,
             )
-        logger.info("indexed %d %s images under %s in %.1fs", len(best), self.source, self.root, stats.seconds)
+        logger.info("indexed %d %s images under %s in %.1fs", len(kept), self.source, self.root, stats.seconds)
         return stats
+
+    def _carry_checks(self, conn: sqlite3.Connection) -> int:
+        """Copy the stored checks of files still indexed from the current index file into ``conn``
+        (adding one file to a folder must not cost a re-check of the whole root)."""
+        if not os.path.exists(self.index_path):
+            return 0
+        try:
+            conn.execute("ATTACH DATABASE ? AS old", (self.index_path,))
+        except sqlite3.DatabaseError as err:
+            logger.warning("could not read the previous index %s (%s); image checks start afresh", self.index_path, err)
+            return 0
+        try:
+            conn.execute("INSERT INTO checks SELECT * FROM old.checks WHERE relpath IN (SELECT relpath FROM files)")
+            return conn.execute("SELECT COUNT(*) FROM checks").fetchone()[0]
+        except sqlite3.DatabaseError as err:  # no checks table, or an unreadable file: nothing to keep
+            logger.debug("no image checks carried over from %s: %s", self.index_path, err)
+            return 0
+        finally:
+            conn.commit()
+            conn.execute("DETACH DATABASE old")
 
     @property
     def index(self) -> ImageIndex:
@@ -347,6 +449,57 @@ class Resolver:
 
     def resolve(self, image_id: str) -> str | None:
         return self.resolve_many([image_id]).get(image_id)
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_many(
+        self,
+        paths: Mapping[str, str],
+        max_pixels: int | None = None,
+        threads: int = 8,
+        progress: bool = False,
+    ) -> Iterator[tuple[str, ImageStatus]]:
+        """``(image_id, status)`` of :func:`inspect_image` for ``paths`` (``image_id -> path`` from
+        :meth:`resolve_many`), in the order of ``paths``.
+
+        Files whose size and mtime match a stored check are only ``stat()``-ed; the others are
+        inspected (in ``threads`` threads: the work is I/O bound) and their outcomes stored.
+        """
+        from tqdm.auto import tqdm
+
+        limits = _limits_key(max_pixels)
+        prefix = len(self.root_real.rstrip(os.sep)) + 1
+        rels = {image_id: path[prefix:] for image_id, path in paths.items()}
+        stored = self.index.stored_checks(rels.values())
+
+        def one(image_id: str) -> tuple[ImageStatus, tuple | None]:
+            path, rel = paths[image_id], rels[image_id]
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return ImageStatus(MISSING), None
+            prev = stored.get(rel)
+            if prev is not None and prev[:3] == (st.st_size, st.st_mtime_ns, limits):
+                return ImageStatus(*prev[3:]), None
+            status = inspect_image(path, max_pixels)
+            if not status.storable:
+                return status, None
+            return status, (rel, st.st_size, st.st_mtime_ns, limits, status.status, status.width, status.height, status.detail)
+
+        new: list[tuple] = []
+        try:
+            with ThreadPoolExecutor(max(1, threads)) as pool:
+                results = pool.map(one, paths, chunksize=256)
+                for image_id, (status, row) in tqdm(
+                    zip(paths, results), total=len(paths), desc=f"Checking {self.source} images", disable=not progress
+                ):
+                    if row is not None:
+                        new.append(row)
+                        if len(new) >= 50_000:  # keep progress if a long first scan is interrupted
+                            self.index.store_checks(new)
+                            new = []
+                    yield image_id, status
+        finally:
+            self.index.store_checks(new)
 
 
 def _relkey(relpath: str) -> str:
@@ -409,6 +562,16 @@ class ImageStatus:
     width: int | None = None  # EXIF-transposed size from the header (what datasets.Image decodes to)
     height: int | None = None
     detail: str = ""
+    # False for outcomes of I/O errors (permission denied, EIO): they say nothing about the file's
+    # content, so they are never stored (a chmod does not change the mtime).
+    storable: bool = field(default=True, compare=False, repr=False)
+
+
+def _limits_key(max_pixels: int | None) -> str:
+    """The pixel limits a check outcome depends on: ours and PIL's own (it raises above twice its)."""
+    from PIL import Image
+
+    return f"{Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels}/{Image.MAX_IMAGE_PIXELS}"
 
 
 def inspect_image(path: str | None, max_pixels: int | None = None) -> ImageStatus:
@@ -438,7 +601,9 @@ def inspect_image(path: str | None, max_pixels: int | None = None) -> ImageStatu
     except Image.DecompressionBombError as err:
         return ImageStatus(TOO_MANY_PIXELS, detail=str(err))
     except (UnidentifiedImageError, SyntaxError, struct.error, ValueError, OSError) as err:
-        return ImageStatus(NOT_IMAGE, detail=f"{type(err).__name__}: {err}")
+        # PIL's format errors carry no errno; an errno means the system failed to read the file.
+        io_error = isinstance(err, OSError) and err.errno is not None
+        return ImageStatus(NOT_IMAGE, detail=f"{type(err).__name__}: {err}", storable=not io_error)
     if limit is not None and w * h > limit:
         return ImageStatus(TOO_MANY_PIXELS, w, h, detail=f"{w}x{h}={w * h} pixels > limit {limit}")
     if orientation in (5, 6, 7, 8):  # transposed orientations swap the axes

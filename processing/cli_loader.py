@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"indexed {stats.files} {source} image files under {resolver.root} in {stats.seconds:.1f}s "
             f"({stats.duplicates} duplicate ids, {stats.outside_links} links out of the root, "
-            f"{stats.symlinked_dirs} symlinked folders not followed) -> {resolver.index_path}"
+            f"{stats.symlinked_dirs} symlinked folders followed, {stats.skipped_links} skipped as already walked, "
+            f"{stats.checks_kept} image checks kept) -> {resolver.index_path}"
         )
 
     @app.command("check-images")

@@ -264,3 +264,177 @@ def test_index_cli_builds_and_reuses(tmp_path):
     assert "is up to date" in res.output
     res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(tmp_path / "nope")])
     assert res.exit_code != 0 and "not a directory" in res.output
+
+
+# -- stored image checks --------------------------------------------------------------------------
+@pytest.fixture
+def count_inspections(monkeypatch):
+    """Count calls of the per-image check (each one opens the file with PIL and reads its tail)."""
+    from spatialforge.builders import resolvers
+
+    calls: list[str] = []
+    real = resolvers.inspect_image
+
+    def counting(path, max_pixels=None):
+        calls.append(path)
+        return real(path, max_pixels)
+
+    monkeypatch.setattr(resolvers, "inspect_image", counting)
+    return calls
+
+
+def _statuses(report):
+    return {k: v.status for k, v in report.bad.items()}, {s: (r.found, r.missing, dict(r.unreadable)) for s, r in report.sources.items()}
+
+
+def test_second_scan_opens_no_image(tmp_path, count_inspections, monkeypatch):
+    fx = make_dataset(tmp_path)
+    kw = dict(config_name="near_far", annotations=fx.annotations, image_dirs=fx.image_dirs, cache_dir=str(tmp_path / "c"))
+    first = SpatialForge10M(**kw)
+    first.as_streaming_dataset(split="train")
+    assert sorted(count_inspections) == sorted(os.path.realpath(im.path) for im in fx.images)
+    count_inspections.clear()
+    import PIL.Image
+
+    opens: list = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+    again = SpatialForge10M(**kw)  # a new builder, new resolvers: what a new process sees
+    ds = again.as_streaming_dataset(split="train")  # the pre-scan runs here
+    assert count_inspections == [] and opens == []
+    assert len(list(ds)) == len(fx.rows_of("near_far")) == len(opens)  # rows decode their image, once each
+    assert again.image_stats == first.image_stats
+
+
+def test_file_rewritten_in_place_is_checked_again(tmp_path, count_inspections):
+    fx = make_dataset(tmp_path)
+    assert check_images(fx.annotations, fx.image_dirs).rows_affected == 0
+    truncated, garbled = fx.images[0], fx.images[1]
+    corrupt(truncated.path, "truncated")  # in place: the folder's mtime stays, the index stays fresh
+    size, mtime = os.stat(garbled.path).st_size, os.stat(garbled.path).st_mtime_ns
+    with open(garbled.path, "r+b") as f:  # same size, last bytes (the JPEG EOI) overwritten
+        f.seek(size - 16)
+        f.write(b"\0" * 16)
+    os.utime(garbled.path, ns=(mtime + 10**9, mtime + 10**9))  # coarse clocks: make the change visible
+    assert os.stat(garbled.path).st_size == size
+    assert all(get_resolver(s, r).is_fresh() for s, r in fx.image_dirs.items())
+    count_inspections.clear()
+    report = check_images(fx.annotations, fx.image_dirs)
+    assert sorted(count_inspections) == sorted(os.path.realpath(im.path) for im in (truncated, garbled))
+    assert {k: v.status for k, v in report.bad.items()} == {
+        (truncated.source, truncated.image_id): "truncated",
+        (garbled.source, garbled.image_id): "truncated",
+    }
+
+
+def test_replaced_and_deleted_files_are_seen_and_other_checks_kept(tmp_path, count_inspections):
+    fx = make_dataset(tmp_path)
+    check_images(fx.annotations, fx.image_dirs)
+    replaced, deleted = fx.images[4], fx.images[8]  # objects365 (val/), objects365 (train/)
+    with open(replaced.path, "rb") as f:
+        data = f.read()
+    with open(replaced.path + ".part", "wb") as f:  # a download tool: write aside, rename over
+        f.write(data[: len(data) * 2 // 3])
+    os.replace(replaced.path + ".part", replaced.path)
+    os.remove(deleted.path)
+    count_inspections.clear()
+    report = check_images(fx.annotations, fx.image_dirs)
+    # the folders changed, so the index was rebuilt; it kept the checks of the unchanged files
+    assert count_inspections == [os.path.realpath(replaced.path)]
+    assert {k: v.status for k, v in report.bad.items()} == {
+        (replaced.source, replaced.image_id): "truncated",
+        (deleted.source, deleted.image_id): "missing",
+    }
+
+
+def test_file_gone_while_the_index_looks_fresh_is_missing(tmp_path, count_inspections):
+    fx = make_dataset(tmp_path, n_per_source=1)
+    check_images(fx.annotations, fx.image_dirs)
+    gone = fx.images[0]
+    folder = os.path.dirname(gone.path)
+    st = os.stat(folder)
+    os.remove(gone.path)
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))  # e.g. a sync tool restoring folder times
+    assert get_resolver(gone.source, fx.image_dirs[gone.source]).is_fresh()
+    count_inspections.clear()
+    report = check_images(fx.annotations, fx.image_dirs)
+    assert {k: v.status for k, v in report.bad.items()} == {(gone.source, gone.image_id): "missing"}
+    assert count_inspections == []
+
+
+def test_a_new_pixel_limit_checks_again(tmp_path, count_inspections):
+    fx = make_dataset(tmp_path, n_per_source=1)  # 4 images of 64x48 = 3072 pixels
+    assert check_images(fx.annotations, fx.image_dirs).rows_affected == 0
+    small = check_images(fx.annotations, fx.image_dirs, max_pixels=3000)
+    assert {v.status for v in small.bad.values()} == {"too_many_pixels"} and len(small.bad) == 4
+    assert check_images(fx.annotations, fx.image_dirs, max_pixels=3000).rows_affected == small.rows_affected
+    assert len(count_inspections) == 8  # 4 with PIL's limit, 4 with 3000, none for the repeat
+    assert check_images(fx.annotations, fx.image_dirs).rows_affected == 0
+
+
+# -- symlinked folders ----------------------------------------------------------------------------
+def test_symlinked_subfolder_is_indexed_and_served(tmp_path):
+    # objects365/train -> <disk2>/o365/train, as on clusters whose splits live on other disks
+    disk2 = tmp_path / "disk2" / "o365" / "train"
+    root = tmp_path / "images" / "objects365"
+    im_val = FixtureImage("objects365", "objects365_v2_00000001", str(root / "val" / "patch0" / "objects365_v2_00000001.jpg"),
+                          64, 48, (4, 4, 20, 20))
+    im_link = FixtureImage("objects365", "objects365_v2_00000002", str(disk2 / "patch3" / "objects365_v2_00000002.jpg"),
+                           64, 48, (30, 10, 50, 30))
+    for im in (im_val, im_link):
+        make_jpeg(im.path, (im.width, im.height), im.rect)
+    os.symlink(disk2, root / "train")
+    r = get_resolver("objects365", str(root))
+    stats = r.build_index()
+    assert (stats.files, stats.symlinked_dirs, stats.skipped_links) == (2, 1, 0)
+    served = os.path.join(os.path.realpath(root), "train", "patch3", "objects365_v2_00000002.jpg")
+    assert r.resolve("objects365_v2_00000002") == served
+    assert r.resolve_many(["train/patch3/objects365_v2_00000002"]) == {"train/patch3/objects365_v2_00000002": served}
+    write_shards(str(tmp_path / "ann"), rows_for_image(im_val, ("grounding",)) + rows_for_image(im_link, ("grounding",)))
+    b = SpatialForge10M(config_name="grounding", annotations=str(tmp_path / "ann"), image_dirs={"objects365": str(root)},
+                        cache_dir=str(tmp_path / "c"))
+    rows = list(b.as_streaming_dataset(split="train"))
+    assert sorted(r["image_id"] for r in rows) == [im_val.image_id, im_link.image_id]
+    assert all(r["image"].size == (64, 48) for r in rows)
+    assert b.image_stats["sources"]["objects365"]["found"] == 2
+    # a new file on the other disk changes a stored folder's mtime: the index is rebuilt
+    make_jpeg(str(disk2 / "patch3" / "objects365_v2_00000003.jpg"))
+    assert not get_resolver("objects365", str(root)).is_fresh()
+    assert get_resolver("objects365", str(root)).resolve("objects365_v2_00000003") is not None
+
+
+def test_symlink_cycles_and_second_links_are_walked_once(tmp_path):
+    disk2 = tmp_path / "disk2" / "train"
+    make_jpeg(str(disk2 / "a.jpg"))
+    root = tmp_path / "mine"
+    make_jpeg(str(root / "own" / "b.jpg"))
+    os.symlink(disk2, root / "train")
+    os.symlink(disk2, root / "train_again")  # the same disk twice
+    os.symlink(root / "own", root / "own_alias")  # a folder inside the root
+    os.symlink(root, root / "own" / "loop")  # a cycle through the root
+    os.symlink(tmp_path, disk2 / "up")  # a cycle out of the linked tree, back over the root
+    r = get_resolver("mine", str(root))
+    stats = r.build_index()
+    assert (stats.files, stats.duplicates, stats.symlinked_dirs, stats.skipped_links) == (2, 0, 1, 4)
+    real = os.path.realpath(root)
+    assert r.resolve_many(["a", "b"]) == {"a": os.path.join(real, "train", "a.jpg"), "b": os.path.join(real, "own", "b.jpg")}
+
+
+def test_file_symlink_out_of_the_root_is_refused_also_inside_a_linked_folder(tmp_path):
+    secret = tmp_path / "etc" / "passwd.jpg"  # stands for /etc/passwd: any file outside the image trees
+    make_jpeg(str(secret))
+    disk2 = tmp_path / "disk2" / "train"
+    make_jpeg(str(disk2 / "ok.jpg"))
+    os.symlink(secret, disk2 / "evil.jpg")
+    root = tmp_path / "mine"
+    make_jpeg(str(root / "x.jpg"))
+    os.symlink(disk2, root / "train")
+    os.symlink(secret, root / "evil2.jpg")
+    os.symlink(disk2 / "ok.jpg", root / "alias.jpg")  # points into a followed tree: allowed
+    r = get_resolver("mine", str(root))
+    assert r.build_index().outside_links == 2
+    assert r.resolve("alias") == os.path.join(os.path.realpath(root), "alias.jpg")
+    assert r.resolve("ok") == os.path.join(os.path.realpath(root), "train", "ok.jpg")
+    for image_id, rel in (("evil", "train/evil.jpg"), ("evil2", "evil2.jpg")):
+        with pytest.raises(ValueError, match=f"image_id '{image_id}' resolves to '{rel}', a symlink pointing outside the image root"):
+            r.resolve(image_id)
