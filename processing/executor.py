@@ -194,6 +194,8 @@ class LocalExecutor:
         overwrite: start from scratch, deleting a previous run's output in ``out_dir``.
         finalize: callable ``(out_dir, merged_stats) -> None`` run at the end (e.g. ``write_card``).
         progress: show tqdm progress bars.
+        prepare: callable run once in this process before any shard, when shards are left to do
+            (e.g. converting the annotations once instead of in every worker).
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class LocalExecutor:
         finalize: Callable[[Path, dict[str, Any]], None] | None = None,
         progress: bool = True,
         start_method: str = "spawn",
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
@@ -221,6 +224,7 @@ class LocalExecutor:
         self.finalize = finalize
         self.progress = progress
         self.start_method = start_method
+        self.prepare = prepare
 
     # -- state -----------------------------------------------------------------------------------
     def _prepare(self) -> list[int]:
@@ -281,6 +285,8 @@ class LocalExecutor:
         if todo:
             from tqdm.auto import tqdm
 
+            if self.prepare is not None:
+                self.prepare()
             shard_bar = tqdm(total=self.num_shards, initial=self.num_shards - len(todo), desc="shards", unit="shard", disable=not self.progress)
             record_bar = tqdm(desc="images", unit="img", disable=not self.progress)
             try:

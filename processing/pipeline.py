@@ -38,6 +38,7 @@ from .readers import (
     OpenImagesReader,
     PixmoReader,
     Reader,
+    TableReader,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,19 +139,32 @@ class GenerateConfig:
         """Where images stored as bytes (source=hf) are written once."""
         return Path(self.out) / ".spatialforge" / "cache" / "images"
 
+    @property
+    def annotation_cache_dir(self) -> Path:
+        """Where the annotations are converted once into a per-image table that every worker reads its shard of."""
+        return Path(self.out) / ".spatialforge" / "cache" / "annotations"
+
 
 def make_reader(cfg: GenerateConfig) -> Reader:
     """The reader of ``cfg.source``."""
     common = {"source": cfg.source_name, "on_bad_input": cfg.on_bad_input, "on_size_mismatch": cfg.on_size_mismatch}
+    cache = {"cache_dir": cfg.annotation_cache_dir}
     if cfg.source == "objects365":
-        return CocoReader(cfg.annotations, cfg.images, **common)
+        return CocoReader(cfg.annotations, cfg.images, **cache, **common)
     if cfg.source == "openimages":
-        return OpenImagesReader(cfg.annotations, cfg.images, cfg.class_descriptions, cfg.image_labels, **common)
+        return OpenImagesReader(cfg.annotations, cfg.images, cfg.class_descriptions, cfg.image_labels, **cache, **common)
     if cfg.source == "pixmo":
-        return PixmoReader(cfg.annotations, cfg.images, **common)
+        return PixmoReader(cfg.annotations, cfg.images, **cache, **common)
     if cfg.source == "folder":
         return FolderReader(cfg.images, **common)
     return HFDatasetReader(cfg.annotations, cfg.cache_dir, split=cfg.hf_split, **common)
+
+
+def prepare_inputs(cfg: GenerateConfig) -> None:
+    """Convert the annotations of ``cfg`` once, in this process, before workers start (no-op when cached)."""
+    reader = make_reader(cfg)
+    if isinstance(reader, TableReader):
+        reader.prepare()
 
 
 def _facing_step() -> Step | None:
@@ -223,5 +237,6 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         overwrite=cfg.overwrite,
         finalize=write_card,
         progress=cfg.progress,
+        prepare=partial(prepare_inputs, cfg),
     )
     return executor.run()
