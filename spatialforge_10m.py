@@ -31,6 +31,7 @@ import os
 
 import datasets
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets.builder import Key
 from datasets.iterable_dataset import ArrowExamplesIterable
 from datasets.download.streaming_download_manager import StreamingDownloadManager
@@ -201,41 +202,60 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         """Annotation record batches with the rows of bad images removed and an ``image`` column
         ``{"bytes": None, "path": <absolute path>}`` in front: the one reading path of both modes."""
         shards = self._shards
-        bad, resolvers, policy = self._bad_keys, self._resolvers, self.config.on_missing_image
         download_config = getattr(self, "_download_config", None)
         image_type = self.info.features["image"].pa_type
         for file_idx, path in enumerate(files):
             for batch_idx, table in enumerate(
                 iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config)
             ):
-                keys = list(zip(table.column("source").to_pylist(), table.column("image_id").to_pylist()))
-                wanted: dict[str, set[str]] = {}
-                for s, i in keys:
-                    wanted.setdefault(s, set()).add(i)
-                paths: dict[tuple[str, str], str] = {}
-                for s, ids in wanted.items():  # one index query per source and batch, never per row
-                    resolver = resolvers.get(s)
-                    if resolver is not None:
-                        paths.update(((s, i), p) for i, p in resolver.resolve_many(ids).items())
-                keep, image_paths = [], []
-                for k, key in enumerate(keys):
-                    if key in bad:
-                        continue
-                    image_path = paths.get(key)
-                    if image_path is None:  # vanished since the pre-scan (the folder changed meanwhile)
-                        row_id = table.column("id")[k].as_py()
-                        if policy == "error":
-                            raise FileNotFoundError(f"image {key[0]}/{key[1]} of row {row_id!r} is {MISSING}")
-                        logger.warning("dropping row %r: image %s/%s disappeared", row_id, *key)
-                        continue
-                    keep.append(k)
-                    image_paths.append(image_path)
-                if len(keep) < table.num_rows:
-                    table = table.take(pa.array(keep, pa.int64()))
+                image_paths = self._image_paths(table)
+                keep = pc.is_valid(image_paths)
+                if image_paths.null_count:
+                    table, image_paths = table.filter(keep), image_paths.filter(keep)
                 image = pa.StructArray.from_arrays(
-                    [pa.nulls(len(keep), pa.binary()), pa.array(image_paths, pa.string())], fields=list(image_type)
+                    [pa.nulls(len(image_paths), pa.binary()), image_paths], fields=list(image_type)
                 )
                 yield Key(file_idx, batch_idx), table.add_column(0, pa.field("image", image_type), image)
+
+    def _image_paths(self, table: pa.Table) -> pa.Array:
+        """Absolute image path of every row of ``table``; null for rows to drop (bad image, or one
+        that vanished since the pre-scan, which the policy may turn into an error).
+
+        Columnar on purpose: one index query per source and batch on its unique ids, then Arrow
+        kernels map the answers back to the rows; no Python work per row.
+        """
+        sources, image_ids = table.column("source"), table.column("image_id")
+        paths = pa.nulls(table.num_rows, pa.string())
+        vanished: list[pa.Array] = []
+        names = pc.unique(sources).to_pylist()
+        for source in names:
+            mask = None if len(names) == 1 else pc.equal(sources, source)  # batches are mostly of one source
+            ids = image_ids if mask is None else pc.filter(image_ids, mask)
+            unique = pc.unique(ids)
+            resolver = self._resolvers.get(source)
+            unique_ids = unique.to_pylist()
+            found = resolver.resolve_many(unique_ids) if resolver is not None else {}
+            wanted, gone = [], []
+            for image_id in unique_ids:
+                path = found.get(image_id)
+                if (source, image_id) in self._bad_keys:
+                    path = None
+                elif path is None:  # not bad at the pre-scan, absent now: the folder changed meanwhile
+                    gone.append(image_id)
+                wanted.append(path)
+            of_rows = pc.take(pa.array(wanted, pa.string()), pc.index_in(image_ids, value_set=unique))
+            paths = of_rows if mask is None else pc.if_else(mask, of_rows, paths)
+            if gone:
+                hit = pc.is_in(image_ids, value_set=pa.array(gone, pa.string()))
+                vanished.append(hit if mask is None else pc.and_(hit, mask))
+        if vanished:
+            rows = sorted(k for hit in vanished for k in pc.indices_nonzero(hit).to_pylist())
+            for k in rows:  # rare: only when files disappear while the dataset is read
+                row_id, key = table.column("id")[k].as_py(), (sources[k].as_py(), image_ids[k].as_py())
+                if self.config.on_missing_image == "error":
+                    raise FileNotFoundError(f"image {key[0]}/{key[1]} of row {row_id!r} is {MISSING}")
+                logger.warning("dropping row %r: image %s/%s disappeared", row_id, *key)
+        return paths.combine_chunks() if isinstance(paths, pa.ChunkedArray) else paths
 
     def _generate_examples(self, files: list[str]):
         """Rows of :meth:`_generate_tables` (used by ``download_and_prepare``)."""

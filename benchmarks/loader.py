@@ -3,12 +3,16 @@
 Prints, in one run, on data it generates in a temp folder:
 
 1. streaming examples/s of ``SpatialForge10M`` (images decoded by ``datasets.Image``) vs a baseline
-   that reads the same Parquet with pyarrow and decodes the same JPEGs with PIL, and their ratio;
+   that reads the same Parquet with pyarrow and decodes the same JPEGs with PIL, and their ratio
+   (``--profile N`` adds the top N cProfile entries of one builder pass);
+1b. the pre-scan of ``--prescan-images`` images: first (every image opened), second (checks stored in
+   the index: one stat() per image) and after one file was rewritten;
 2. time to index ``--index-files`` image files and to resolve ``--resolve-ids`` ids through the index;
 3. peak RSS of a process streaming N annotation rows through the builder (images referenced, not
    decoded; rows taken in batches of 1024), for two N (``--rss-rows``): memory should be flat in the number of rows.
 
     python benchmarks/loader.py                       # default, < 3 min on 2 cores
+    python benchmarks/loader.py --skip index rss --profile 25    # throughput and pre-scan only
     python benchmarks/loader.py --images 2000 --rows-per-image 8 --index-files 1000000 --rss-rows 1000000 5000000
 """
 
@@ -88,7 +92,7 @@ def _write_annotations(folder: str, ids: list[str], n_rows: int, size, shards: i
                 w.write_table(_table(shard_ids, min(chunk, hi - start), size, offset=start), row_group_size=10_000)
 
 
-def bench_throughput(tmp: str, n_images: int, rows_per_image: int, size) -> None:
+def bench_throughput(tmp: str, n_images: int, rows_per_image: int, size, profile: int = 0) -> None:
     from PIL import Image, ImageOps
 
     from spatialforge_10m import SpatialForge10M
@@ -116,8 +120,8 @@ def bench_throughput(tmp: str, n_images: int, rows_per_image: int, size) -> None
                     n += im.size[0] > 0
         return n
 
-    builder = SpatialForge10M(config_name="near_far", annotations=ann, image_dirs={"objects365": img_root})
     t = time.perf_counter()
+    builder = SpatialForge10M(config_name="near_far", annotations=ann, image_dirs={"objects365": img_root})
     ds = builder.as_streaming_dataset(split="train")
     prescan = time.perf_counter() - t
 
@@ -135,6 +139,38 @@ def bench_throughput(tmp: str, n_images: int, rows_per_image: int, size) -> None
     print(f"    baseline pyarrow+PIL : {results['baseline']:10.0f} examples/s")
     print(f"    SpatialForge10M      : {results['builder']:10.0f} examples/s")
     print(f"    ratio builder/baseline: {results['builder'] / results['baseline']:.2f}  (goal >= 0.8)")
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(ours)
+        print(f"    cProfile of one builder pass, top {profile} by own time:")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(profile)
+
+
+def bench_prescan(tmp: str, n_images: int) -> None:
+    """Pre-scan cost when the annotations reference ``n_images`` images, first and repeated."""
+    from spatialforge_10m import SpatialForge10M
+
+    img_root = os.path.join(tmp, "ps-images")
+    ids = _make_images(img_root, n_images, (64, 48))
+    ann = os.path.join(tmp, "ps-ann")
+    _write_annotations(ann, ids, 2 * n_images, (64, 48), shards=2)
+    print(f"\n[1b] pre-scan of {n_images} images ({2 * n_images} rows): index + key columns + one check per image")
+
+    def scan() -> float:
+        t = time.perf_counter()
+        SpatialForge10M(config_name="near_far", annotations=ann, image_dirs={"objects365": img_root}).as_streaming_dataset(split="train")
+        return time.perf_counter() - t
+
+    first, second = scan(), scan()
+    path = os.path.join(img_root, "train", "patch0", ids[0] + ".jpg")
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))  # rewritten in place: rechecked, the rest only stat()-ed
+    touched = scan()
+    print(f"    first scan           : {first:8.2f} s  ({n_images / first:,.0f} images/s)")
+    print(f"    second scan          : {second:8.2f} s  ({n_images / second:,.0f} images/s, {first / second:.1f}x faster)")
+    print(f"    after one rewrite    : {touched:8.2f} s")
 
 
 def bench_index(tmp: str, n_files: int, n_ids: int) -> None:
@@ -204,12 +240,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=400, help="JPEGs for the throughput part")
     p.add_argument("--rows-per-image", type=int, default=5)
+    p.add_argument("--prescan-images", type=int, default=5000, help="images for the pre-scan part")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N cProfile entries of one builder pass")
     p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     p.add_argument("--index-files", type=int, default=200_000)
     p.add_argument("--resolve-ids", type=int, default=1_000_000)
     p.add_argument("--rss-rows", type=int, nargs=2, default=(200_000, 1_000_000))
     p.add_argument("--rss-images", type=int, default=1000)
-    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "index", "rss"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "prescan", "index", "rss"])
     p.add_argument("--_rss-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._rss_child:
@@ -219,7 +257,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sf-bench-loader-") as tmp:
         _setup_env(tmp)
         if "throughput" not in args.skip:
-            bench_throughput(tmp, args.images, args.rows_per_image, tuple(args.size))
+            bench_throughput(tmp, args.images, args.rows_per_image, tuple(args.size), args.profile)
+        if "prescan" not in args.skip:
+            bench_prescan(tmp, args.prescan_images)
         if "index" not in args.skip:
             bench_index(tmp, args.index_files, args.resolve_ids)
         if "rss" not in args.skip:

@@ -119,13 +119,18 @@ def scan_images(
         for batch in iter_batches(
             path, shards.format, _KEY_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config
         ):
-            columns = [batch.column(c).to_pylist() for c in _KEY_COLUMNS]
-            for key in zip(*columns):
-                entry = seen.get(key[:2])
+            # Rows of one image are mostly adjacent: count them per batch in Arrow, then merge the
+            # (far fewer) groups in Python. use_threads=False keeps "first" the first row's value.
+            groups = batch.group_by(["source", "image_id"], use_threads=False).aggregate(
+                [("width", "first"), ("height", "first"), ([], "count_all")]
+            )
+            columns = [groups.column(c).to_pylist() for c in ("source", "image_id", "count_all", "width_first", "height_first")]
+            for source, image_id, n, w, h in zip(*columns):
+                entry = seen.get((source, image_id))
                 if entry is None:
-                    seen[key[:2]] = [1, key[2], key[3]]
+                    seen[(source, image_id)] = [n, w, h]
                 else:
-                    entry[0] += 1
+                    entry[0] += n
     report = ImageReport()
     by_source: dict[str, list[str]] = {}
     for (source, image_id), (n, _, _) in seen.items():

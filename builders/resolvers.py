@@ -72,6 +72,7 @@ IMAGE_EXTS: frozenset[str] = frozenset(
 )
 INDEX_VERSION = 2  # 2: directory symlinks are followed; image checks are stored
 _SQL_CHUNK = 900  # bound parameters per query (old SQLite builds allow 999)
+_CHECK_CHUNK = 64  # images per task of the check thread pool
 # Stored outcomes of inspect_image: valid while the file keeps its size and mtime and the pixel
 # limits are the same (``limits``, see _limits_key).
 _CHECKS_TABLE = (
@@ -485,19 +486,24 @@ class Resolver:
                 return status, None
             return status, (rel, st.st_size, st.st_mtime_ns, limits, status.status, status.width, status.height, status.detail)
 
+        # Chunks of ids per task: ThreadPoolExecutor.map ignores chunksize, and one future per
+        # image costs more than the stat() of an unchanged one.
+        ids = list(paths)
+        chunks = [ids[i : i + _CHECK_CHUNK] for i in range(0, len(ids), _CHECK_CHUNK)]
         new: list[tuple] = []
         try:
-            with ThreadPoolExecutor(max(1, threads)) as pool:
-                results = pool.map(one, paths, chunksize=256)
-                for image_id, (status, row) in tqdm(
-                    zip(paths, results), total=len(paths), desc=f"Checking {self.source} images", disable=not progress
-                ):
-                    if row is not None:
-                        new.append(row)
-                        if len(new) >= 50_000:  # keep progress if a long first scan is interrupted
-                            self.index.store_checks(new)
-                            new = []
-                    yield image_id, status
+            with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool, tqdm(
+                total=len(ids), desc=f"Checking {self.source} images", disable=not progress
+            ) as bar:
+                for chunk, results in zip(chunks, pool.map(lambda chunk: [one(i) for i in chunk], chunks)):
+                    for image_id, (status, row) in zip(chunk, results):
+                        if row is not None:
+                            new.append(row)
+                        yield image_id, status
+                    bar.update(len(chunk))
+                    if len(new) >= 50_000:  # keep progress if a long first scan is interrupted
+                        self.index.store_checks(new)
+                        new = []
         finally:
             self.index.store_checks(new)
 

@@ -438,3 +438,26 @@ def test_file_symlink_out_of_the_root_is_refused_also_inside_a_linked_folder(tmp
     for image_id, rel in (("evil", "train/evil.jpg"), ("evil2", "evil2.jpg")):
         with pytest.raises(ValueError, match=f"image_id '{image_id}' resolves to '{rel}', a symlink pointing outside the image root"):
             r.resolve(image_id)
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_image_gone_after_the_pre_scan_follows_the_policy(tmp_path, policy, caplog):
+    import pickle
+
+    fx = make_dataset(tmp_path, n_per_source=2)
+    b = SpatialForge10M(config_name="counting", annotations=fx.annotations, image_dirs=fx.image_dirs,
+                        on_missing_image=policy, cache_dir=str(tmp_path / "c"))
+    ds = b.as_streaming_dataset(split="train").remove_columns("image")
+    gone = fx.images[5]  # openimages, validation/
+    os.remove(gone.path)
+    get_resolver(gone.source, fx.image_dirs[gone.source]).build_index()  # e.g. another job refreshed it
+    ds = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker gets: it opens the index afresh
+    row_id = next(r["id"] for r in fx.rows_of("counting") if r["image_id"] == gone.image_id)
+    if policy == "error":
+        with pytest.raises(FileNotFoundError, match=f"image openimages/{gone.image_id} of row '{row_id}' is missing"):
+            list(ds)
+        return
+    with caplog.at_level(logging.WARNING):
+        rows = list(ds)
+    assert [r["id"] for r in rows] == [r["id"] for r in fx.rows_of("counting") if r["id"] != row_id]
+    assert f"dropping row '{row_id}': image openimages/{gone.image_id} disappeared" in caplog.text
