@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -348,3 +351,222 @@ def test_hf_reader_local_imagefolder(tmp_path):
     assert records["x1"].objects.xyxy.tolist() == [[1, 2, 11, 7]] and records["x1"].objects.labels == ["cup"]
     assert records["x1"].image_path.endswith("x1.jpg") and (records["x1"].width, records["x1"].height) == (30, 20)
     assert len(records["x2"].objects) == 0 and reader.objects_dropped == {"bbox_zero_area": 1}
+
+
+# ------------------------------------------------------------------- annotation tables and cache
+
+
+def _records(reader) -> dict:
+    out = {}
+    for r in reader.run(None, 0, 1):
+        out[r.image_id] = (r.width, r.height, r.objects.xyxy.tolist(), r.objects.labels, r.objects.is_group.tolist(),
+                           r.exhaustive_labels, r.meta.get("point_counts"))
+    return out
+
+
+def _counts(reader) -> tuple:
+    return dict(reader.stats.dropped), dict(reader.objects_dropped), dict(reader.notes)
+
+
+def _pixmo_fixture(tmp_path):
+    sha = "ab" * 32
+    save_image(tmp_path / "px" / sha, 50, 40)
+    rows = [
+        {"image_sha256": sha, "label": "dog", "points": [{"x": 10, "y": 5}, {"x": 60, "y": 5}]},
+        {"image_sha256": sha, "label": "dog", "points": [{"x": 10, "y": 5}, {"x": 60, "y": 5}]},  # repeat
+        {"image_sha256": sha, "label": "cup", "points": "nope"},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    return path, tmp_path / "px"
+
+
+def _make_readers(kind, tmp_path):
+    """A factory of readers of one fixture (``cache_dir`` passed through) and the annotation file to touch."""
+    if kind == "coco":
+        ann, root = _coco_fixture(tmp_path)
+        return (lambda **kw: CocoReader(ann, root, **kw)), ann
+    if kind == "openimages":
+        root = _openimages_fixture(tmp_path)
+        return (lambda **kw: OpenImagesReader(tmp_path / "boxes.csv", root, tmp_path / "classes.csv", tmp_path / "labels.csv", **kw)), tmp_path / "boxes.csv"
+    path, root = _pixmo_fixture(tmp_path)
+    return (lambda **kw: PixmoReader(path, root, **kw)), path
+
+
+@pytest.mark.parametrize("kind", ["coco", "openimages", "pixmo"])
+def test_cache_built_once_reused_and_same_as_in_memory(tmp_path, monkeypatch, kind):
+    make, _ = _make_readers(kind, tmp_path)
+    cls = type(make())
+    calls = []
+    convert = cls._convert
+    monkeypatch.setattr(cls, "_convert", lambda self, events: calls.append(1) or convert(self, events))
+
+    memory = make()
+    expected, expected_counts = _records(memory), _counts(memory)
+    assert len(calls) == 1 and memory.cache_path is None
+
+    cache = tmp_path / "cache"
+    first, second = make(cache_dir=cache), make(cache_dir=cache)
+    assert (_records(first), _counts(first)) == (expected, expected_counts)
+    assert first.cache_built and first.cache_path.is_file() and first.cache_path.parent == cache
+    stamp = first.cache_path.stat().st_mtime_ns
+    assert (_records(second), _counts(second)) == (expected, expected_counts)  # parse-time counts come from the cache
+    assert not second.cache_built and second.cache_path == first.cache_path
+    assert len(calls) == 2  # in memory once, into the cache once
+    assert first.cache_path.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in cache.iterdir()) == sorted([f"{cls.kind}.lock", first.cache_path.name])
+
+
+@pytest.mark.parametrize("kind", ["coco", "openimages"])
+def test_changed_annotations_rebuild_the_cache(tmp_path, kind):
+    make, ann = _make_readers(kind, tmp_path)
+    cache = tmp_path / "cache"
+    first = make(cache_dir=cache)
+    n_before = len(first.items())
+    if kind == "coco":
+        data = json.loads(ann.read_text())
+        data["images"] = data["images"][:2]
+        ann.write_text(json.dumps(data))
+    else:
+        ann.write_text(ann.read_text().replace("000c,", "000d,"))
+    os.utime(ann, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
+    second = make(cache_dir=cache)
+    items = second.items()
+    assert second.cache_built and second.cache_path != first.cache_path
+    assert not first.cache_path.exists()  # the table of the old input is removed
+    assert (len(items), n_before) == ((2, 7) if kind == "coco" else (3, 3))
+    assert kind == "coco" or items == ["000a", "000b", "000d"]
+
+
+def test_half_written_or_broken_cache_is_not_used(tmp_path):
+    make, _ = _make_readers("coco", tmp_path)
+    cache = tmp_path / "cache"
+    reference = make(cache_dir=cache)
+    expected = (_records(reference), _counts(reference))
+    path = reference.cache_path
+    # a conversion killed before its rename leaves only a tmp file
+    path.rename(path.with_name(path.name + ".tmp-4242"))
+    again = make(cache_dir=cache)
+    assert (_records(again), _counts(again)) == expected and again.cache_built
+    assert [p.name for p in cache.glob("*.tmp-*")] == []  # the lock holder removed it
+    # a truncated table under the final name (e.g. a crash without fsync) is converted again
+    path.write_bytes(path.read_bytes()[:100])
+    third = make(cache_dir=cache)
+    assert (_records(third), _counts(third)) == expected and third.cache_built
+
+
+def test_policies_apply_to_problems_stored_in_the_cache(tmp_path, caplog):
+    make, _ = _make_readers("coco", tmp_path)
+    cache = tmp_path / "cache"
+    make(cache_dir=cache).items()  # converted under "skip"
+    with pytest.raises(BadInputError, match="o365_a.*duplicate_image_id"):
+        make(cache_dir=cache, on_bad_input="error").items()
+    with caplog.at_level("WARNING"):
+        make(cache_dir=cache, on_bad_input="warn").items()
+    assert "annotation_unknown_image" in caplog.text and "unknown image_id 42" in caplog.text
+
+
+def test_shard_reads_cover_items_once_from_the_cache(tmp_path):
+    ann, root = _coco_fixture(tmp_path)
+    import spatialforge.processing.readers as readers
+
+    for num_shards in (1, 3, 10):
+        seen, dropped = [], Counter()
+        for shard in range(num_shards):
+            reader = CocoReader(ann, root, cache_dir=tmp_path / "cache")
+            seen += [r.image_id for r in reader.read_shard(shard, num_shards)]
+            dropped += reader.stats.dropped
+        assert seen == ["o365_a", "o365_half", "o365_rot_r", "o365_rot_t", "o365_stem"]
+        assert dropped == {"duplicate_image_id": 1, "missing_image": 1, "size_mismatch": 1}
+    # several row groups: a shard reads only its own
+    table = readers.AnnotationTable(path=reader.cache_path)
+    assert table.num_rows == 7 and table.row(6)["image_id"] == "o365_stem"
+
+
+def test_coco_with_annotations_before_images_is_read_in_two_passes(tmp_path):
+    ann, root = _coco_fixture(tmp_path)
+    data = json.loads(ann.read_text())
+    reordered = tmp_path / "reordered.json"
+    reordered.write_text(json.dumps({"info": {"x": [1, {"y": None}]}, "annotations": data["annotations"],
+                                     "categories": data["categories"], "images": data["images"]}, indent=1))
+    a, b = CocoReader(ann, root), CocoReader(reordered, root)
+    assert (_records(a), _counts(a)) == (_records(b), _counts(b))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_json_stream_matches_json_load_at_any_chunk_size(chunk):
+    import io
+
+    from spatialforge.processing.readers import _JsonStream
+
+    doc = {"a": [1, -2.5e-3, 12345678901234567890, 0.1, True, None, "x\u00e9\\\"y", {"k": [1.0, []]}, [], float("nan")],
+           "b": 17, "c": [], "d": [{"bbox": [1e10, 2.25, 3, 4]}, 1234.5678e2, "\ud83d\ude00"]}
+    text = json.dumps(doc, indent=1)
+    got: dict = {}
+    kinds = _JsonStream(io.StringIO(text), "doc", chunk_chars=chunk).walk_object(lambda key: got.setdefault(key, []).append)
+    assert kinds == {"a": "list", "b": "int", "c": "list", "d": "list"}
+    assert json.dumps(got) == json.dumps({k: v if isinstance(v, list) else [] for k, v in doc.items()})
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"images": [1, 2', '{"images": [1 2]}', '{"a": 1} x', '{"a": tru}', '{"a": [1.]}'])
+def test_json_stream_rejects_broken_documents(text):
+    import io
+
+    from spatialforge.processing.readers import _JsonStream
+
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        _JsonStream(io.StringIO(text), "doc", chunk_chars=2).walk_object(lambda key: None)
+
+
+def test_openimages_csv_edge_rows_counted_as_before(tmp_path):
+    """Blank lines, quoted fields and short rows: counted by the streaming parse as by csv rows."""
+    root = _openimages_fixture(tmp_path)
+    header = (tmp_path / "boxes.csv").read_text().splitlines()[0]
+    (tmp_path / "edge.csv").write_text(header + "\n\n" + '"000a",xclick,"/m/01",1,0.1,0.3,0.2,0.6,0,0,0,0,0\n'
+                                       + "000a,xclick,/m/01,1,0.1,0.3\n\n")
+    reader = OpenImagesReader(tmp_path / "edge.csv", root, tmp_path / "classes.csv")
+    assert _records(reader)["000a"][2] == [[20, 20, 60, 60]]
+    assert reader.stats.dropped == {"malformed_row": 3}
+
+
+def _generate_stats(cfg_kwargs, out, workers):
+    from spatialforge.processing.pipeline import GenerateConfig, generate
+
+    return generate(GenerateConfig(out=out, num_shards=3, workers=workers, progress=False, **cfg_kwargs))
+
+
+def test_generate_converts_once_for_all_workers_and_reruns(tmp_path, monkeypatch):
+    """Drop counts in stats.json do not depend on workers; the conversion runs once, before the
+    workers start, and a resume reuses it."""
+    ann, root = _coco_fixture(tmp_path)
+    kwargs = {"source": "objects365", "annotations": ann, "images": root, "tasks": ("grounding",)}
+    from spatialforge.processing import pipeline
+
+    calls, stamps = [], []
+    convert, prepare = CocoReader._convert, pipeline.prepare_inputs
+    cache = tmp_path / "w2" / ".spatialforge" / "cache" / "annotations"
+
+    def prepare_and_stamp(cfg):
+        prepare(cfg)
+        stamps.extend((p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("coco-*.parquet"))
+
+    monkeypatch.setattr(CocoReader, "_convert", lambda self, events: calls.append(1) or convert(self, events))
+    monkeypatch.setattr(pipeline, "prepare_inputs", prepare_and_stamp)
+    s1 = _generate_stats(kwargs, tmp_path / "w1", 1)
+    s2 = _generate_stats(kwargs, tmp_path / "w2", 2)
+    assert len(calls) == 2  # one per run folder, in this process before the workers start
+    (table,) = cache.glob("coco-*.parquet")
+    stamp = (table.name, table.stat().st_ino, table.stat().st_mtime_ns)
+    assert stamps == [stamp]  # the spawned workers read the table, none converted again
+    expected = {"dropped": {"duplicate_image_id": 1, "missing_image": 1, "size_mismatch": 1},
+                "objects_dropped": {"annotation_unknown_image": 1, "bbox_malformed": 1, "bbox_not_finite": 1,
+                                    "bbox_outside_image": 1, "bbox_zero_area": 1, "unknown_category": 1}}
+    for stats in (s1, s2, json.loads((tmp_path / "w2" / "stats.json").read_text())):
+        reader = stats["steps"][0]
+        assert {k: reader[k] for k in expected} == expected
+        assert (reader["records_in"], reader["records_out"]) == (7, 5)
+    # resume after a "kill": shard 0 (which counts the parse-time problems) runs again, from the cache
+    (tmp_path / "w2" / ".spatialforge" / "markers" / "shard-00000.json").unlink()
+    s3 = _generate_stats(kwargs, tmp_path / "w2", 2)
+    assert len(calls) == 2 and (table.name, table.stat().st_ino, table.stat().st_mtime_ns) == stamp
+    assert {k: s3["steps"][0][k] for k in expected} == expected
