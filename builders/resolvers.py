@@ -73,6 +73,7 @@ IMAGE_EXTS: frozenset[str] = frozenset(
 INDEX_VERSION = 2  # 2: directory symlinks are followed; image checks are stored
 _SQL_CHUNK = 900  # bound parameters per query (old SQLite builds allow 999)
 _CHECK_CHUNK = 64  # images per task of the check thread pool
+_CHECK_BLOCK = 32_768  # images whose stored checks are read (and new ones written) at once
 # Stored outcomes of inspect_image: valid while the file keeps its size and mtime and the pixel
 # limits are the same (``limits``, see _limits_key).
 _CHECKS_TABLE = (
@@ -469,39 +470,46 @@ class Resolver:
 
         limits = _limits_key(max_pixels)
         prefix = len(self.root_real.rstrip(os.sep)) + 1
-        rels = {image_id: path[prefix:] for image_id, path in paths.items()}
-        stored = self.index.stored_checks(rels.values())
 
-        def one(image_id: str) -> tuple[ImageStatus, tuple | None]:
-            path, rel = paths[image_id], rels[image_id]
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                return ImageStatus(MISSING), None
-            prev = stored.get(rel)
-            if prev is not None and prev[:3] == (st.st_size, st.st_mtime_ns, limits):
-                return ImageStatus(*prev[3:]), None
-            status = inspect_image(path, max_pixels)
-            if not status.storable:
-                return status, None
-            return status, (rel, st.st_size, st.st_mtime_ns, limits, status.status, status.width, status.height, status.detail)
+        def check_chunk(chunk: list[str], stored: dict[str, tuple]) -> list[tuple[ImageStatus, tuple | None]]:
+            out = []
+            for image_id in chunk:
+                path = paths[image_id]
+                rel = path[prefix:]
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    out.append((ImageStatus(MISSING), None))
+                    continue
+                prev = stored.get(rel)
+                if prev is not None and prev[:3] == (st.st_size, st.st_mtime_ns, limits):
+                    out.append((ImageStatus(*prev[3:]), None))
+                    continue
+                status = inspect_image(path, max_pixels)
+                row = (rel, st.st_size, st.st_mtime_ns, limits, status.status, status.width, status.height, status.detail)
+                out.append((status, row if status.storable else None))
+            return out
 
-        # Chunks of ids per task: ThreadPoolExecutor.map ignores chunksize, and one future per
-        # image costs more than the stat() of an unchanged one.
+        # Blocks bound the memory of stored checks read at once (millions of images per root);
+        # chunks of ids per thread task, because ThreadPoolExecutor.map ignores chunksize and one
+        # future per image costs more than the stat() of an unchanged file.
         ids = list(paths)
-        chunks = [ids[i : i + _CHECK_CHUNK] for i in range(0, len(ids), _CHECK_CHUNK)]
         new: list[tuple] = []
         try:
-            with ThreadPoolExecutor(max(1, min(threads, len(chunks)))) as pool, tqdm(
+            with ThreadPoolExecutor(max(1, threads)) as pool, tqdm(
                 total=len(ids), desc=f"Checking {self.source} images", disable=not progress
             ) as bar:
-                for chunk, results in zip(chunks, pool.map(lambda chunk: [one(i) for i in chunk], chunks)):
-                    for image_id, (status, row) in zip(chunk, results):
-                        if row is not None:
-                            new.append(row)
-                        yield image_id, status
-                    bar.update(len(chunk))
-                    if len(new) >= 50_000:  # keep progress if a long first scan is interrupted
+                for b in range(0, len(ids), _CHECK_BLOCK):
+                    block = ids[b : b + _CHECK_BLOCK]
+                    stored = self.index.stored_checks(paths[i][prefix:] for i in block)
+                    chunks = [block[i : i + _CHECK_CHUNK] for i in range(0, len(block), _CHECK_CHUNK)]
+                    for chunk, results in zip(chunks, pool.map(lambda c: check_chunk(c, stored), chunks)):
+                        for image_id, (status, row) in zip(chunk, results):
+                            if row is not None:
+                                new.append(row)
+                            yield image_id, status
+                        bar.update(len(chunk))
+                    if len(new) >= _CHECK_BLOCK:  # keep progress if a long first scan is interrupted
                         self.index.store_checks(new)
                         new = []
         finally:

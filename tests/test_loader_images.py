@@ -461,3 +461,19 @@ def test_image_gone_after_the_pre_scan_follows_the_policy(tmp_path, policy, capl
         rows = list(ds)
     assert [r["id"] for r in rows] == [r["id"] for r in fx.rows_of("counting") if r["id"] != row_id]
     assert f"dropping row '{row_id}': image openimages/{gone.image_id} disappeared" in caplog.text
+
+
+def test_checks_in_small_blocks_give_the_same_report(damaged, count_inspections, monkeypatch):
+    from spatialforge.builders import resolvers
+
+    want = check_images(damaged.annotations, damaged.image_dirs)
+    assert len(count_inspections) == len(damaged.images) - 1  # the missing one has no file to open
+    count_inspections.clear()
+    monkeypatch.setattr(resolvers, "_CHECK_BLOCK", 2)
+    monkeypatch.setattr(resolvers, "_CHECK_CHUNK", 1)
+    again = check_images(damaged.annotations, damaged.image_dirs)
+    assert count_inspections == []
+    assert _statuses(again) == _statuses(want) and again.to_dict() == want.to_dict()
+    assert {k: v.status for k, v in again.bad.items()} == {
+        (im.source, im.image_id): how for how, im in damaged.extra["picks"].items()
+    }
