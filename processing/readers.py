@@ -560,8 +560,8 @@ class _Rows:
         if len(self._rows) >= _CHUNK_ROWS:
             self._flush()
 
-    def issue(self, img: Any, reason: str) -> None:
-        self._rows.append((img, _ISSUE_CODE[reason], math.nan, math.nan, math.nan, math.nan, -1, False, False, False, False, 1.0, None))
+    def issue(self, img: Any, reason: str, label: int = -1) -> None:
+        self._rows.append((img, _ISSUE_CODE[reason], math.nan, math.nan, math.nan, math.nan, label, False, False, False, False, 1.0, None))
         if len(self._rows) >= _CHUNK_ROWS:
             self._flush()
 
@@ -610,7 +610,7 @@ def _assemble(images: Any, rows: Any, labels: Sequence[str]) -> Any:
     boxes = rows.take(pa.array(perm, pa.int64())).combine_chunks()
     offsets = _offsets(r[perm], n)
     xyxy = np.stack([boxes[c].to_numpy() for c in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1)
-    label = pa.array(list(labels), pa.string()).take(boxes["label"].combine_chunks())
+    label = pa.array(list(labels), pa.string()).take(boxes["label"].combine_chunks())  # boxes' labels are all known
     columns = {
         "xyxy": pa.FixedSizeListArray.from_arrays(pa.array(xyxy, pa.float64()), 4),
         "label": label,
@@ -973,6 +973,30 @@ class _JsonStream:
             self.pos = end
             return obj
 
+    def _elements(self, callback: Callable[[Any], None] | None) -> None:
+        """The elements of an array up to its ``]`` (the ``[`` is consumed)."""
+        decode = self.decoder.raw_decode
+        while True:
+            buf, pos = self.buf, self.pos
+            # fast path (compact JSON): an element followed, inside the buffer, by its delimiter
+            if pos < len(buf) and buf[pos] not in " \t\n\r":
+                try:
+                    element, end = decode(buf, pos)
+                except json.JSONDecodeError:
+                    end = len(buf)
+                if end < len(buf) and buf[end] in ",]":
+                    self.pos = end + 1
+                    if callback is not None:
+                        callback(element)
+                    if buf[end] == "]":
+                        return
+                    continue
+            element = self.value()
+            if callback is not None:
+                callback(element)
+            if self.expect(",]") == "]":
+                return
+
     def walk_object(self, on_key: Callable[[str], Callable[[Any], None] | None]) -> dict[str, str]:
         """Walk the top-level object. For each key, ``on_key(key)`` returns a callback for the
         elements of an array value (or ``None``: the value is decoded and dropped). Returns
@@ -994,12 +1018,7 @@ class _JsonStream:
                     if self.peek() == "]":
                         self.pos += 1
                     else:
-                        while True:
-                            element = self.value()
-                            if callback is not None:
-                                callback(element)
-                            if self.expect(",]") == "]":
-                                break
+                        self._elements(callback)
                 else:
                     kinds[key] = type(self.value()).__name__
                 if self.expect(",}") == "}":
@@ -1068,8 +1087,8 @@ class CocoReader(TableReader):
     memory of the conversion is the image list as Python objects (about 0.5 KB per image) plus the
     boxes as Arrow columns (about 60 bytes per box, twice while sorting), e.g. about 4 GB for
     Objects365 v2 train (1.7M images, 25M boxes) where ``json.load`` alone needs several times the
-    file size. When ``annotations`` comes before ``images`` or ``categories`` in the file, the file
-    is read twice.
+    file size. Categories may come anywhere; when ``annotations`` comes before ``images`` in the
+    file, the file is read twice.
     """
 
     default_source = "objects365"
@@ -1107,6 +1126,7 @@ class CocoReader(TableReader):
         heights: list[float | None] = []
         by_coco_id: dict[Any, int | None] = {}  # image entry id -> index in stems (None: a dropped duplicate)
         seen_stems: set[str] = set()
+        category_refs: dict[Any, int] = {}  # category_id values of annotations -> small ints
         rows = _Rows(pa.int64())
 
         def on_category(cat: Any) -> None:
@@ -1148,39 +1168,46 @@ class CocoReader(TableReader):
                 return
             if img is None:  # annotation of a duplicate image entry that was dropped whole
                 return
-            label = categories.get(ann.get("category_id"))
-            if label is None:
-                rows.issue(img, "unknown_category")
-                return
-            bbox = _as_bbox(ann.get("bbox"))
-            if bbox is None:
-                rows.issue(img, "bbox_malformed")
+            # categories may come after the annotations (as in COCO's own files): rows carry the
+            # category id (interned) and are resolved after the walk, with the same precedence as
+            # checking it first (unknown_category wins over bbox_malformed / keypoints_malformed)
+            category = ann.get("category_id")
+            try:
+                ref = category_refs.setdefault(category, len(category_refs))
+            except TypeError:  # unhashable id (a list): never a known category
+                ref = category_refs.setdefault(_UNHASHABLE, len(category_refs))
+            bbox = ann.get("bbox")
+            try:
+                if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                    raise TypeError
+                x, y, w, h = float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])
+            except (TypeError, ValueError):
+                rows.issue(img, "bbox_malformed", ref)
                 return
             keypoints = None
             if "keypoints" in ann and ann["keypoints"]:
                 kp = _coco_keypoints(ann["keypoints"])
                 if kp is None:
-                    rows.issue(img, "keypoints_malformed")  # the box is kept, without keypoints
+                    rows.issue(img, "keypoints_malformed", ref)  # the box is kept, without keypoints
                 else:
                     keypoints = kp.reshape(-1).tolist()
-            rows.box(img, _xywh_to_xyxy(bbox), label, is_group=bool(ann.get("iscrowd", 0)),
+            rows.box(img, (x, y, x + w, y + h), ref, is_group=bool(ann.get("iscrowd", 0)),
                      is_depiction=bool(ann.get("isfake", 0)), keypoints=keypoints)
 
         handlers = {"images": on_image, "categories": on_category}
-        done: set[str] = set()  # keys whose value was read completely
+        seen: set[str] = set()
         deferred: list[bool] = []
 
         def on_key(key: str) -> Callable[[Any], None] | None:
-            done.update(k for k in handlers if k in seen)
+            images_done = "images" in seen  # a key seen before this one was read completely
             seen.add(key)
             if key == "annotations":
-                if {"images", "categories"} <= done:
+                if images_done:
                     return on_annotation
-                deferred.append(True)  # images or categories come later: a second pass reads the annotations
+                deferred.append(True)  # images come later: a second pass reads the annotations
                 return None
             return handlers.get(key)
 
-        seen: set[str] = set()
         kinds = self._walk(on_key)
         if any(kinds.get(k) != "list" for k in ("images", "annotations", "categories")):
             raise BadInputError(
@@ -1191,7 +1218,28 @@ class CocoReader(TableReader):
             self._walk(lambda key: on_annotation if key == "annotations" else None)
         images = _images_table(stems, relpaths, widths, heights)
         del stems, relpaths, widths, heights, by_coco_id, seen_stems
-        return _assemble(images, rows.table(), labels)
+        return _assemble(images, _resolve_categories(rows.table(), category_refs, categories), labels)
+
+
+_UNHASHABLE = object()
+
+
+def _resolve_categories(rows: Any, refs: dict[Any, int], categories: dict[Any, int]) -> Any:
+    """Replace interned category ids by label codes; rows of unknown categories become ``unknown_category``."""
+    import pyarrow as pa
+
+    code = np.full(len(refs), -1, np.int32)
+    for value, ref in refs.items():
+        if value is not _UNHASHABLE:
+            code[ref] = categories.get(value, -1)
+    label = code[rows["label"].to_numpy()] if rows.num_rows else np.zeros(0, np.int32)
+    kind = rows["kind"].to_numpy().copy()
+    unknown = label < 0
+    keep = ~(unknown & (kind == _ISSUE_CODE["keypoints_malformed"]))  # no box, so no keypoints to lose
+    kind[unknown] = _ISSUE_CODE["unknown_category"]
+    rows = rows.set_column(rows.schema.get_field_index("kind"), "kind", pa.array(kind, pa.int8()))
+    rows = rows.set_column(rows.schema.get_field_index("label"), "label", pa.array(label, pa.int32()))
+    return rows.filter(pa.array(keep))
 
 
 def _positive(v: Any) -> bool:

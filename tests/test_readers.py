@@ -483,14 +483,23 @@ def test_shard_reads_cover_items_once_from_the_cache(tmp_path):
     assert table.num_rows == 7 and table.row(6)["image_id"] == "o365_stem"
 
 
-def test_coco_with_annotations_before_images_is_read_in_two_passes(tmp_path):
+@pytest.mark.parametrize("order", [("annotations", "categories", "images"), ("categories", "annotations", "images"),
+                                   ("images", "annotations", "categories")])
+def test_coco_key_order_does_not_change_records_or_counts(tmp_path, order):
+    """Categories after the annotations (COCO's own layout) are resolved after one pass, images after
+    them in a second pass; an unknown category wins over a malformed box or keypoint list, as before."""
     ann, root = _coco_fixture(tmp_path)
     data = json.loads(ann.read_text())
+    data["annotations"] += [{"image_id": 1, "category_id": 77, "bbox": [1, 2]},
+                            {"image_id": 1, "category_id": 77, "bbox": [1, 1, 2, 2], "keypoints": [1, 2]},
+                            {"image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2], "keypoints": [1, 2]}]
+    ann.write_text(json.dumps(data))
     reordered = tmp_path / "reordered.json"
-    reordered.write_text(json.dumps({"info": {"x": [1, {"y": None}]}, "annotations": data["annotations"],
-                                     "categories": data["categories"], "images": data["images"]}, indent=1))
+    reordered.write_text(json.dumps({"info": {"x": [1, {"y": None}]}, **{k: data[k] for k in order}}, indent=1))
     a, b = CocoReader(ann, root), CocoReader(reordered, root)
     assert (_records(a), _counts(a)) == (_records(b), _counts(b))
+    assert b.objects_dropped["unknown_category"] == 3 and b.objects_dropped["bbox_malformed"] == 1
+    assert b.notes["keypoints_malformed"] == 1
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
