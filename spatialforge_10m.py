@@ -18,8 +18,10 @@ or in one line: ``load_dataset("path/to/sf10m", task="near_far", image_dirs={...
 Rows carry every column of ``spatialforge.builders.schema.FEATURES`` plus ``image`` (decoded by
 ``datasets.Image``, EXIF-transposed, the grid the 0..1000 boxes refer to). Images are referenced by
 path, never copied into the Arrow cache. Before any row is yielded, every referenced image is
-resolved through a persistent per-root index and checked cheaply (header + trailer); see
-``builder.image_stats`` for the counts and ``builders/resolvers.py`` for the folder layouts.
+resolved through a persistent per-root index and checked cheaply (header + trailer); the outcomes
+are stored in that index, so a later run only ``stat()``-s the files that did not change. See
+``builder.image_stats`` for the counts and ``builders/resolvers.py`` for the folder layouts (and
+symlinked folders).
 """
 
 from __future__ import annotations

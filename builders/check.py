@@ -3,8 +3,8 @@
 One pass over the ``(source, image_id, width, height)`` columns only (Parquet column projection,
 record batches), then one cheap check per unique image (header + trailer, no decode; many rows share
 one image). Check outcomes are stored in each root's index: a later scan only ``stat()``-s files that
-did not change (see ``resolvers.py``). The builder runs it before yielding any row, so ``on_missing_image="error"`` fails early;
-``spatialforge check-images`` prints the same report.
+did not change (see ``resolvers.py``). The builder runs it before yielding any row, so
+``on_missing_image="error"`` fails early; ``spatialforge check-images`` prints the same report.
 
 Example:
     >>> report = check_images("annotations/", {"objects365": "/data/o365"})   # doctest: +SKIP

@@ -503,7 +503,7 @@ class Resolver:
                     block = ids[b : b + _CHECK_BLOCK]
                     stored = self.index.stored_checks(paths[i][prefix:] for i in block)
                     chunks = [block[i : i + _CHECK_CHUNK] for i in range(0, len(block), _CHECK_CHUNK)]
-                    for chunk, results in zip(chunks, pool.map(lambda c: check_chunk(c, stored), chunks)):
+                    for chunk, results in zip(chunks, pool.map(lambda c, s=stored: check_chunk(c, s), chunks)):
                         for image_id, (status, row) in zip(chunk, results):
                             if row is not None:
                                 new.append(row)
