@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,11 +92,13 @@ def facing_from_keypoints(
     kp = np.asarray(keypoints, dtype=np.float64)
     if kp.shape != (NUM_KEYPOINTS, 3):
         raise ValueError(f"keypoints must be ({NUM_KEYPOINTS}, 3) COCO (x, y, score), got shape {kp.shape}")
-    scores = keypoint_scores(kp)
-    seen = scores >= min_score
+    # Python floats from here on: seventeen points are too few for numpy's per-call overhead.
+    kp = kp.tolist()
+    scores = _scores(kp)
+    seen = [s >= min_score for s in scores]
 
-    def mid(a: int, b: int) -> np.ndarray | None:
-        return (kp[a, :2] + kp[b, :2]) / 2.0 if seen[a] and seen[b] else None
+    def mid(a: int, b: int) -> tuple[float, float] | None:
+        return ((kp[a][0] + kp[b][0]) / 2.0, (kp[a][1] + kp[b][1]) / 2.0) if seen[a] and seen[b] else None
 
     shoulders, hips = mid(LEFT_SHOULDER, RIGHT_SHOULDER), mid(LEFT_HIP, RIGHT_HIP)
     if shoulders is None and hips is None:
@@ -105,18 +108,19 @@ def facing_from_keypoints(
     lower = hips if hips is not None else _one_side(kp, seen, LEFT_HIP, RIGHT_HIP)
     if upper is None or lower is None:
         return "unknown", 0.0
-    torso = float(np.hypot(*(upper - lower)))
-    extent = float(np.nanmax(np.abs(kp[seen, :2]))) if seen.any() else 0.0
+    torso = float(np.hypot(upper[0] - lower[0], upper[1] - lower[1]))
+    coords = [abs(v) for k in range(NUM_KEYPOINTS) if seen[k] for v in kp[k][:2] if v == v]  # nanmax
+    extent = max(coords) if coords else (float("nan") if any(seen) else 0.0)
     if torso <= thresholds.min_torso_fraction * max(extent, 1.0):
         return "unknown", 0.0
 
     seps, weights, pair_scores = [], [], []
     if shoulders is not None:
-        seps.append((kp[LEFT_SHOULDER, 0] - kp[RIGHT_SHOULDER, 0]) / torso)
+        seps.append((kp[LEFT_SHOULDER][0] - kp[RIGHT_SHOULDER][0]) / torso)
         weights.append(1.0)
         pair_scores.append(min(scores[LEFT_SHOULDER], scores[RIGHT_SHOULDER]))
     if hips is not None:
-        seps.append(thresholds.hip_scale * (kp[LEFT_HIP, 0] - kp[RIGHT_HIP, 0]) / torso)
+        seps.append(thresholds.hip_scale * (kp[LEFT_HIP][0] - kp[RIGHT_HIP][0]) / torso)
         weights.append(thresholds.hip_weight)
         pair_scores.append(min(scores[LEFT_HIP], scores[RIGHT_HIP]))
     w = np.asarray(weights)
@@ -124,7 +128,7 @@ def facing_from_keypoints(
     score = float(np.dot(w, pair_scores) / w.sum())
     # Shoulders and hips pointing opposite ways (twisted body or a keypoint swap): trust less.
     agreement = 1.0
-    if len(seps) == 2 and np.sign(seps[0]) != np.sign(seps[1]):
+    if len(seps) == 2 and _sign(seps[0]) != _sign(seps[1]):
         agreement = abs(sep) / max(abs(seps[0]), abs(seps[1]), 1e-9)
 
     face = max(scores[NOSE], scores[LEFT_EYE], scores[RIGHT_EYE])
@@ -144,11 +148,23 @@ def facing_from_keypoints(
     return "away_from_camera", _clip01(confidence)
 
 
-def _one_side(kp: np.ndarray, seen: np.ndarray, a: int, b: int) -> np.ndarray | None:
+def _one_side(kp: list, seen: list[bool], a: int, b: int) -> tuple[float, float] | None:
     for i in (a, b):
         if seen[i]:
-            return kp[i, :2]
+            return kp[i][0], kp[i][1]
     return None
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _scores(kp: list[list[float]]) -> list[float]:
+    """:func:`keypoint_scores` on Python lists (same values)."""
+    finite = [math.isfinite(x) and math.isfinite(y) and math.isfinite(s) for x, y, s in kp]
+    values = [row[2] for row, f in zip(kp, finite) if f]
+    flags = bool(values) and all(v in (0.0, 1.0, 2.0) for v in values) and 2.0 in values
+    return [min(max(row[2] / 2.0 if flags else row[2], 0.0), 1.0) if f else 0.0 for row, f in zip(kp, finite)]
 
 
 def _clip01(x: float) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .records import Record
-from .tasks import Candidate, Generated
+from .tasks import Candidates, Generated
 from .verify import Sieve, VerifyConfig, pairs, scene_for
 
 
@@ -25,7 +25,4 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     i_left = scene.x_center[i] < scene.x_center[j]
     left, right = np.where(i_left, i, j), np.where(i_left, j, i)
     sieve.evidence["box_gap"] = gap
-    keep = sieve.survivors()
-    out = [Candidate(objects=(a, b), predicate="left_of", sieve=sieve, index=c)
-           for a, b, c in zip(left[keep].tolist(), right[keep].tolist(), keep.tolist())]
-    return Generated(out, sieve.drops)
+    return Generated(Candidates(sieve, left, right, "left_of"), sieve.drops)

@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 
 from .records import Record
-from .tasks import Candidate, Generated
+from .tasks import Candidates, Generated
 from .verify import Sieve, VerifyConfig, pairs, scene_for
 
 
@@ -70,7 +70,4 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
                     applies[c], ok[c] = True, verdict
         sieve.check("occlusion", ok, "occlusion_inconsistent", applies=applies)
     sieve.evidence["depth_margin"] = margin
-    keep = sieve.survivors()
-    out = [Candidate(objects=(a, b), predicate="nearer_than", sieve=sieve, index=c)
-           for a, b, c in zip(near[keep].tolist(), far[keep].tolist(), keep.tolist())]
-    return Generated(out, sieve.drops)
+    return Generated(Candidates(sieve, near, far, "nearer_than"), sieve.drops)

@@ -39,7 +39,7 @@ import importlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -50,6 +50,7 @@ from .base import Step
 from .records import Record
 from .templates import OPPOSITE, SIDE_WORDS, TEMPLATES, Template, display_label, plural, sentence
 from .verify import Scene, Sieve, VerifyConfig, box_text, scene_for
+from .writer import VALIDATED_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +102,36 @@ class Candidate:
         return self.sieve.passed(self.index) if self.sieve is not None else []
 
 
+class Candidates(Sequence):
+    """Accepted candidates of a relation task, built on demand from columns.
+
+    Most candidates never become rows (the per-image cap keeps a few), so a generator hands over
+    the surviving pairs as columns and a :class:`Candidate` is only made for the ones asked for.
+    ``predicate`` is one predicate for all, or one per candidate.
+    """
+
+    def __init__(self, sieve: Sieve, first: np.ndarray, second: np.ndarray, predicate: str | np.ndarray) -> None:
+        self.sieve = sieve
+        self.index = sieve.survivors()
+        self.first = first[self.index].tolist()
+        self.second = second[self.index].tolist()
+        self.predicate = predicate if isinstance(predicate, str) else predicate[self.index].tolist()
+        self.index = self.index.tolist()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        p = self.predicate if isinstance(self.predicate, str) else self.predicate[k]
+        return Candidate(objects=(self.first[k], self.second[k]), predicate=p, sieve=self.sieve, index=self.index[k])
+
+
 class Generated(NamedTuple):
     """What a generator returns: accepted candidates and dropped ones counted by reason."""
 
-    candidates: list[Candidate]
+    candidates: Sequence[Candidate]
     drops: Counter
 
 
@@ -225,7 +252,7 @@ def render(task: str, cand: Candidate, scene: Scene, rng: np.random.Generator, i
     verification["checks"] = checks
     verification["box_source"] = rec.box_source
     if objects:
-        verification["min_box_area"] = float(scene.area_frac[objects].min())
+        verification["min_box_area"] = min(scene.area_list[k] for k in objects)
     if fact is not None:
         s, o = objects[fact["subject"]], objects[fact["object"]]
         verification["overlap_iou"] = float(scene.iou[s, o])
@@ -315,6 +342,8 @@ class TaskStep(Step):
 
     def process(self, record: Record) -> Record:
         scene = scene_for(record, self.config)
+        # Rows are validated here, once; the writer skips the ones this marker vouches for.
+        all_validated = record.meta.get(VALIDATED_ROWS, 0) == len(record.rows)
         considered = record.meta.setdefault("considered", {})
         accepted = record.meta.setdefault("accepted", {})
         for task in self.tasks:
@@ -346,4 +375,6 @@ class TaskStep(Step):
             accepted[task] = accepted.get(task, 0) + n_rows
             self.considered[task] += n_considered
             self.accepted[task] += n_rows
+        if all_validated:
+            record.meta[VALIDATED_ROWS] = len(record.rows)
         return record

@@ -32,6 +32,10 @@ from .records import Record
 logger = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
+VALIDATED_ROWS = "validated_rows"
+"""``record.meta`` key: the first this many ``record.rows`` were checked with ``validate_row`` by the
+step that made them (the task step), so the writer does not check them twice. A step that edits
+rows after that must lower it (or delete it)."""
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -91,8 +95,9 @@ class ParquetWriter(Step):
             start = time.perf_counter()
             self.stats.records_in += 1
             self.candidate_drops.update(record.drops)
-            for row in record.rows:
-                self._add(by_task, row)
+            validated = record.meta.get(VALIDATED_ROWS, 0)
+            for k, row in enumerate(record.rows):
+                self._add(by_task, row, check=k >= validated)
             self.stats.records_out += 1
             self.stats.seconds += time.perf_counter() - start
             yield record
@@ -104,8 +109,8 @@ class ParquetWriter(Step):
             self.rows_per_task[task] += len(rows)
         self.stats.seconds += time.perf_counter() - start
 
-    def _add(self, by_task: dict[str, dict[str, dict[str, Any]]], row: dict[str, Any]) -> None:
-        if self.validate:
+    def _add(self, by_task: dict[str, dict[str, dict[str, Any]]], row: dict[str, Any], check: bool = True) -> None:
+        if self.validate and check:
             try:
                 schema.validate_row(row)
             except ValueError as err:
