@@ -153,9 +153,10 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
                 )
         if report.bad:
             logger.warning(
-                "dropped %d of %d rows whose image is missing or unreadable: %s",
+                "dropped %d of %d rows whose image is missing or unreadable%s: %s",
                 report.rows_affected,
                 report.rows,
+                " (every row: the dataset is empty)" if report.rows_affected == report.rows else "",
                 describe_bad(report),
             )
         if report.mismatched:
@@ -199,6 +200,31 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
     def dropped_rows(self) -> int:
         """Rows left out because their image is missing or unreadable (``skip`` / ``warn``)."""
         return int(self.image_stats.get("dropped_rows", 0))
+
+    def _as_dataset(self, split=datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
+        """The prepared split; an empty ``Dataset`` with the full features when it has no rows.
+
+        A split with 0 examples (every row dropped under ``skip``/``warn``, or a task whose shards
+        hold no rows) is written as an Arrow file with the schema, but ``datasets`` plans no file
+        read for it and raises ``Instruction "train" corresponds to no data!``. Streaming simply
+        yields nothing; this makes the in-memory mode agree.
+        """
+        from datasets.arrow_reader import ReadInstruction
+        from datasets.table import InMemoryTable
+
+        splits = self.info.splits or {}
+        lengths = {name: info.num_examples for name, info in splits.items()}
+        try:
+            instruction = split if isinstance(split, ReadInstruction) else ReadInstruction.from_spec(str(split))
+            absolute = instruction.to_absolute(lengths)
+        except (ValueError, KeyError, TypeError, AssertionError):  # unknown split or bad spec: datasets says so
+            return super()._as_dataset(split=split, in_memory=in_memory)
+        if not absolute or any(lengths.get(a.splitname) != 0 for a in absolute):
+            return super()._as_dataset(split=split, in_memory=in_memory)
+        table = InMemoryTable.from_batches([], schema=pa.schema(self.info.features.type))
+        return datasets.Dataset(
+            table, info=self.info.copy(), split=str(split), fingerprint=self._get_dataset_fingerprint(split)
+        )
 
     def _generate_tables(self, files: list[str]):
         """Annotation record batches with the rows of bad images removed and an ``image`` column

@@ -170,3 +170,38 @@ def test_unknown_task_is_named():
 
     with pytest.raises(ValueError, match="got 'depth'"):
         SpatialForgeConfig(name="x", task="depth")
+
+
+# -- empty results --------------------------------------------------------------------------------
+def _empty_task_folder(tmp_path, fx):
+    """Shards of every task but ``perspective``, which has one Parquet shard with the schema and no rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from spatialforge.builders.schema import arrow_schema
+
+    folder = write_shards(str(tmp_path / "ann"), [r for r in fx.rows if r["task"] != "perspective"])
+    os.makedirs(os.path.join(folder, "data", "perspective"))
+    pq.write_table(arrow_schema().empty_table(), os.path.join(folder, "data", "perspective", "train-00000-of-00001.parquet"))
+    return folder
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_task_with_an_empty_shard_loads_as_an_empty_dataset(fx, tmp_path, streaming):
+    from spatialforge.builders.schema import features_with_image
+
+    folder = _empty_task_folder(tmp_path, fx)
+    b = SpatialForge10M(config_name="perspective", annotations=folder, image_dirs=fx.image_dirs, cache_dir=str(tmp_path / "c"))
+    if streaming:
+        ds = b.as_streaming_dataset(split="train")
+    else:
+        b.download_and_prepare()
+        ds = b.as_dataset(split="train")
+        assert ds.num_rows == 0
+    assert ds.features == features_with_image()
+    assert list(ds) == []
+    assert b.image_stats["rows"] == 0 and b.dropped_rows == 0
+    # the other tasks of the same folder are unaffected
+    b = SpatialForge10M(annotations=folder, image_dirs=fx.image_dirs, cache_dir=str(tmp_path / "c"))
+    rows = _load(b, streaming)
+    assert [_plain(r) for r in rows] == [r for r in fx.rows if r["task"] != "perspective"]

@@ -477,3 +477,26 @@ def test_checks_in_small_blocks_give_the_same_report(damaged, count_inspections,
     assert {k: v.status for k, v in again.bad.items()} == {
         (im.source, im.image_id): how for how, im in damaged.extra["picks"].items()
     }
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_skip_that_drops_every_row_gives_an_empty_dataset(tmp_path, streaming, caplog):
+    from spatialforge.builders.schema import features_with_image
+
+    fx = make_dataset(tmp_path, n_per_source=1)
+    empty = {source: str(tmp_path / "empty" / source) for source in fx.image_dirs}
+    for root in empty.values():
+        os.makedirs(root)
+    b = SpatialForge10M(config_name="counting", annotations=fx.annotations, image_dirs=empty, on_missing_image="skip",
+                        cache_dir=str(tmp_path / "c"))
+    with caplog.at_level(logging.WARNING):
+        if streaming:
+            ds = b.as_streaming_dataset(split="train")
+        else:
+            b.download_and_prepare()
+            ds = b.as_dataset(split="train")
+            assert ds.num_rows == 0
+    assert ds.features == features_with_image()
+    assert list(ds) == []
+    assert b.dropped_rows == 4 and b.image_stats["dropped_rows_by_reason"] == {"missing": 4}
+    assert "dropped 4 of 4 rows" in caplog.text and "every row" in caplog.text
