@@ -5,14 +5,17 @@ The YAML follows what ``datasets.Dataset.push_to_hub`` writes, built with ``data
 ``MetadataConfigs``), so plain ``datasets.load_dataset(folder, "near_far")`` works without project
 code:
 
-* ``configs:`` one per task that has rows (``data/<task>/*.parquet``) plus ``all``
-  (``data/*/*.parquet``, ``default: true``). Tasks without rows get no config: a config whose files
-  match nothing would make ``load_dataset`` fail.
+* ``configs:`` one per requested task (``data/<task>/*.parquet``) plus ``all``
+  (``data/*/*.parquet``, ``default: true``). The requested tasks are ``stats["config"]["tasks"]``
+  (the writer writes an empty shard with the schema for a task without rows, so its config loads
+  as an empty dataset); without that key, the tasks that have rows (a config whose files match
+  nothing would make ``load_dataset`` fail).
 * ``dataset_info:`` the features of :data:`~spatialforge.builders.schema.FEATURES` and the row
   count of each config.
 
-The body gives rows per task, acceptance rates and the most frequent drop reasons. It holds no
-timings or dates, so the same rows always give the same card.
+The body gives rows per task, acceptance rates, every reason an image or object was dropped
+before questions were asked (reading, perception) and the most frequent candidate drop reasons of
+each task. It holds no timings or dates, so the same rows always give the same card.
 
 Example:
     >>> write_card("out/", stats)    # doctest: +SKIP
@@ -32,14 +35,16 @@ from . import schema
 
 LICENSE = "cc-by-nc-4.0"
 TASK_CATEGORIES = ["visual-question-answering", "question-answering"]
-TAGS = ["spatial-reasoning", "grounding", "depth", "vlm", "synthetic"]
+TAGS = ["spatial-reasoning", "grounding", "depth", "vlm"]
+SYNTHETIC_TAG = "synthetic"  # only for datasets built from synthetic images (e.g. the demo)
 CITATION = """@article{liu2026spatialforge,
   title   = {SpatialForge: Bootstrapping 3D-Aware Spatial Reasoning from Open-World 2D Images},
   author  = {Liu and Zang and Zhang and Liu and Zhang and Yao and Zheng and Liu},
   journal = {arXiv preprint arXiv:2605.11462},
   year    = {2026}
 }"""
-TOP_REASONS = 15
+TOP_REASONS = 5  # candidate drop reasons shown per task (every reason is in stats.json)
+NO_OBJECTS = "no_objects"  # images that reached the end of the pipeline without a single box
 NOT_REJECTED = frozenset({"over_cap"})  # candidates that passed verification but exceeded the per-image cap
 
 
@@ -81,21 +86,59 @@ def acceptance(stats: Mapping[str, Any]) -> dict[str, float | None]:
     return out
 
 
+def requested_tasks(stats: Mapping[str, Any]) -> list[str]:
+    """Tasks that get a config, in schema order: the run's requested tasks (``stats["config"]["tasks"]``)
+    and any task with rows."""
+    rows = stats.get("rows_per_task", {})
+    wanted = set((stats.get("config") or {}).get("tasks") or ()) | {t for t, n in rows.items() if n}
+    return [t for t in schema.TASKS if t in wanted]
+
+
+def input_drops(stats: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """Every image / object / row a step dropped, as ``(where, reason, count)``: steps in pipeline
+    order (reader first), then most frequent first. These are data losses, so none is left out."""
+    out: list[tuple[str, str, int]] = []
+    for step in stats.get("steps", []):
+        unit = "rows" if step["name"] == "writer" else "images"
+        part = [(f"{step['name']} ({unit})", r, n) for r, n in step.get("dropped", {}).items() if n]
+        part += [(f"{step['name']} (objects)", r, n) for r, n in step.get("objects_dropped", {}).items() if n]
+        out += sorted(part, key=lambda t: (-t[2], t[0], t[1]))
+    return out
+
+
+def candidate_drops_by_task(stats: Mapping[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """Candidate drop reasons per task (``other`` for per-image reasons of no task), most frequent first."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for reason, n in stats.get("candidate_drops", {}).items():
+        task = task_of_reason(reason)
+        out.setdefault(task or "other", []).append((reason[len(task) + 1:] if task else reason, n))
+    order = [*schema.TASKS, "other"]
+    return {t: sorted(out[t], key=lambda r: (-r[1], r[0])) for t in order if t in out}
+
+
+def input_entries(stats: Mapping[str, Any]) -> tuple[int, int]:
+    """``(entries in the input, entries dropped while parsing)``: images read plus what the reader
+    dropped before reading any image (duplicate ids, malformed entries)."""
+    records_in = int(stats.get("records_in", 0))
+    reader = next((s for s in stats.get("steps", []) if s.get("name") == "reader"), None)
+    if reader is None:
+        return records_in, 0
+    read_drops = reader.get("records_in", 0) - reader.get("records_out", 0)
+    parsed = max(0, sum(reader.get("dropped", {}).values()) - read_drops)
+    return records_in + parsed, parsed
+
+
 def drop_reasons(stats: Mapping[str, Any]) -> list[tuple[str, str, int]]:
     """Every drop, as ``(where, reason, count)``, most frequent first (ties by name)."""
-    out: list[tuple[str, str, int]] = []
-    for reason, n in stats.get("candidate_drops", {}).items():
-        out.append(("candidates", reason, n))
-    for step in stats.get("steps", []):
-        for reason, n in step.get("dropped", {}).items():
-            out.append((f"{step['name']} (images)", reason, n))
-        for reason, n in step.get("objects_dropped", {}).items():
-            out.append((f"{step['name']} (objects)", reason, n))
+    out: list[tuple[str, str, int]] = [("candidates", reason, n) for reason, n in stats.get("candidate_drops", {}).items()]
+    out += input_drops(stats)
+    if stats.get(NO_OBJECTS):
+        out.append(("images", NO_OBJECTS, int(stats[NO_OBJECTS])))
     return sorted(out, key=lambda t: (-t[2], t[0], t[1]))
 
 
-def card_yaml(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> str:
-    """The YAML header of the card (without the ``---`` fences)."""
+def card_yaml(stats: Mapping[str, Any], pretty_name: str = "SpatialForge", synthetic: bool = False) -> str:
+    """The YAML header of the card (without the ``---`` fences); ``synthetic`` adds the ``synthetic`` tag."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
@@ -107,7 +150,7 @@ def card_yaml(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
         license=LICENSE,
         language=["en"],
         task_categories=TASK_CATEGORIES,
-        tags=TAGS,
+        tags=[*TAGS, SYNTHETIC_TAG] if synthetic else list(TAGS),
         pretty_name=pretty_name,
         size_categories=[size_category(total)],
     )
@@ -123,11 +166,11 @@ def card_yaml(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
         splits.add(SplitInfo(name="train", num_examples=n))
         infos[name] = DatasetInfo(features=schema.FEATURES, splits=splits)
 
-    if total:
+    tasks = requested_tasks(stats)
+    if tasks:
         add(schema.ALL_CONFIG, f"{schema.DATA_DIR}/*/*.parquet", total, default=True)
-        for task in schema.TASKS:
-            if rows.get(task):
-                add(task, f"{schema.DATA_DIR}/{task}/*.parquet", rows[task])
+        for task in tasks:
+            add(task, f"{schema.DATA_DIR}/{task}/*.parquet", rows.get(task, 0))
     MetadataConfigs(configs).to_dataset_card_data(card)
     DatasetInfosDict(infos).to_dataset_card_data(card)
     return card.to_yaml()
@@ -162,7 +205,12 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
         rate = f"{acc[task]:.1%}" if acc[task] is not None else "-"
         lines.append(f"| {task} | {rows[task]:,} | {share} | {rate} |")
     lines.append(f"| **total** | {total:,} | | |")
-    records_in, records_out = stats.get("records_in", 0), stats.get("records_out", 0)
+    empty = [t for t in requested_tasks(stats) if not rows[t]]
+    if empty:
+        lines += ["", f"Tasks without rows ({', '.join(empty)}) have a config with empty files: they load as empty",
+                  "datasets with `streaming=True` (in memory, `datasets` refuses a split without rows)."]
+    records_out = stats.get("records_out", 0)
+    entries, parsed = input_entries(stats)
     lines += [
         "",
         "Acceptance is the share of a task's candidates that passed verification (candidates dropped",
@@ -170,22 +218,49 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
         "",
         "## Images",
         "",
-        f"- images read: {records_in:,}",
+        f"- images read: {entries:,} entries in the input, {parsed:,} of them dropped while parsing"
+        " (duplicate ids, malformed entries)",
         f"- images that reached the writer: {records_out:,}"
-        + (f" ({records_out / records_in:.1%})" if records_in else ""),
+        + (f" ({records_out / entries:.1%} of the entries)" if entries else ""),
+    ]
+    if stats.get(NO_OBJECTS):
+        lines.append(f"- images without any box (`{NO_OBJECTS}`: no question about objects can be asked): "
+                     f"{int(stats[NO_OBJECTS]):,}")
+    lines += [
         f"- shards: {stats.get('num_shards', '-')}",
         "",
-        "## Drop reasons",
+        "## Images and objects dropped",
+        "",
+        "Every reason an image, an object or a row was dropped while reading and perceiving (data losses:",
+        "all reasons are listed).",
         "",
     ]
-    reasons = drop_reasons(stats)
-    if reasons:
+    dropped = input_drops(stats)
+    if dropped:
         lines += ["| where | reason | count |", "|---|---|---:|"]
-        lines += [f"| {where} | `{reason}` | {n:,} |" for where, reason, n in reasons[:TOP_REASONS]]
-        if len(reasons) > TOP_REASONS:
-            lines.append(f"\n{len(reasons) - TOP_REASONS} more reasons in `stats.json`.")
+        lines += [f"| {where} | `{reason}` | {n:,} |" for where, reason, n in dropped]
     else:
         lines.append("Nothing was dropped.")
+    lines += [
+        "",
+        "## Candidate drops per task",
+        "",
+        f"Questions considered but not asked, by verification check (the {TOP_REASONS} most frequent reasons",
+        "of each task; every reason is in `stats.json`). `over_cap` candidates passed verification but",
+        "exceeded the per-image cap.",
+        "",
+    ]
+    by_task = candidate_drops_by_task(stats)
+    if by_task:
+        lines += ["| task | reason | count |", "|---|---|---:|"]
+        more = 0
+        for task, reasons in by_task.items():
+            lines += [f"| {task} | `{reason}` | {n:,} |" for reason, n in reasons[:TOP_REASONS]]
+            more += max(0, len(reasons) - TOP_REASONS)
+        if more:
+            lines.append(f"\n{more} more reasons in `stats.json`.")
+    else:
+        lines.append("No candidate was dropped.")
     lines += [
         "",
         "## License",
@@ -203,11 +278,15 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
     return "\n".join(lines)
 
 
-def write_card(out_dir: str | os.PathLike, stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> Path:
-    """Write ``README.md`` (YAML + body) and ``stats.json`` into ``out_dir``; returns the card path."""
+def write_card(out_dir: str | os.PathLike, stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
+               synthetic: bool = False) -> Path:
+    """Write ``README.md`` (YAML + body) and ``stats.json`` into ``out_dir``; returns the card path.
+
+    ``synthetic``: the images are synthetic (adds the ``synthetic`` tag).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = f"---\n{card_yaml(stats, pretty_name)}\n---\n\n{card_body(stats, pretty_name)}"
+    text = f"---\n{card_yaml(stats, pretty_name, synthetic)}\n---\n\n{card_body(stats, pretty_name)}"
     _atomic_write(out / "README.md", text)
     _atomic_write(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return out / "README.md"

@@ -163,6 +163,7 @@ def run_demo(
             num_shards=max(2, workers),
             overwrite=True,
             progress=progress,
+            synthetic=True,
         )
         stats = generate(cfg)
         rows = read_rows(cfg.out)

@@ -81,6 +81,7 @@ class GenerateConfig:
     on_size_mismatch: str = "rescale"  # annotation size != image size: rescale (same aspect) | drop
     overwrite: bool = False  # delete a previous run in `out` instead of resuming it
     progress: bool = True  # tqdm progress bars
+    synthetic: bool = False  # the images are synthetic (the dataset card gets the `synthetic` tag)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -215,7 +216,7 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     if facing is not None:
         steps.append(facing)
     steps.append(tasks if tasks is not None else task_step(cfg))
-    steps.append(ParquetWriter(cfg.out))
+    steps.append(ParquetWriter(cfg.out, tasks=cfg.tasks))
     return steps
 
 
@@ -235,7 +236,7 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         workers=cfg.workers,
         fingerprint=cfg.fingerprint(),
         overwrite=cfg.overwrite,
-        finalize=write_card,
+        finalize=partial(write_card, synthetic=cfg.synthetic),
         progress=cfg.progress,
         prepare=partial(prepare_inputs, cfg),
     )

@@ -57,7 +57,10 @@ def write_parquet(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pa
     table = pa.Table.from_pylist(list(rows), schema=schema.arrow_schema())
     # pid in the name: two processes on one shard (an orphan of a killed run and its rerun) never share a tmp file
     tmp = path.with_name(f"{path.name}{TMP_SUFFIX}-{os.getpid()}")
-    pq.write_table(table, tmp)
+    if not table.num_rows:  # no row group at all: a 0-row group makes datasets' Parquet reader fail
+        pq.ParquetWriter(tmp, table.schema).close()
+    else:
+        pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
 
@@ -65,7 +68,9 @@ def write_parquet(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pa
 class ParquetWriter(Step):
     """Last step: gather ``record.rows`` of a shard and write one Parquet file per task.
 
-    Records pass through unchanged (so it can sit anywhere at the end of a pipeline). Counts:
+    Records pass through unchanged (so it can sit anywhere at the end of a pipeline). ``tasks``: tasks
+    whose file every shard writes, empty (with the schema) when the shard has no rows of it, so each
+    requested task has a loadable config. Counts:
     ``rows_per_task``, ``candidate_drops`` (every ``record.drops`` merged) and, in
     ``stats.dropped``, rows refused by :func:`~spatialforge.builders.schema.validate_row`
     (``invalid_row``) or repeating an id (``duplicate_row_id``), each logged with the reason.
@@ -79,10 +84,11 @@ class ParquetWriter(Step):
 
     name = "writer"
 
-    def __init__(self, out_dir: str | os.PathLike, validate: bool = True) -> None:
+    def __init__(self, out_dir: str | os.PathLike, validate: bool = True, tasks: Sequence[str] = ()) -> None:
         super().__init__()
         self.out_dir = Path(out_dir)
         self.validate = validate
+        self.tasks = tuple(tasks)
         self.rows_per_task: Counter = Counter()
         self.candidate_drops: Counter = Counter()
         self.written: list[str] = []
@@ -103,8 +109,8 @@ class ParquetWriter(Step):
             yield record
         start = time.perf_counter()
         name = shard_name(rank, world_size)
-        for task in sorted(by_task):
-            rows = [by_task[task][rid] for rid in sorted(by_task[task])]
+        for task in sorted(set(by_task) | set(self.tasks)):
+            rows = [by_task[task][rid] for rid in sorted(by_task.get(task, ()))]
             self.written.append(str(write_parquet(rows, task_path(self.out_dir, task, name))))
             self.rows_per_task[task] += len(rows)
         self.stats.seconds += time.perf_counter() - start

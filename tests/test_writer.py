@@ -93,3 +93,69 @@ def test_plain_load_dataset_reads_the_folder(tmp_path):
     assert ds[0]["objects"][1] == {"label": "dog", "bbox": [500, 500, 900, 950]}
     everything = datasets.load_dataset(str(tmp_path), split="train")  # the default config: all tasks
     assert sorted(everything["task"]) == ["counting", "near_far", "near_far"]
+
+
+def test_requested_task_without_rows_gets_an_empty_loadable_config(tmp_path):
+    import datasets
+
+    tasks = ("near_far", "perspective")
+    for rank, records in enumerate([[Record("t", "a", 64, 48, rows=[_row("a", "near_far")])], []]):
+        writer = ParquetWriter(tmp_path, tasks=tasks)
+        list(writer.run(records, rank=rank, world_size=2))
+        assert writer.rows_per_task["perspective"] == 0
+    files = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "data").rglob("*.parquet"))
+    assert files == [f"data/{t}/shard-0000{k}-of-00002.parquet" for t in tasks for k in (0, 1)]
+    empty = pq.read_table(tmp_path / "data" / "perspective" / "shard-00000-of-00002.parquet")
+    assert empty.num_rows == 0 and empty.schema.equals(schema.arrow_schema())
+    write_card(tmp_path, {"rows_per_task": {"near_far": 1, "perspective": 0}, "config": {"tasks": list(tasks)}})
+    meta = yaml.safe_load((tmp_path / "README.md").read_text().split("---")[1])
+    assert {c["config_name"] for c in meta["configs"]} == {"all", "near_far", "perspective"}
+    ds = datasets.load_dataset(str(tmp_path), "perspective", split="train", streaming=True)
+    assert ds.features == schema.FEATURES and list(ds) == []
+    try:  # datasets <= 5.2 cannot hold an empty split in memory (huggingface/datasets#8401)
+        ds = datasets.load_dataset(str(tmp_path), "perspective", split="train")
+        assert len(ds) == 0 and ds.features == schema.FEATURES
+    except ValueError as err:
+        assert "corresponds to no data" in str(err)
+    assert datasets.load_dataset(str(tmp_path), split="train")["id"] == ["t-a-near_far-000"]
+
+
+def test_synthetic_tag_only_for_synthetic_images(tmp_path):
+    stats = {"rows_per_task": {"near_far": 1}}
+    assert "synthetic" not in yaml.safe_load(card_yaml(stats))["tags"]
+    assert "synthetic" in yaml.safe_load(card_yaml(stats, synthetic=True))["tags"]
+
+
+def test_card_lists_every_reading_drop_and_top_candidate_drops_per_task(tmp_path):
+    from spatialforge.builders.card import TOP_REASONS, card_body
+
+    reader_drops = {f"reason_{k:02d}": 1000 - k for k in range(20)}
+    reader_drops["duplicate_image_id"] = 3  # parse-time drops: not among the 10 images read
+    stats = {
+        "rows_per_task": {"near_far": 4}, "records_in": 10, "records_out": 8, "num_shards": 1,
+        "candidate_drops": {**{f"near_far/check_{k}": 500 + k for k in range(TOP_REASONS + 3)},
+                            "counting/not_exhaustive": 7, "near_far/over_cap": 1, "pose_box_too_small": 2},
+        "steps": [
+            {"name": "reader", "records_in": 10, "records_out": 8, "dropped": {**reader_drops},
+             "objects_dropped": {"bbox_not_finite": 1, "unknown_category": 2}},
+            {"name": "depth_files", "records_in": 8, "records_out": 8, "dropped": {}},
+            {"name": "writer", "records_in": 8, "records_out": 8, "dropped": {"invalid_row": 1}},
+        ],
+    }
+    # reader: 20 reasons counted + 3 duplicates, of which 2 happened to images read (10 in, 8 out)
+    stats["steps"][0]["dropped"] = {"missing_image": 2, "duplicate_image_id": 3}
+    body = card_body(stats)
+    assert "images read: 13 entries in the input, 3 of them dropped while parsing" in body
+    stats["steps"][0]["dropped"] = {**reader_drops, "missing_image": 2}
+    body = card_body(stats)
+    reading, candidates = body.split("## Images and objects dropped")[1].split("## Candidate drops per task")
+    for reason in [*reader_drops, "missing_image"]:
+        assert f"| reader (images) | `{reason}` |" in reading  # every data-loss reason, however rare
+    assert "| reader (objects) | `bbox_not_finite` | 1 |" in reading
+    assert "| reader (objects) | `unknown_category` | 2 |" in reading
+    assert "| writer (rows) | `invalid_row` | 1 |" in reading
+    assert "check_" not in reading
+    shown = [line for line in candidates.splitlines() if line.startswith("| near_far |")]
+    assert len(shown) == TOP_REASONS and f"`check_{TOP_REASONS + 2}` | {500 + TOP_REASONS + 2:,}" in shown[0]
+    assert "| counting | `not_exhaustive` | 7 |" in candidates and "| other | `pose_box_too_small` | 2 |" in candidates
+    assert "4 more reasons in `stats.json`" in candidates  # 3 near_far checks + over_cap
