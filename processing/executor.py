@@ -137,6 +137,28 @@ def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _diff(old: Any, new: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two JSON-like dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in old or k not in new:
+                out.append((sub, old.get(k, _ABSENT), new.get(k, _ABSENT)))
+            else:
+                out += _diff(old[k], new[k], sub)
+        return out
+    return [] if old == new else [(key, old, new)]
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -241,11 +263,13 @@ class LocalExecutor:
             have = json.loads(run_file.read_text(encoding="utf-8"))
             want_json = json.loads(json.dumps(want))
             if have != want_json:
-                old, new = {"num_shards": have.get("num_shards"), **have.get("fingerprint", {})}, {"num_shards": self.num_shards, **want_json["fingerprint"]}
-                diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+                old = {"num_shards": have.get("num_shards"), **have.get("fingerprint", {})}
+                new = {"num_shards": self.num_shards, **want_json["fingerprint"]}
+                changes = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in _diff(old, new))
                 raise ValueError(
-                    f"{str(self.out_dir)!r} holds a run with other settings (setting: (that run, this run)): {diff}. "
-                    "Use another output folder, or overwrite=True (--overwrite) to start again."
+                    f"{str(self.out_dir)!r} holds a run with other settings or inputs, so it cannot be resumed. "
+                    f"Changed (that run -> this run): {changes}. Pass --overwrite (overwrite=True) to start "
+                    "again, or use another output folder."
                 )
         else:
             _atomic_json(run_file, want)

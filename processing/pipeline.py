@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_NUM_SHARDS = 8
 # may change between a killed run and its resume (`out` too: a run folder may be moved)
 _RUN_FIELDS = ("out", "workers", "progress", "overwrite")
+_PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir")
+_MODEL_FIELDS = ("depth_model", "detector", "pose_model")
 
 
 @dataclass
@@ -53,8 +56,8 @@ class GenerateConfig:
     """Everything ``spatialforge generate`` needs; the same object drives :func:`generate`.
 
     Only ``workers``, ``progress`` and ``overwrite`` may change between a killed run and its resume
-    (and ``out``, if the folder was moved): the rest is recorded in ``<out>/.spatialforge/run.json``
-    and checked.
+    (and ``out``, if the folder was moved): the rest, with the identity of the input files
+    (:func:`input_identity`), is recorded in ``<out>/.spatialforge/run.json`` and checked.
     """
 
     source: str  # objects365 | openimages | pixmo | folder | hf: which reader parses the input
@@ -127,11 +130,19 @@ class GenerateConfig:
             raise ValueError(f"on_size_mismatch must be 'rescale' or 'drop', got {self.on_size_mismatch!r}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the output (everything but out / workers / progress / overwrite)."""
+        """The settings that determine the output (everything but out / workers / progress / overwrite).
+
+        Paths are absolute (and local model folders too), so the same input named relative to
+        another working directory is the same run.
+        """
         out = {}
         for f in dataclasses.fields(self):
             if f.name not in _RUN_FIELDS:
                 value = getattr(self, f.name)
+                if f.name in _PATH_FIELDS and value is not None:
+                    value = str(Path(value).resolve())
+                elif f.name in _MODEL_FIELDS and value is not None and Path(value).exists():
+                    value = str(Path(value).resolve())  # a local folder; a Hub id stays as it is
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -159,6 +170,41 @@ def make_reader(cfg: GenerateConfig) -> Reader:
     if cfg.source == "folder":
         return FolderReader(cfg.images, **common)
     return HFDatasetReader(cfg.annotations, cfg.cache_dir, split=cfg.hf_split, **common)
+
+
+def _file_identity(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
+    """What the inputs of ``cfg`` are, beyond their names: recorded with a run, so a rerun on changed
+    inputs refuses to resume (its finished shards were built from the old ones).
+
+    Annotation files (every file of an annotation folder), class descriptions and image labels: size
+    and modification time. The depth folder: its modification time (files added or removed). A
+    folder of images without annotations (``source="folder"``): the number and a hash of the image
+    ids, which decide what each shard holds.
+    """
+    out: dict[str, Any] = {}
+    for name in ("annotations", "class_descriptions", "image_labels"):
+        value = getattr(cfg, name)
+        if not value:
+            continue
+        path = Path(value).resolve()
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file() and not any(
+                part.startswith(".") for part in f.relative_to(path).parts))
+            out[name] = {f.relative_to(path).as_posix(): _file_identity(f) for f in files}
+        else:
+            out[name] = _file_identity(path)
+    if cfg.depth_dir:
+        out["depth_dir"] = {"mtime_ns": Path(cfg.depth_dir).resolve().stat().st_mtime_ns}
+    if cfg.source == "folder":
+        ids = make_reader(cfg).items()
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        out["images"] = {"image_ids": len(ids), "sha256": digest}
+    return out
 
 
 def prepare_inputs(cfg: GenerateConfig) -> None:
@@ -234,7 +280,7 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         out_dir=cfg.out,
         num_shards=cfg.num_shards,
         workers=cfg.workers,
-        fingerprint=cfg.fingerprint(),
+        fingerprint={**cfg.fingerprint(), "inputs": input_identity(cfg)},
         overwrite=cfg.overwrite,
         finalize=partial(write_card, synthetic=cfg.synthetic),
         progress=cfg.progress,

@@ -185,3 +185,46 @@ def test_a_failing_shard_stops_the_run_with_its_number(tmp_path, mode, workers):
     with pytest.raises(RuntimeError, match="shard 1 failed: ValueError" if mode == "raise" else "failed: BrokenProcessPool"):
         generate(cfg, build=partial(build_crashing, cfg, "img_004", mode))
     assert not (tmp_path / "o" / ".spatialforge" / "markers" / "shard-00001.json").exists()  # ids sorted: img_003, img_004 form shard 1
+
+
+def test_rerun_on_changed_inputs_refuses_to_resume(tmp_path):
+    scene = make_coco_scene(tmp_path / "in", 6)
+    out = tmp_path / "o"
+    generate(_cfg(scene, out, tasks=("near_far",)))
+    data = json.loads(scene["annotations"].read_text())
+    data["images"] = data["images"][:2]  # other annotations, same file name
+    scene["annotations"].write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"inputs\.annotations\.size: \d+ -> \d+.*--overwrite"):
+        generate(_cfg(scene, out, tasks=("near_far",)))
+    # a killed run (some shards done) is refused too, instead of mixing old and new shards
+    (out / ".spatialforge" / "markers" / "shard-00002.json").unlink()
+    with pytest.raises(ValueError, match="holds a run with other settings or inputs"):
+        generate(_cfg(scene, out, tasks=("near_far",)))
+    (scene["depth"] / "extra.npy").write_bytes(b"")  # a depth file added: the depth folder changed
+    stats = generate(_cfg(scene, out, tasks=("near_far",), overwrite=True))
+    assert stats["records_in"] == 2
+    with pytest.raises(ValueError, match=r"inputs\.depth_dir\.mtime_ns"):
+        os.utime(scene["depth"], ns=(0, 0))
+        generate(_cfg(scene, out, tasks=("near_far",)))
+
+
+def test_same_inputs_named_from_another_directory_resume(scene, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    generate(_cfg(scene, out, tasks=("near_far",)))
+    done = (out / ".spatialforge" / "markers" / "shard-00000.json").stat().st_mtime_ns
+    root = scene["annotations"].parent
+    monkeypatch.chdir(root.parent)
+    rel = GenerateConfig(source="objects365", annotations=f"{root.name}/annotations.json", images=f"{root.name}/images",
+                         depth_dir=f"{root.name}/depth", out=out, num_shards=3, progress=False, tasks=("near_far",))
+    stats = generate(rel)  # same run: nothing to redo
+    assert stats["records_in"] == 12
+    assert (out / ".spatialforge" / "markers" / "shard-00000.json").stat().st_mtime_ns == done
+
+
+def test_folder_source_with_other_images_refuses_to_resume(tmp_path):
+    images = make_folder(tmp_path / "imgs", 4)
+    cfg = GenerateConfig(source="folder", images=images, out=tmp_path / "o", num_shards=2, progress=False)
+    generate(cfg)
+    shutil.copy(images / "img_001.jpg", images / "img_100.jpg")
+    with pytest.raises(ValueError, match=r"inputs\.images\.image_ids: 4 -> 5"):
+        generate(cfg)
