@@ -71,6 +71,9 @@ IMAGE_EXTS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".jpe"}
 )
 INDEX_VERSION = 2  # 2: directory symlinks are followed; image checks are stored
+# Ids that would read outside the image trees are a security boundary, not missing images: no
+# on_missing_image policy turns them into dropped rows.
+REFUSED = "refused under every on_missing_image policy (a security boundary, not a missing image)"
 _SQL_CHUNK = 900  # bound parameters per query (old SQLite builds allow 999)
 _CHECK_CHUNK = 64  # images per task of the check thread pool
 _CHECK_BLOCK = 32_768  # images whose stored checks are read (and new ones written) at once
@@ -100,7 +103,7 @@ def check_image_id(image_id: str, root: str) -> None:
         or (len(image_id) > 1 and image_id[1] == ":")  # Windows drive, e.g. C:foo
         or ".." in parts
     ):
-        raise ValueError(f"image_id {image_id!r} would escape the image root {root!r}; refusing it")
+        raise ValueError(f"image_id {image_id!r} would escape the image root {root!r}; {REFUSED}")
 
 
 def _inside(path: str, root_real: str) -> bool:
@@ -444,7 +447,7 @@ class Resolver:
             if outside:
                 raise ValueError(
                     f"image_id {image_id!r} resolves to {rel!r}, a symlink pointing outside the image root "
-                    f"{self.root!r}; refusing it"
+                    f"{self.root!r}; {REFUSED}"
                 )
             out[image_id] = os.path.join(self.root_real, rel)
         return out

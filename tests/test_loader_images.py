@@ -89,10 +89,12 @@ def test_builder_refuses_escapes_under_every_policy(tmp_path, policy, kind):
     write_shards(str(tmp_path / "ann"), rows_for_image(im, ("counting",)))
     b = SpatialForge10M(config_name="counting", annotations=str(tmp_path / "ann"), image_dirs={"mine": str(root)},
                         on_missing_image=policy, cache_dir=str(tmp_path / "c"))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as err:
         b.download_and_prepare()
-    with pytest.raises(ValueError, match=match):
+    assert "refused under every on_missing_image policy" in str(err.value)
+    with pytest.raises(ValueError, match=match) as err:
         b.as_streaming_dataset(split="train")
+    assert "refused under every on_missing_image policy" in str(err.value)
 
 
 # -- bad files under each policy ------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_check_images_counts_and_cli_output(damaged, tmp_path):
     for source, root in damaged.image_dirs.items():
         args += ["--image-dir", f"{source}={root}"]
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # images are missing or unreadable: the check fails
     lines = {line.split()[0]: line.split() for line in res.output.splitlines() if line.split()}
     assert lines["objects365"][1:7] == ["3", "3", "1", "1", "1", "0"]  # rows images found missing unreadable resized
     assert lines["mine"][1:8] == ["3", "3", "3", "0", "0", "1", "kept"]
@@ -500,3 +502,77 @@ def test_skip_that_drops_every_row_gives_an_empty_dataset(tmp_path, streaming, c
     assert list(ds) == []
     assert b.dropped_rows == 4 and b.image_stats["dropped_rows_by_reason"] == {"missing": 4}
     assert "dropped 4 of 4 rows" in caplog.text and "every row" in caplog.text
+
+
+# -- CLI errors and exit codes --------------------------------------------------------------------
+def _cli(args):
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    return CliRunner().invoke(app, args)
+
+
+def _dir_args(image_dirs):
+    return [a for source, root in image_dirs.items() for a in ("--image-dir", f"{source}={root}")]
+
+
+@pytest.mark.parametrize(
+    ("case", "want"),
+    [
+        ("missing_dir", "Error: Invalid value for '--image-dir': image root for source 'pixmo' is not a directory: '/nonexistent'"),
+        ("bad_task", "Error: Invalid value for '--task': task must be one of"),
+        ("bad_dir_syntax", "Error: Invalid value for '--image-dir': --image-dir must look like SOURCE=DIR, got 'pixmo'"),
+        ("no_annotations", "Error: Invalid value for '--annotations': annotations "),
+        ("bad_index_root", "Error: Invalid value for '--root': image root for source 'objects365' is not a directory: '/nonexistent'"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_on_stderr_with_exit_code_2(tmp_path, case, want):
+    fx = make_dataset(tmp_path, n_per_source=1)
+    base = ["check-images", "--annotations", fx.annotations] + _dir_args(fx.image_dirs)
+    args = {
+        "missing_dir": base + ["--image-dir", "pixmo=/nonexistent"],
+        "bad_task": base + ["--task", "bogus"],
+        "bad_dir_syntax": base + ["--image-dir", "pixmo"],
+        "no_annotations": ["check-images", "--annotations", str(tmp_path / "nope")] + _dir_args(fx.image_dirs),
+        "bad_index_root": ["index", "--source", "objects365", "--root", "/nonexistent"],
+    }[case]
+    res = _cli(args)
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # no traceback
+    assert res.stderr.startswith(want) and res.stderr.count("\n") == 1, res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_cli_check_images_exit_code_gates_on_missing_unreadable_and_strict_size(tmp_path):
+    fx = make_dataset(tmp_path, n_per_source=1)
+    args = ["check-images", "--annotations", fx.annotations, "--task", "counting"] + _dir_args(fx.image_dirs)
+    res = _cli(args)
+    assert res.exit_code == 0, res.output  # everything found
+    assert _cli(args + ["--strict"]).exit_code == 0
+    resized = fx.images[3]  # "mine", PNG: twice as large, same aspect ratio
+    make_jpeg(resized.path, (resized.width * 2, resized.height * 2), fmt="PNG")
+    res = _cli(args)
+    assert res.exit_code == 0, res.output  # size mismatches are reported, not failed ...
+    assert next(line.split() for line in res.stdout.splitlines() if line.startswith("mine"))[:7] == ["mine", "1", "1", "1", "0", "0", "1"]
+    res = _cli(args + ["--strict"])
+    assert res.exit_code == 1, res.output  # ... unless --strict
+    assert "1 images differ in size from the recorded width/height (--strict)" in res.stderr
+    os.remove(fx.images[0].path)  # objects365
+    corrupt(fx.images[1].path, "truncated")  # openimages
+    res = _cli(args)
+    assert res.exit_code == 1, res.output
+    assert "2 images are missing or unreadable (2 of 4 rows)" in res.stderr
+    assert "rows whose image is missing or unreadable: 2 of 4" in res.stdout
+    help_text = _cli(["check-images", "--help"]).stdout
+    assert "Exit status" in help_text and "--strict" in help_text
+
+
+def test_cli_check_images_refuses_escaping_ids_with_a_clean_error(tmp_path):
+    root = tmp_path / "mine"
+    make_jpeg(str(root / "ok.jpg"))
+    im = FixtureImage("mine", "../outside/secret", str(tmp_path / "x.jpg"), 64, 48, (1, 1, 5, 5))
+    write_shards(str(tmp_path / "ann"), rows_for_image(im, ("counting",)))
+    res = _cli(["check-images", "--annotations", str(tmp_path / "ann"), "--image-dir", f"mine={root}"])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.startswith("Error: image_id '../outside/secret' would escape the image root")
+    assert "refused under every on_missing_image policy" in res.stderr and "Traceback" not in res.output
