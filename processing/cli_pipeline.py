@@ -33,9 +33,24 @@ def summary_lines(stats: dict) -> list[str]:
     return lines
 
 
+def expected_error(err: BaseException) -> str | None:
+    """A one-paragraph message for errors of the input or settings (bad annotations, missing files,
+    a run folder of other inputs), or None for anything else (a bug: show the traceback)."""
+    from .executor import ShardFailed
+    from .readers import BadInputError
+
+    prefix = ""
+    if isinstance(err, ShardFailed) and err.__cause__ is not None:
+        prefix, err = f"shard {err.shard}: ", err.__cause__
+    if isinstance(err, (BadInputError, ValueError, FileNotFoundError)):
+        return prefix + (str(err) or type(err).__name__)
+    return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
+        ctx: typer.Context,
         source: str = typer.Option(..., "--source", help="Input kind: objects365 | openimages | pixmo | folder | hf."),
         out: str = typer.Option(..., "--out", help="Dataset folder to write (data/<task>/*.parquet, README.md, stats.json). A killed run resumes when rerun with the same options."),
         annotations: Optional[str] = typer.Option(None, "--annotations", help="COCO-style JSON (objects365), box CSV (openimages), JSONL/Parquet rows or a folder of them (pixmo), or a saved / local Hugging Face dataset folder (hf)."),
@@ -60,6 +75,7 @@ def register(app: typer.Typer) -> None:
         on_size_mismatch: str = typer.Option("rescale", "--on-size-mismatch", help="Annotation size differs from the image: rescale (same aspect ratio) | drop."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run in --out instead of resuming it."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+        verbose: bool = typer.Option(False, "--verbose", help="Show the traceback of an error (also `spatialforge -v generate`)."),
     ) -> None:
         """Generate spatial QA (six tasks, verified) from images and annotations into a Hub-ready dataset folder."""
         from .pipeline import GenerateConfig, generate
@@ -76,7 +92,14 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as err:
             raise typer.BadParameter(str(err)) from err
-        stats = generate(cfg)
+        try:
+            stats = generate(cfg)
+        except Exception as err:
+            message = expected_error(err)
+            if message is None or verbose or ctx.find_root().params.get("verbose"):
+                raise
+            typer.echo(f"Error: {message} (--verbose shows the traceback)", err=True)
+            raise typer.Exit(1) from None
         for line in summary_lines(stats):
             typer.echo(line)
         typer.echo(f"wrote {out} (README.md, stats.json, data/<task>/*.parquet)")

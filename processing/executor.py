@@ -51,6 +51,14 @@ _COUNTERS = ("objects_dropped", "notes", "rows_per_task", "candidate_drops")  # 
 _PROGRESS_EVERY = 0.5  # seconds between progress messages from a worker
 
 
+class ShardFailed(RuntimeError):
+    """A shard's steps raised (the cause is chained) or its worker process died."""
+
+    def __init__(self, shard: int, err: BaseException) -> None:
+        super().__init__(f"shard {shard} failed: {err!r}")
+        self.shard = shard
+
+
 def marker_path(out_dir: str | os.PathLike, shard: int) -> Path:
     return Path(out_dir) / STATE_DIR / MARKERS_DIR / f"shard-{shard:05d}.json"
 
@@ -334,7 +342,7 @@ class LocalExecutor:
             try:
                 stats = run_shard(steps, self.out_dir, shard, self.num_shards, record_bar.update)
             except Exception as err:
-                raise RuntimeError(f"shard {shard} failed: {err!r}") from err
+                raise ShardFailed(shard, err) from err
             shard_bar.update(1)
             shard_bar.set_postfix(rows=sum(stats["rows_per_task"].values()))
 
@@ -365,7 +373,7 @@ class LocalExecutor:
                         try:
                             stats = future.result()
                         except Exception as err:
-                            raise RuntimeError(f"shard {futures[future]} failed: {err!r}") from err
+                            raise ShardFailed(futures[future], err) from err
                         shard_bar.update(1)
                         shard_bar.set_postfix(last_rows=sum(stats["rows_per_task"].values()))
             except BaseException:

@@ -228,3 +228,26 @@ def test_folder_source_with_other_images_refuses_to_resume(tmp_path):
     shutil.copy(images / "img_001.jpg", images / "img_100.jpg")
     with pytest.raises(ValueError, match=r"inputs\.images\.image_ids: 4 -> 5"):
         generate(cfg)
+
+
+def test_cli_generate_bad_input_is_one_clean_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    scene = make_coco_scene(tmp_path / "in", 3)
+    data = json.loads(scene["annotations"].read_text())
+    data["images"][1]["file_name"] = "images/v2/patch0/not_there.jpg"
+    scene["annotations"].write_text(json.dumps(data))
+    args = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images", str(scene["images"]),
+            "--out", str(tmp_path / "o"), "--num-shards", "1", "--on-bad-input", "error", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert "Error: shard 0: objects365: image 'not_there'" in result.stderr and "[missing_image]" in result.stderr
+    assert "Traceback" not in result.output and result.stderr.count("\n") == 1
+    verbose = CliRunner().invoke(app, [*args, "--verbose"])  # the traceback stays available
+    assert verbose.exit_code == 1 and "BadInputError" in repr(verbose.exception.__cause__)
+    other = CliRunner().invoke(app, ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]),
+                                     "--images", str(scene["images"]), "--out", str(tmp_path / "o"), "--seed", "3", "--no-progress"])
+    assert other.exit_code == 1 and "Error:" in other.stderr and "--overwrite" in other.stderr
