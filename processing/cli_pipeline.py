@@ -14,9 +14,10 @@ def _split(value: Optional[str]) -> Optional[tuple[str, ...]]:
 
 
 def summary_lines(stats: dict) -> list[str]:
-    """A plain-text summary: rows and acceptance per task, then the most frequent drop reasons."""
+    """A plain-text summary: rows and acceptance per task, images, every reading / perception drop,
+    then the most frequent candidate drop reasons."""
     from ..builders import schema
-    from ..builders.card import acceptance, drop_reasons
+    from ..builders.card import NO_OBJECTS, acceptance, input_drops, input_entries
 
     rows = stats.get("rows_per_task", {})
     acc = acceptance(stats)
@@ -25,11 +26,19 @@ def summary_lines(stats: dict) -> list[str]:
         rate = f"{acc[task]:.1%}" if acc[task] is not None else "-"
         lines.append(f"{task:<12} {rows.get(task, 0):>10,} {rate:>11}")
     lines.append(f"{'total':<12} {sum(rows.values()):>10,}")
-    lines.append(f"images: {stats.get('records_in', 0):,} read, {stats.get('records_out', 0):,} reached the writer")
-    reasons = drop_reasons(stats)[:8]
-    if reasons:
-        lines.append("top drop reasons:")
-        lines += [f"  {n:>10,}  {reason}  ({where})" for where, reason, n in reasons]
+    entries, parsed = input_entries(stats)
+    lines.append(f"images: {entries:,} entries in the input ({parsed:,} dropped while parsing), "
+                 f"{stats.get('records_out', 0):,} reached the writer")
+    if stats.get(NO_OBJECTS):
+        lines.append(f"images without any box ({NO_OBJECTS}): {stats[NO_OBJECTS]:,}")
+    dropped = input_drops(stats)
+    if dropped:
+        lines.append("dropped while reading and perceiving:")
+        lines += [f"  {n:>10,}  {reason}  ({where})" for where, reason, n in dropped]
+    candidates = sorted(stats.get("candidate_drops", {}).items(), key=lambda kv: (-kv[1], kv[0]))[:8]
+    if candidates:
+        lines.append("top candidate drop reasons:")
+        lines += [f"  {n:>10,}  {reason}" for reason, n in candidates]
     return lines
 
 

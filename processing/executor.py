@@ -88,8 +88,10 @@ def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_sha
         _reset(step)
     start = time.perf_counter()
     n = 0
-    for _ in run_pipeline(steps, [], rank=shard, world_size=num_shards):
+    no_objects = 0
+    for record in run_pipeline(steps, [], rank=shard, world_size=num_shards):
         n += 1
+        no_objects += not len(record.objects)
         if progress is not None:
             progress(1)
     rows: Counter = Counter()
@@ -102,6 +104,7 @@ def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_sha
         "num_shards": num_shards,
         "records_in": steps[0].stats.records_in if steps else 0,
         "records_out": n,
+        "no_objects": no_objects,  # records that reached the end without a single box
         "rows_per_task": dict(sorted(rows.items())),
         "candidate_drops": dict(sorted(drops.items())),
         "steps": [step_report(s) for s in steps],
@@ -113,7 +116,7 @@ def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_sha
 
 def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Sum per-shard stats (counts, timings, drop reasons; steps matched by position)."""
-    out: dict[str, Any] = {"num_shards": 0, "records_in": 0, "records_out": 0, "seconds": 0.0}
+    out: dict[str, Any] = {"num_shards": 0, "records_in": 0, "records_out": 0, "no_objects": 0, "seconds": 0.0}
     rows: Counter = Counter()
     drops: Counter = Counter()
     steps: list[dict[str, Any]] = []
@@ -121,6 +124,7 @@ def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
         out["num_shards"] = s["num_shards"]
         out["records_in"] += s["records_in"]
         out["records_out"] += s["records_out"]
+        out["no_objects"] += s.get("no_objects", 0)
         out["seconds"] += s["seconds"]
         rows.update(s["rows_per_task"])
         drops.update(s["candidate_drops"])

@@ -3,7 +3,7 @@
 Step order (a plain list; every executor runs the same one)::
 
     reader -> [DetectionStep] -> [DepthFromFiles | DepthModelStep] -> [PoseStep]
-           -> FacingFromKeypoints -> TaskStep -> ParquetWriter
+           -> FacingFromKeypoints -> TaskStep -> [PointCounting (pixmo)] -> ParquetWriter
 
 Model steps are imported only when their option is set, inside the worker that runs them, so
 ``torch`` / ``transformers`` load only where needed and weights load once per worker.
@@ -225,12 +225,18 @@ def _facing_step() -> Step | None:
     return FacingFromKeypoints()
 
 
+def verify_config(cfg: GenerateConfig) -> Any:
+    """The :class:`~.verify.VerifyConfig` of ``cfg``."""
+    from .verify import VerifyConfig
+
+    return VerifyConfig()
+
+
 def task_step(cfg: GenerateConfig) -> Step:
     """The task generator + verifier step."""
     from .tasks import TaskStep
-    from .verify import VerifyConfig
 
-    return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=VerifyConfig())
+    return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=verify_config(cfg))
 
 
 def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
@@ -262,6 +268,11 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     if facing is not None:
         steps.append(facing)
     steps.append(tasks if tasks is not None else task_step(cfg))
+    if cfg.source == "pixmo" and "counting" in cfg.tasks:
+        from .task_point_counting import PointCounting
+
+        # Pixmo points are exhaustive counts: counting questions without boxes
+        steps.append(PointCounting(seed=cfg.seed, config=verify_config(cfg)))
     steps.append(ParquetWriter(cfg.out, tasks=cfg.tasks))
     return steps
 
@@ -286,4 +297,10 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         progress=cfg.progress,
         prepare=partial(prepare_inputs, cfg),
     )
-    return executor.run()
+    stats = executor.run()
+    if stats.get("no_objects") and cfg.source in ("folder", "hf", "pixmo") and not cfg.detector:
+        logger.warning(
+            "%d of %d images have no boxes (counted as no_objects): source=%r gives no boxes by itself, so no "
+            "grounding, referring or relation questions are asked about them. Pass --detector (a Hugging Face "
+            "detection model) to add boxes.", stats["no_objects"], stats.get("records_out", 0), cfg.source)
+    return stats
