@@ -8,8 +8,11 @@ A row names its image by ``(source, image_id)``. Each source keeps its files in 
                                                    data/000a1249af2bc5f0.jpg
                                                  000a1249af2bc5f0.jpg  (flat)
 
-Every resolver maps a file to a key (the file stem; Pixmo and user sources also accept files without
-an extension), so ``image_id`` is the key. Looking a key up never walks the directory: the first use
+Every resolver maps a file to its keys, and ``image_id`` is a key: the file stem when the suffix is
+an image extension (``IMAGE_EXTS``, any case: ``img.v3.jpg`` -> ``img.v3``); Pixmo and user sources
+also take the full file name, so files without an image extension count too (``bare.v3`` ->
+``bare.v3``; ``img.v3.jpg`` -> also ``img.v3.jpg``). An id with a folder (``sub/img.v3``) matches
+the same keys under that folder. Looking a key up never walks the directory: the first use
 of a root scans it once (``os.scandir``) into a SQLite index under
 ``$SPATIALFORGE_CACHE/index/`` (default ``~/.cache/spatialforge/index/``), named by a hash of the
 root's real path and the resolver kind.
@@ -26,8 +29,9 @@ A later scan of the root costs one ``stat()`` per image; only files whose size o
 (rewritten, replaced, truncated) are opened again. A rebuilt index keeps the checks of the files
 it still holds. Outcomes of I/O errors (permission denied, EIO) are never stored.
 
-**Duplicates.** Two files with the same key under one root (e.g. ``a.jpg`` and ``a.png``): the
-lexicographically smallest relative path wins, always; the number of such keys is logged.
+**Duplicates.** Two files with the same key under one root (e.g. ``a.jpg`` and ``a.png``, or a bare
+``a.v1`` and ``a.v1.png``): the lexicographically smallest relative path wins, always; the number of
+such keys is logged.
 
 **Symlinks.** Clusters often keep a source's splits on other disks
 (``objects365/train -> /mnt/disk2/o365/train``), so a symlinked directory under the root is
@@ -70,7 +74,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".jpe"}
 )
-INDEX_VERSION = 2  # 2: directory symlinks are followed; image checks are stored
+# 2: directory symlinks are followed; image checks are stored. 3: several keys per file (stem and
+# full name), suffixes other than image extensions are part of the key.
+INDEX_VERSION = 3
 # Ids that would read outside the image trees are a security boundary, not missing images: no
 # on_missing_image policy turns them into dropped rows.
 REFUSED = "refused under every on_missing_image policy (a security boundary, not a missing image)"
@@ -248,14 +254,23 @@ class Resolver:
         return f"{type(self).__name__}(source={self.source!r}, root={self.root!r})"
 
     # -- keys --------------------------------------------------------------------------------
-    def key_for(self, name: str) -> str | None:
-        """Index key of a file name, or ``None`` if the file is not an image of this source."""
+    def keys_for(self, name: str) -> tuple[str, ...]:
+        """Index keys of a file name; empty if the file is not an image of this source.
+
+        Only a known image extension is an extension: ``img.v3.jpg`` -> ``("img.v3", "img.v3.jpg")``
+        and ``bare.v3`` -> ``("bare.v3",)`` when files without an extension are allowed
+        (``splitext`` alone would read ``.v3`` as an extension and lose the bare file).
+        """
         stem, ext = os.path.splitext(name)
-        if ext.lower() in self.extensions:
-            return stem
-        if self.allow_no_extension and not ext and not name.startswith("."):
-            return name
-        return None
+        keys = (stem,) if ext.lower() in self.extensions else ()
+        if self.allow_no_extension and not name.startswith("."):  # hidden files (.DS_Store) are no images
+            keys += (name,)
+        return keys
+
+    def key_for(self, name: str) -> str | None:
+        """The preferred key of a file name (its first of :meth:`keys_for`), or ``None``."""
+        keys = self.keys_for(name)
+        return keys[0] if keys else None
 
     # -- index -------------------------------------------------------------------------------
     def is_fresh(self) -> bool:
@@ -289,7 +304,8 @@ class Resolver:
 
         t0 = time.perf_counter()
         stats = IndexStats()
-        best: dict[str, tuple[str, str | None]] = {}  # key -> (relpath, realpath if a file symlink)
+        # key -> (relpath, realpath if a file symlink, files whose id proper the key is)
+        best: dict[str, tuple[str, str | None, int]] = {}
         dirs: list[tuple[str, int]] = []
         # Real paths of the walked directories (the cycle guard) and of the trees images may live in.
         visited: set[str] = {self.root_real}
@@ -329,21 +345,26 @@ class Resolver:
                             visited.add(child_real)
                             stack.append((child, child_real))
                         continue
-                    key = self.key_for(entry.name)
-                    if key is None:
+                    keys = self.keys_for(entry.name)
+                    if not keys:
                         continue
                     stats.files += 1
                     bar.update(1)
-                    prev = best.get(key)
-                    if prev is not None:
-                        stats.duplicates += 1
-                        if prev[0] <= child:
-                            continue
-                    best[key] = (child, link_target)
+                    for k, key in enumerate(keys):
+                        # Duplicates are counted on each file's id proper (its first key: the stem of
+                        # x.jpg, not "x.jpg" too), so train/x.jpg and val/x.jpg are one duplicate
+                        # whatever the listing order.
+                        prev = best.get(key)
+                        claims = (prev[2] if prev else 0) + (k == 0)
+                        if prev is None or child < prev[0]:
+                            best[key] = (child, link_target, claims)
+                        else:
+                            best[key] = (*prev[:2], claims)
         bar.close()
         # Decided after the walk: a file link may point into a linked tree that is followed later.
-        kept = {k: (rel, target is not None and not any(_inside(target, t) for t in trees)) for k, (rel, target) in best.items()}
-        stats.outside_links = sum(out for _, out in kept.values())
+        stats.duplicates = sum(max(0, claims - 1) for _, _, claims in best.values())
+        kept = {k: (rel, target is not None and not any(_inside(target, t) for t in trees)) for k, (rel, target, _) in best.items()}
+        stats.outside_links = len({rel for rel, out in kept.values() if out})  # files, not keys
         os.makedirs(os.path.dirname(self.index_path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.index_path), suffix=".tmp")
         os.close(fd)
@@ -358,7 +379,7 @@ class Resolver:
             conn.executemany("INSERT INTO dirs VALUES (?, ?)", dirs)
             conn.executemany(
                 "INSERT INTO files VALUES (?, ?, ?, ?)",
-                ((k, _relkey(rel), rel, int(out)) for k, (rel, out) in kept.items()),
+                ((k, _relkey(rel, k), rel, int(out)) for k, (rel, out) in kept.items()),
             )
             conn.execute("CREATE INDEX files_relkey ON files (relkey)")
             stats.checks_kept = self._carry_checks(conn)
@@ -519,9 +540,11 @@ class Resolver:
             self.index.store_checks(new)
 
 
-def _relkey(relpath: str) -> str:
-    stem, ext = os.path.splitext(relpath)
-    return stem if ext else relpath
+def _relkey(relpath: str, key: str) -> str:
+    """Key with its folder (``sub/img.v3`` for key ``img.v3`` of ``sub/img.v3.jpg``): what ids with a
+    ``/`` are matched against."""
+    folder = relpath.rpartition("/")[0]
+    return f"{folder}/{key}" if folder else key
 
 
 class Objects365Resolver(Resolver):

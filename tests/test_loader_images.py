@@ -39,6 +39,32 @@ def test_each_source_layout_resolves_every_image(tmp_path):
     assert get_resolver("objects365", fx.image_dirs["objects365"]).resolve("README") is None
 
 
+def test_ids_with_dots_resolve_to_bare_files_and_to_files_with_an_image_extension(tmp_path):
+    root = tmp_path / "mine"
+    files = ["bare.v3", "img.v3.jpg", "shot.JPG", "sub dir/nested.v4", "sub dir/my photo.v2.jpeg", "dup.v1", "dup.v1.png"]
+    for rel in files:
+        make_jpeg(str(root / rel), fmt="PNG" if "." not in rel[-5:] or rel.endswith("png") else "JPEG")
+    r = get_resolver("mine", str(root))
+    stats = r.build_index()
+    assert (stats.files, stats.duplicates) == (7, 1)  # "dup.v1" names the bare file and the .png
+    real = os.path.realpath(root)
+    want = {
+        "bare.v3": "bare.v3",  # ".v3" is no image extension: the whole name is the id
+        "img.v3": "img.v3.jpg",  # ".jpg" is: the stem is the id ...
+        "img.v3.jpg": "img.v3.jpg",  # ... and so is the full file name
+        "shot": "shot.JPG",  # extensions match in any case
+        "sub dir/nested.v4": "sub dir/nested.v4",
+        "sub dir/my photo.v2": "sub dir/my photo.v2.jpeg",
+        "nested.v4": "sub dir/nested.v4",
+        "dup.v1": "dup.v1",  # the smallest relative path wins, as for any duplicate
+        "dup.v1.png": "dup.v1.png",
+    }
+    assert r.resolve_many(list(want) + ["img", "bare", "sub dir/nested"]) == {k: os.path.join(real, v) for k, v in want.items()}
+    # sources whose files always carry an image extension keep to file stems
+    o365 = get_resolver("objects365", str(root))
+    assert o365.resolve_many(["img.v3", "img.v3.jpg", "bare.v3"]) == {"img.v3": os.path.join(real, "img.v3.jpg")}
+
+
 def test_index_is_built_once_and_rebuilt_when_a_folder_changes(tmp_path):
     root = tmp_path / "px"
     make_jpeg(str(root / "a" / "aaa.jpg"))
