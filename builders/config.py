@@ -37,7 +37,8 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     #   "error": fail before yielding any row, naming the count, the first ids and the roots searched;
     #   "warn":  log once per image and drop its rows;   "skip": drop the rows, log one summary.
     # Images above `max_image_pixels` are never decoded: they fail under "error" and "warn" and are
-    # dropped (and counted) under "skip".
+    # dropped (and counted) under "skip". If every row is dropped, the split is empty (both modes).
+    # Ids that would escape their image root are refused whatever the policy.
     on_missing_image: str = "error"
     # Decompression-bomb limit in pixels (width * height); None = PIL's Image.MAX_IMAGE_PIXELS.
     max_image_pixels: int | None = None
