@@ -236,6 +236,9 @@ class DepthModelStep(BatchStep):
         on_error: unreadable images / size mismatches: ``error`` raises, ``warn`` logs and drops
             the record, ``skip`` drops it; drops are counted in ``stats.dropped``.
         overwrite: replace a depth map the record already has (e.g. from a sensor); default keeps it.
+        target: ``"depth"`` writes ``record.depth``; ``"alt"`` writes ``record.meta["depth_alt"]``
+            instead: a second model whose depth order the verifier compares with the first one's
+            (the step is then named ``depth_model_alt``; ``flip_tta`` does not apply).
 
     Each :class:`DepthMap` has ``source=f"model:{model}:{kind}"``.
     """
@@ -254,10 +257,18 @@ class DepthModelStep(BatchStep):
         metric: bool | None = None,
         on_error: OnError = "warn",
         overwrite: bool = False,
+        target: Literal["depth", "alt"] = "depth",
     ) -> None:
         super().__init__(batch_size)
         if on_error not in ("error", "warn", "skip"):
             raise ValueError(f"on_error must be 'error', 'warn' or 'skip', got {on_error!r}")
+        if target not in ("depth", "alt"):
+            raise ValueError(f"target must be 'depth' or 'alt', got {target!r}")
+        if target == "alt" and flip_tta:
+            raise ValueError("flip_tta=True writes meta['depth_alt'] itself: it does not combine with target='alt'")
+        self.target = target
+        if target == "alt":
+            self.name = "depth_model_alt"
         if kind not in (None, "depth", "inverse_depth"):
             raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {kind!r}")
         if dtype != "auto" and dtype not in DTYPES:
@@ -299,7 +310,7 @@ class DepthModelStep(BatchStep):
     def process_batch(self, records: list[Record]) -> list[Record | None]:
         self.setup()
         torch = require("torch", "models")
-        todo = [r for r in records if self.overwrite or r.depth is None]
+        todo = [r for r in records if self.overwrite or self._current(r) is None]
         kept, images, _ = load_record_images(todo, self.on_error, self.count)
         dropped = {id(r) for r in todo} - {id(r) for r in kept}
         if kept:
@@ -315,9 +326,15 @@ class DepthModelStep(BatchStep):
         maps = self._forward(pixel_values, sizes, flipped=False)
         alts = self._forward(pixel_values.flip(-1), sizes, flipped=True) if self.flip_tta else [None] * len(records)
         for record, depth, alt in zip(records, maps, alts):
+            if self.target == "alt":
+                record.meta["depth_alt"] = depth
+                continue
             record.depth = depth
             if alt is not None:
                 record.meta["depth_alt"] = alt
+
+    def _current(self, record: Record) -> DepthMap | None:
+        return record.meta.get("depth_alt") if self.target == "alt" else record.depth
 
     def _forward(self, pixel_values, sizes: list[tuple[int, int]], flipped: bool) -> list[DepthMap]:
         outputs = self.model(pixel_values=pixel_values)

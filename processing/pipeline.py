@@ -2,8 +2,8 @@
 
 Step order (a plain list; every executor runs the same one)::
 
-    reader -> [DetectionStep] -> [DepthFromFiles | DepthModelStep] -> [PoseStep]
-           -> FacingFromKeypoints -> TaskStep -> [PointCounting (pixmo)] -> ParquetWriter
+    reader -> [DetectionStep] -> [DepthFromFiles | DepthModelStep] -> [DepthModelStep(target="alt")]
+           -> [PoseStep | FacingFromKeypoints] -> TaskStep -> [PointCounting (pixmo)] -> ParquetWriter
 
 Model steps are imported only when their option is set, inside the worker that runs them, so
 ``torch`` / ``transformers`` load only where needed and weights load once per worker.
@@ -48,7 +48,8 @@ DEFAULT_NUM_SHARDS = 8
 # may change between a killed run and its resume (`out` too: a run folder may be moved)
 _RUN_FIELDS = ("out", "workers", "progress", "overwrite")
 _PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir")
-_MODEL_FIELDS = ("depth_model", "detector", "pose_model")
+_MODEL_FIELDS = ("depth_model", "detector", "pose_model", "second_depth_model")
+_DTYPES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # as depth_models.DTYPES (no torch import here)
 
 
 @dataclass
@@ -74,6 +75,11 @@ class GenerateConfig:
     detector: str | None = None  # HF detection model id or folder: adds boxes (e.g. to a folder of photos)
     detector_labels: tuple[str, ...] | None = None  # zero-shot detectors: the labels to look for
     pose_model: str | None = None  # HF pose model id or folder: person keypoints -> facing (perspective task)
+    detector_threshold: float = 0.3  # detector: minimum score of a kept box
+    depth_flip_tta: bool = False  # depth_model: also predict the mirrored image; near_far must agree with both
+    second_depth_model: str | None = None  # HF depth model id or folder: a second depth signal near_far must agree with
+    ground_contact: bool = False  # near_far: the object whose box bottom is lower must be the nearer one (opt-in)
+    dtype: str = "auto"  # model dtype: auto (half precision on GPUs, fp32 on CPU) | fp32 | fp16 | bf16
     tasks: tuple[str, ...] = schema.TASKS  # tasks to generate
     seed: int = 0  # all random choices derive from (seed, image id, task)
     num_shards: int = DEFAULT_NUM_SHARDS  # input shards; fixes the output files whatever `workers` is
@@ -111,6 +117,16 @@ class GenerateConfig:
             raise ValueError(f"depth_kind must be 'depth' or 'inverse_depth', got {self.depth_kind!r}")
         if self.depth_dir and self.depth_model:
             raise ValueError(f"give depth_dir or depth_model, not both (got {self.depth_dir!r} and {self.depth_model!r})")
+        if self.depth_flip_tta and not self.depth_model:
+            raise ValueError("depth_flip_tta needs depth_model (it mirrors the model's input), got depth_model=None")
+        if self.second_depth_model and self.depth_flip_tta:
+            raise ValueError("give depth_flip_tta or second_depth_model, not both: each is the second depth signal")
+        if self.second_depth_model and not (self.depth_model or self.depth_dir):
+            raise ValueError(f"second_depth_model {self.second_depth_model!r} checks a first depth: give depth_model or depth_dir too")
+        if not 0.0 <= self.detector_threshold <= 1.0:
+            raise ValueError(f"detector_threshold must be in [0, 1], got {self.detector_threshold!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.depth_dir and not Path(self.depth_dir).is_dir():
             raise ValueError(f"depth_dir {self.depth_dir!r} is not a folder")
         if isinstance(self.tasks, str):
@@ -229,7 +245,7 @@ def verify_config(cfg: GenerateConfig) -> Any:
     """The :class:`~.verify.VerifyConfig` of ``cfg``."""
     from .verify import VerifyConfig
 
-    return VerifyConfig()
+    return VerifyConfig(ground_contact=cfg.ground_contact)
 
 
 def task_step(cfg: GenerateConfig) -> Step:
@@ -251,7 +267,8 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
         from .detection import DetectionStep
 
         labels = list(cfg.detector_labels) if cfg.detector_labels else None
-        steps.append(DetectionStep(cfg.detector, labels=labels, batch_size=cfg.batch_size, device=cfg.device))
+        steps.append(DetectionStep(cfg.detector, labels=labels, threshold=cfg.detector_threshold,
+                                   batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
     if cfg.depth_dir:
         from .depth import DepthFromFiles
 
@@ -259,14 +276,21 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     elif cfg.depth_model:
         from .depth_models import DepthModelStep
 
-        steps.append(DepthModelStep(cfg.depth_model, batch_size=cfg.batch_size, device=cfg.device))
+        steps.append(DepthModelStep(cfg.depth_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+                                    flip_tta=cfg.depth_flip_tta))
+    if cfg.second_depth_model:
+        from .depth_models import DepthModelStep
+
+        steps.append(DepthModelStep(cfg.second_depth_model, batch_size=cfg.batch_size, device=cfg.device,
+                                    dtype=cfg.dtype, target="alt"))
     if cfg.pose_model:
         from .pose import PoseStep
 
-        steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device))
-    facing = _facing_step()
-    if facing is not None:
-        steps.append(facing)
+        steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
+    else:  # the pose step sets facing itself; without it, facing comes from keypoints in the annotations
+        facing = _facing_step()
+        if facing is not None:
+            steps.append(facing)
     steps.append(tasks if tasks is not None else task_step(cfg))
     if cfg.source == "pixmo" and "counting" in cfg.tasks:
         from .task_point_counting import PointCounting

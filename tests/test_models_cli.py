@@ -13,6 +13,8 @@ import pytest
 
 from _tiny_models import TinyModels
 
+from spatialforge.processing.base import Step
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -64,3 +66,89 @@ def test_generate_with_model_steps_offline(tmp_path):
     rotated = [row for row in ds if row["image_id"].startswith("rot")]
     assert all((row["width"], row["height"]) == (96, 128) for row in rotated)
     assert Path(out / "README.md").exists()
+
+
+def test_model_flags_reach_the_steps(tmp_path, monkeypatch):
+    """CLI flags -> GenerateConfig -> steps (nothing is loaded: model steps load in setup())."""
+    from typer.testing import CliRunner
+
+    from _pipeline_fixtures import make_coco_scene
+    from spatialforge.processing import pipeline
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    scene = make_coco_scene(tmp_path / "scene", 1)
+    seen = []
+    monkeypatch.setattr(pipeline, "generate", lambda cfg: seen.append(cfg) or {"rows_per_task": {}})
+    base = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images", str(scene["images"]),
+            "--out", str(tmp_path / "o"), "--no-progress"]
+    flags = ["--depth-model", "org/depth", "--depth-flip-tta", "--detector", "org/det", "--detector-threshold", "0.45",
+             "--pose-model", "org/pose", "--ground-contact", "--dtype", "bf16"]
+    result = CliRunner().invoke(app, [*base, *flags])
+    assert result.exit_code == 0, result.output
+    steps = {s.name: s for s in pipeline.build_steps(seen[-1])}
+    assert list(steps) == ["reader", "detection", "depth_model", "pose", "tasks", "writer"]  # pose sets facing itself
+    assert steps["depth_model"].flip_tta and steps["depth_model"].target == "depth"
+    assert steps["detection"].threshold == 0.45
+    assert {steps[n].dtype_arg for n in ("detection", "depth_model", "pose")} == {"bf16"}
+    assert steps["tasks"].config.ground_contact is True
+
+    result = CliRunner().invoke(app, [*base, "--depth-dir", str(scene["depth"]), "--second-depth-model", "org/other"])
+    assert result.exit_code == 0, result.output
+    steps = {s.name: s for s in pipeline.build_steps(seen[-1])}
+    assert list(steps) == ["reader", "depth_files", "depth_model_alt", "facing", "tasks", "writer"]
+    assert steps["depth_model_alt"].target == "alt" and steps["depth_model_alt"].model_id == "org/other"
+    assert steps["tasks"].config.ground_contact is False
+
+    both = CliRunner().invoke(app, [*base, "--depth-model", "a/b", "--depth-flip-tta", "--second-depth-model", "c/d"])
+    assert both.exit_code != 0 and "not both" in both.output
+
+
+class ProbeDepthAlt(Step):
+    """Counts the source of ``record.meta["depth_alt"]`` per record (as a candidate drop, so it reaches the stats)."""
+
+    name = "probe"
+
+    def process(self, record):
+        alt = record.meta.get("depth_alt")
+        record.drop(f"probe/depth_alt={alt.source if alt is not None else None}")
+        return record
+
+
+def _probed(cfg):
+    from spatialforge.processing.pipeline import build_steps
+
+    steps = build_steps(cfg)
+    return [*steps[:-1], ProbeDepthAlt(), steps[-1]]
+
+
+@pytest.mark.slow
+def test_second_depth_signals_reach_near_far(tmp_path):
+    """--depth-flip-tta and --second-depth-model fill record.meta["depth_alt"], which near_far checks."""
+    from functools import partial
+
+    import pyarrow.parquet as pq
+
+    from _pipeline_fixtures import make_coco_scene
+    from spatialforge.processing.pipeline import GenerateConfig, generate
+
+    tiny = TinyModels(tmp_path / "models")
+    first, second = tiny.depth_anything(), tiny.dpt()
+    scene = make_coco_scene(tmp_path / "scene", 4)
+    common = {"source": "objects365", "annotations": scene["annotations"], "images": scene["images"], "tasks": ("near_far",),
+              "num_shards": 1, "batch_size": 4, "device": "cpu", "progress": False}
+
+    cfg = GenerateConfig(out=tmp_path / "tta", depth_model=first, depth_flip_tta=True, **common)
+    stats = generate(cfg, build=partial(_probed, cfg))
+    assert stats["candidate_drops"][f"probe/depth_alt=model:{first}:inverse_depth:flip"] == 4
+
+    # exact depth files first (pairs pass on them), the second model's order checked on every such pair
+    cfg = GenerateConfig(out=tmp_path / "second", depth_dir=scene["depth"], second_depth_model=second, **common)
+    stats = generate(cfg, build=partial(_probed, cfg))
+    assert [s["name"] for s in stats["steps"]] == ["reader", "depth_files", "depth_model_alt", "facing", "tasks", "probe", "writer"]
+    assert stats["candidate_drops"][f"probe/depth_alt=model:{second}:inverse_depth"] == 4
+    rows = [r for p in (tmp_path / "second" / "data").rglob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    checked = sum("depth_alt" in r["verification"]["checks"] for r in rows)
+    disagreed = sum(n for k, n in stats["candidate_drops"].items() if k.startswith("near_far/depth_alt"))
+    assert checked + disagreed > 0
+    assert all(r["verification"]["depth_source"] == "file:depth" for r in rows)  # the first depth stays the files'
