@@ -6,7 +6,8 @@ per-object checks of both boxes; ``depth_valid`` (a robust depth for both, see
 ``depth_uniform`` (few pixels much nearer than the object's depth: not an open shape such as an
 umbrella over the ground, not hidden behind something unboxed; drop reason ``depth_mixed``);
 ``depth_positive``; ``depth_margin`` (``1 - nearer / farther >= min_depth_margin``);
-``depth_range_margin`` (relative inverse depth only); ``depth_alt`` (a second depth signal in
+``depth_range_margin`` (relative inverse depth only); ``depth_span`` (non-metric depth: the
+farther object's nearest part lies behind the nearer object, see :mod:`.verify`); ``depth_alt`` (a second depth signal in
 ``record.meta["depth_alt"]`` orders the pair the same way); ``ground_contact`` (opt-in); and
 ``occlusion`` (boxes that overlap: the overlap must show the nearer object's depth). The fact
 stated is the one that holds; the phrasing step decides which of the two is the subject.
@@ -46,6 +47,15 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         # An unknown shift breaks ratios: also ask for a share of the image's depth range.
         sieve.check("depth_range_margin", np.abs(di - dj) >= config.min_range_margin * scene.depth_range,
                     "depth_range_margin")
+    if not depth.metric and config.span_check:
+        # Relative depth is only an order: a ratio cannot tell an open shape (an umbrella's canopy
+        # over the ground it lets through) from a solid one. Ask that the orders agree instead:
+        # the farther object's own nearest part (span_quantile) still lies behind the nearer object.
+        # By a share of the image's depth range, as the values themselves (depth_range_margin).
+        behind = (scene.depth_tail[far] - d[near]) * (1.0 if depth.kind == "depth" else -1.0)
+        with np.errstate(invalid="ignore"):
+            ok = behind >= config.min_range_margin * scene.depth_range
+        sieve.check("depth_span", ok, "depth_span_overlap")
     alt = scene.depth_alt
     if alt is not None:
         ai, aj = alt[near], alt[far]
@@ -63,11 +73,10 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     if config.occlusion_check:
         ok = np.ones(sieve.m, dtype=bool)
         applies = np.zeros(sieve.m, dtype=bool)
-        for c in sieve.survivors():
-            if scene.iou[near[c], far[c]] > 0:
-                verdict = scene.occlusion_consistent(int(near[c]), int(far[c]))
-                if verdict is not None:
-                    applies[c], ok[c] = True, verdict
+        for c in np.flatnonzero(sieve.alive & (scene.iou[near, far] > 0)).tolist():
+            verdict = scene.occlusion_consistent(int(near[c]), int(far[c]))
+            if verdict is not None:
+                applies[c], ok[c] = True, verdict
         sieve.check("occlusion", ok, "occlusion_inconsistent", applies=applies)
     sieve.evidence["depth_margin"] = margin
     return Generated(Candidates(sieve, near, far, "nearer_than"), sieve.drops)

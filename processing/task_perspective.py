@@ -12,7 +12,10 @@ right vector tilts, and an object far ahead of or behind them changes side when 
 the camera-person ray outweighs its offset across it. With a depth map, ``lateral_dominance``
 places both on the ground plane (``X = (x - width / 2) / f * Z``, ``f`` from ``assumed_hfov_deg``)
 and asks ``across >= tan(perspective_max_yaw_deg) * |along|``, so no turn up to that angle can
-flip the answer (drops: ``depth_invalid``, ``lateral_ambiguous``). Without a depth map the check
+flip the answer (drops: ``depth_invalid``, ``lateral_ambiguous``). Relative (non-metric) depth is
+not a distance: the check then must hold for every shift of the inverse depth on a grid
+(``relative_shifts`` of :attr:`.verify.Scene.inverse_floor`) and with the object's depth off by
+``relative_object_bias`` either way. Without a depth map the check
 cannot run and the image rule alone decides. Fact: ``{subject: the object, predicate: left_of | right_of, object: the
 person, frame: person}``.
 """
@@ -53,22 +56,43 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     if config.lateral_check and record.depth is not None:
         d = scene.depth
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)
-        has = np.isfinite(z[obj]) & np.isfinite(z[per])
+            if record.depth.metric:
+                z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)
+                zp, zo = z[per][None], z[obj][None]
+            else:
+                # Relative depth: inverse depth up to a scale (harmless: the check is scale-free), an
+                # unknown shift in [0, inverse_floor] and a per-object bias. Treating it as metric
+                # bends the geometry, so the check must hold on a grid of shifts, with the object's
+                # depth off by the bias either way.
+                inv = d if record.depth.kind == "inverse_depth" else 1.0 / d
+                t = scene.inverse_floor * np.asarray(config.relative_shifts)[:, None]
+                z = np.where(inv - t > 0, 1.0 / (inv - t), np.nan)  # (shifts, objects)
+                bias = 1.0 + config.relative_object_bias
+                zp = np.tile(z[:, per], (3, 1))
+                zo = np.concatenate([z[:, obj], z[:, obj] * bias, z[:, obj] / bias])
+        has = np.isfinite(zo[0]) & np.isfinite(zp[0])
         sieve.check("depth_valid", has, "depth_invalid")
-        # Camera-frame ground-plane positions (focal length from an assumed, narrow field of view:
-        # a narrow view under-states lateral offsets, which keeps the check conservative).
-        f = record.width / 2 / np.tan(np.radians(config.assumed_hfov_deg) / 2)
-        px, pz = (cx[per] - record.width / 2) / f * z[per], z[per]
-        ox, oz = (cx[obj] - record.width / 2) / f * z[obj], z[obj]
-        norm = np.hypot(px, pz)
-        along = ((ox - px) * px + (oz - pz) * pz) / norm  # offset along the camera-person ray
-        across = np.abs((ox - px) * pz - (oz - pz) * px) / norm  # offset across it (the image's left/right)
-        tan_yaw = np.tan(np.radians(config.perspective_max_yaw_deg))
-        ok = np.where(has, across >= tan_yaw * np.abs(along), False)
-        sieve.check("lateral_dominance", ok, "lateral_ambiguous")
+        sieve.check("lateral_dominance", _lateral_ok(zp, zo, cx[per], cx[obj], record.width, config).all(0),
+                    "lateral_ambiguous")
     # Facing the camera mirrors left and right; facing away keeps the camera's.
     person_left = image_left ^ toward[per]
     predicate = np.where(person_left, "left_of", "right_of")
     sieve.evidence["box_gap"] = gap
     return Generated(Candidates(sieve, obj, per, predicate), sieve.drops)
+
+
+def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray, width: int,
+                config: VerifyConfig) -> np.ndarray:
+    """No turn up to ``perspective_max_yaw_deg`` flips the side, for camera depths ``zp`` of the
+    people and ``zo`` of the objects (``(variants, candidates)``; NaN fails)."""
+    # Camera-frame ground-plane positions (focal length from an assumed, narrow field of view:
+    # a narrow view under-states lateral offsets, which keeps the check conservative).
+    f = width / 2 / np.tan(np.radians(config.assumed_hfov_deg) / 2)
+    px, pz = (cxp - width / 2) / f * zp, zp
+    ox, oz = (cxo - width / 2) / f * zo, zo
+    norm = np.hypot(px, pz)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        along = ((ox - px) * px + (oz - pz) * pz) / norm  # offset along the camera-person ray
+        across = np.abs((ox - px) * pz - (oz - pz) * px) / norm  # offset across it (the image's left/right)
+        tan_yaw = np.tan(np.radians(config.perspective_max_yaw_deg))
+        return np.where(np.isfinite(zo) & np.isfinite(zp), across >= tan_yaw * np.abs(along), False)

@@ -15,6 +15,13 @@ quantile of metric depth or the corresponding high quantile of inverse depth, so
 pixels are much nearer than the result (an umbrella's canopy over the ground, an unboxed
 occluder), the object gets no depth (:func:`object_depth` returns None).
 
+Relative (non-metric) depth is trusted for order only. Near/far then also asks that the farther
+object's nearest part (``span_quantile`` of its whole box's own pixels) lie behind the nearer
+object's value by ``min_range_margin`` of the image's depth range (``depth_span``): an open shape
+whose box mostly shows the background behind it (an umbrella) cannot pass for the background.
+Perspective's lateral check must hold for every shift of the inverse depth on a grid up to
+:attr:`Scene.inverse_floor`, with a per-object bias either way.
+
 Depth margin: ``1 - nearer / farther`` of the two robust values. It is the same for depth and
 inverse depth (``1 - (1/f) / (1/n) == 1 - n / f``) and for any global scale, so one threshold
 serves metric and relative models. Relative (affine-ambiguous) inverse depth can also carry an
@@ -56,6 +63,7 @@ CHECKS = (
     "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
     "depth_margin",  # near_far: relative depth margin >= min_depth_margin
     "depth_range_margin",  # near_far, relative inverse depth: difference >= min_range_margin of the range
+    "depth_span",  # near_far, non-metric depth: the farther object's nearest part is behind the nearer object
     "occlusion",  # near_far, overlapping boxes: the overlap shows the nearer object's depth
     "depth_alt_valid",  # near_far: the second depth signal gives both objects a positive depth
     "depth_alt",  # near_far: a second depth signal orders the pair the same way
@@ -100,9 +108,11 @@ class VerifyConfig:
     container_tolerance: float = 0.1  # |log| distance to a containing box's depth that marks its pixels
     max_near_share: float = 0.05  # more of an object's pixels much nearer than its depth: open shape/occluded
     near_share_ratio: float = 0.3  # "much nearer": by more than this (1 - d / object depth)
+    span_quantile: float = 0.05  # an object's nearest part: this quantile of its pixels in nearness order
     # --- near_far
     min_depth_margin: float = 0.3  # 1 - nearer/farther; well above a ~10 % per-object depth bias
     min_range_margin: float = 0.05  # relative inverse depth only: |difference| / robust image range
+    span_check: bool = True  # non-metric depth: the farther object's nearest part must lie behind the nearer one
     range_quantiles: tuple[float, float] = (0.02, 0.98)  # robust image depth range
     occlusion_check: bool = True  # overlapping boxes: the overlap must look like the nearer object
     occlusion_min_fraction: float = 0.5  # share of decided overlap pixels that must match the nearer one
@@ -125,11 +135,14 @@ class VerifyConfig:
     lateral_check: bool = True  # perspective with depth: the lateral offset must outweigh a turned person
     perspective_max_yaw_deg: float = 30.0  # how far "toward/away from camera" people may be turned
     assumed_hfov_deg: float = 50.0  # horizontal field of view assumed for the focal length (narrow = safe)
+    relative_shifts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # non-metric depth: shifts tried, x inverse_floor
+    relative_object_bias: float = 0.1  # non-metric depth: per-object depth error the lateral check tolerates
 
     def __post_init__(self) -> None:
         for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
                      "min_range_margin", "occlusion_min_fraction", "ground_min_dy", "max_referring_iou",
-                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance", "max_near_share"):
+                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance", "max_near_share",
+                     "span_quantile"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -138,6 +151,10 @@ class VerifyConfig:
                 f"need 0 <= perspective_max_yaw_deg < 90 and 1 <= assumed_hfov_deg < 180, got "
                 f"{self.perspective_max_yaw_deg!r}, {self.assumed_hfov_deg!r}"
             )
+        if not all(0.0 <= s <= 1.0 for s in self.relative_shifts) or not self.relative_shifts:
+            raise ValueError(f"relative_shifts must be fractions in [0, 1], got {self.relative_shifts!r}")
+        if not 0.0 <= self.relative_object_bias < 1.0:
+            raise ValueError(f"relative_object_bias must be in [0, 1), got {self.relative_object_bias!r}")
         if not 0.0 < self.near_share_ratio < 1.0:
             raise ValueError(f"near_share_ratio must be in (0, 1), got {self.near_share_ratio!r}")
         if not 0.0 <= self.depth_shrink < 0.5:
@@ -231,20 +248,22 @@ class _Samples:
         self.keep[k[starts]] &= ~np.logical_or.reduceat(hit, starts, axis=0)
 
     def robust(self, kind: str, quantile: float, min_valid_fraction: float, near_ratio: float,
-               keep: np.ndarray | None = None, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(value, near share)`` per box (or per box of ``rows``); value NaN where too few samples.
+               keep: np.ndarray | None = None, rows: list[int] | None = None,
+               tail_quantile: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(value, near share, near tail)`` per box (or per box of ``rows``); NaN where too few samples.
 
         The value is the nearest-rank quantile of the kept samples in nearness order; the near
-        share is the share of kept samples nearer than it by more than ``near_ratio``.
+        share is the share of kept samples nearer than it by more than ``near_ratio``; the near
+        tail is the ``tail_quantile`` in nearness order (the object's own nearest part).
         """
         values = self.values if rows is None else self.values[rows]
         keep = (self.keep if rows is None else self.keep[rows]) if keep is None else keep
         size = self.size if rows is None else self.size[rows]
         count = keep.sum(axis=1)
         ok = (count > 0) & (count / size >= min_valid_fraction)
-        out, near = np.full(len(values), np.nan), np.zeros(len(values))
+        out, near, tail = np.full(len(values), np.nan), np.zeros(len(values)), np.full(len(values), np.nan)
         if not ok.any():
-            return out, near
+            return out, near, tail
         if not ok.all():
             values, keep, count = values[ok], keep[ok], count[ok]
         q = quantile if kind == "depth" else 1.0 - quantile  # nearness order: inverse depth flips
@@ -252,6 +271,8 @@ class _Samples:
         ranked = np.where(keep, values, np.inf)  # dropped samples sort last
         ranked.sort(axis=1)  # one sort of all rows beats a partition per box (same order statistic)
         value = ranked[np.arange(len(k)), k]  # float32, like the samples
+        qt = tail_quantile if kind == "depth" else 1.0 - tail_quantile
+        tail[ok] = ranked[np.arange(len(k)), np.rint(qt * (count - 1)).astype(np.intp)]
         # The threshold is compared in float32, as a Python float against float32 samples would be.
         if kind == "depth":
             much_nearer = values < (value.astype(np.float64) * (1.0 - near_ratio)).astype(np.float32)[:, None]
@@ -260,7 +281,7 @@ class _Samples:
         share = (much_nearer & keep).sum(axis=1) / count
         out[ok] = value
         near[ok] = np.where(value > 0, share, 0.0)
-        return out, near
+        return out, near, tail
 
 
 _VALID_CACHE: dict[int, tuple[np.ndarray, bool]] = {}
@@ -297,7 +318,7 @@ def object_depth(
     if exclude is not None and len(exclude):
         ex = np.asarray(exclude, float).reshape(-1, 4) * scale
         samples.exclude(np.ones((1, len(ex)), dtype=bool), ex)
-    value, near = samples.robust(depth.kind, config.depth_quantile, config.min_valid_fraction, config.near_share_ratio)
+    value, near, _ = samples.robust(depth.kind, config.depth_quantile, config.min_valid_fraction, config.near_share_ratio)
     return None if np.isnan(value[0]) or near[0] > config.max_near_share else float(value[0])
 
 
@@ -430,9 +451,11 @@ class Scene:
         partial = (inter > 0) & other & ~contains
         return partial, contains
 
-    def _depth_of(self, depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
-        """``(robust depth, mixed)`` per object for one depth map; depth NaN where unreliable,
-        ``mixed`` where a value exists but too many pixels are much nearer (``max_near_share``).
+    def _depth_of(self, depth: DepthMap, span: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(robust depth, mixed, near tail)`` per object for one depth map; depth NaN where
+        unreliable, ``mixed`` where a value exists but too many pixels are much nearer
+        (``max_near_share``); with ``span``, near tail: the ``span_quantile`` in nearness order
+        of the whole box's own pixels (NaN otherwise).
 
         Pass 1 subtracts partly overlapping boxes (their pixels may be an occluder's). A box that
         contains the whole object cannot be subtracted, so pass 2 removes the pixels whose depth
@@ -447,7 +470,7 @@ class Scene:
         samples = _Samples(depth, boxes, cfg.depth_shrink, cfg.depth_max_samples)
         samples.exclude(partial, boxes)
         args = (depth.kind, cfg.depth_quantile, cfg.min_valid_fraction, cfg.near_share_ratio)
-        first, near = samples.robust(*args)
+        first, near, _ = samples.robust(*args)
         values = first.copy()
         for k in np.flatnonzero(contains.any(1)).tolist():
             if np.isnan(values[k]):
@@ -458,17 +481,25 @@ class Scene:
                 continue
             with np.errstate(invalid="ignore", divide="ignore"):
                 at_container = (np.abs(np.log(samples.values[k][:, None] / reject)) < cfg.container_tolerance).any(-1)
-            value, near_k = samples.robust(*args, keep=(samples.keep[k] & ~at_container)[None], rows=[k])
+            value, near_k, _ = samples.robust(*args, keep=(samples.keep[k] & ~at_container)[None], rows=[k])
             values[k], near[k] = value[0], near_k[0]
         mixed = np.isfinite(values) & (near > cfg.max_near_share)
         values[mixed] = np.nan
-        return values, mixed
+        tail = np.full(self.n, np.nan)
+        if span and self.n:
+            # The whole box this time (an umbrella's canopy is in the border the inner box leaves
+            # out), minus every box that overlaps it or that it contains: only its own pixels.
+            whole = _Samples(depth, boxes, 0.0, cfg.depth_max_samples)
+            whole.exclude(partial | contains.T, boxes)
+            tail = whole.robust(*args, tail_quantile=cfg.span_quantile)[2]
+        return values, mixed, tail
 
     @cached_property
-    def _depth_and_mixed(self) -> tuple[np.ndarray, np.ndarray]:
+    def _depth_and_mixed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.record.depth is None:
-            return np.full(self.n, np.nan), np.zeros(self.n, dtype=bool)
-        return self._depth_of(self.record.depth)
+            return np.full(self.n, np.nan), np.zeros(self.n, dtype=bool), np.full(self.n, np.nan)
+        depth = self.record.depth
+        return self._depth_of(depth, span=not depth.metric and self.config.span_check)
 
     @property
     def depth(self) -> np.ndarray:
@@ -480,6 +511,11 @@ class Scene:
         """Objects with a depth value that was refused for mixing near and far pixels."""
         return self._depth_and_mixed[1]
 
+    @property
+    def depth_tail(self) -> np.ndarray:
+        """Per object, its nearest part: the ``span_quantile`` of its pixels in nearness order."""
+        return self._depth_and_mixed[2]
+
     @cached_property
     def depth_alt(self) -> np.ndarray | None:
         alt = self.record.meta.get("depth_alt")
@@ -490,15 +526,32 @@ class Scene:
         return self._depth_of(alt)[0]
 
     @cached_property
-    def depth_range(self) -> float:
-        """Robust spread of the depth map (``range_quantiles``), in its own units."""
+    def _range_values(self) -> tuple[float, float] | None:
+        """The ``range_quantiles`` of the depth map (strided sample), or None for < 2 valid pixels."""
         d = self.record.depth
         step = max(1, math.ceil(math.sqrt(d.values.size / 4096)))
         v = d.values[::step, ::step].ravel() if _all_valid(d) else d.values[::step, ::step][d.valid[::step, ::step]]
         if len(v) < 2:
-            return 0.0
+            return None
         lo, hi = self.config.range_quantiles
-        return _quantile(v, hi) - _quantile(v, lo)
+        return _quantile(v, lo), _quantile(v, hi)
+
+    @cached_property
+    def depth_range(self) -> float:
+        """Robust spread of the depth map (``range_quantiles``), in its own units."""
+        q = self._range_values
+        return 0.0 if q is None else q[1] - q[0]
+
+    @cached_property
+    def inverse_floor(self) -> float:
+        """Inverse depth of the image's far end (``range_quantiles``): for relative inverse depth,
+        an upper bound on its unknown shift (nothing visible lies beyond infinity)."""
+        q = self._range_values
+        if q is None:
+            return 0.0
+        if self.record.depth.kind == "inverse_depth":
+            return max(q[0], 0.0)
+        return 1.0 / q[1] if q[1] > 0 else 0.0
 
     def occlusion_consistent(self, near: int, far: int) -> bool | None:
         """Does the overlap of two boxes show the nearer object? None when there is no evidence.

@@ -28,7 +28,7 @@ from spatialforge.processing.evaluate import evaluate, format_report
 from spatialforge.processing.facing import FacingFromKeypoints
 from spatialforge.processing.synth import SceneConfig, corrupt_depth, make_scenes, scene_record, scene_rng, truth_of
 
-pytestmark = pytest.mark.slow  # about 15 s: 440 scenes through the task step
+pytestmark = pytest.mark.slow  # about 15 s: 440 scenes through the task step (exact and monocular-like depth)
 
 tasks_mod = pytest.importorskip("spatialforge.processing.tasks")
 verify_mod = pytest.importorskip("spatialforge.processing.verify")
@@ -67,7 +67,7 @@ def monocular(scenes):
             inv = corrupt_depth(s.depth, s.instances, scene_rng(s.seed, s.index, "corrupt"))
             yield scene_record(s, depth=inv, depth_kind="inverse_depth")
 
-    rows, drops = _run(records(), tasks=("near_far",))
+    rows, drops = _run(records(), tasks=("near_far", "perspective"))
     return rows, drops, truth_of(scenes)
 
 
@@ -118,9 +118,19 @@ def test_near_far_survives_monocular_like_depth(monocular):
           f"yield {rep.yield_:.3f}, precision {rep.precision:.4f}; every object: precision {everything.precision:.4f}")  # fmt: skip
     assert rep.rows >= 300, f"too few near_far rows to measure: {rep.rows} ({dict(rep.drop_reasons)})"
     assert rep.precision >= 0.99, rep.failures[:3]
-    assert everything.precision >= 0.98
-    if "max_near_share" in {f.name for f in dataclasses.fields(verify_mod.VerifyConfig)}:
-        assert everything.precision >= 0.99, everything.failures[:3]
+    # Every object, open shapes (umbrellas) included: relative depth is trusted for order only.
+    assert everything.rows >= 300
+    assert everything.precision >= 0.99, [(f["id"], f["depth_subject"], f["depth_object"], f["fills"]) for f in everything.failures]
+
+
+def test_perspective_survives_monocular_like_depth(monocular):
+    # Relative inverse depth (unknown scale and shift, per-object bias) is not a distance: the
+    # lateral check of turned people must not read it as one.
+    rows, drops, truth = monocular
+    rep = evaluate(rows, truth, drops)["perspective"]
+    print(f"\nperspective, monocular-like depth: {rep.rows} rows, yield {rep.yield_:.3f}, precision {rep.precision:.4f}")
+    assert rep.rows >= 150, f"too few perspective rows to measure: {rep.rows} ({dict(rep.drop_reasons)})"
+    assert rep.precision >= 0.99, [(f["id"], f["lateral_m"], f["ahead_m"], f["yaw_to_camera_deg"]) for f in rep.failures]
 
 
 def test_perspective_exact_when_people_face_the_camera_exactly():

@@ -397,3 +397,29 @@ def test_object_depth_conventions_and_refusals():
 def test_verify_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         VerifyConfig(**{field: value})
+
+
+# ------------------------------------------------------------------ relative (non-metric) depth
+def test_near_far_relative_depth_refuses_an_open_shape_seen_as_background():
+    # An umbrella: its canopy (3 m) is a strip along the top of its box, the rest of the box shows
+    # the ground behind it (20 m). The inner box sees only ground, so by box depth the umbrella is
+    # "farther than the dog" (10 m), which is false. With relative depth the farther object's own
+    # nearest pixels (the canopy) must lie behind the nearer one: they do not, the pair is dropped.
+    rec = make_record([("umbrella", [10, 10, 60, 90], 20.0), ("dog", [100, 20, 150, 90], 10.0)], kind="inverse_depth")
+    rec.depth.values[10:18, 10:60] = 1 / 3.0
+    rec = run(rec, tasks=["near_far"])
+    assert rec.rows == [] and rec.drops == Counter({"near_far/depth_span_overlap": 1})
+    # Solid objects pass the same check (test_near_far_facts_hold_for_depth_and_inverse_depth).
+
+
+def test_perspective_relative_depth_must_hold_for_every_shift():
+    # Person in the middle at 3 m, cup on the right at 5 m: with metric depth the cup's offset
+    # across the camera-person ray outweighs tan(30 deg) x its offset along it. Relative inverse
+    # depth may hide a shift that puts the cup farther behind the person: then it does not.
+    objects = [("person", [90, 10, 110, 95], 3.0), ("cup", [150, 50, 170, 80], 5.0)]
+    cols = {"facing": ["toward_camera", "unknown"], "facing_confidence": [0.9, 0.0]}
+    metric = run(make_record(objects, **cols), tasks=["perspective"])
+    assert fact_triples(metric, "perspective") == {("cup", "left_of", "person")}
+    assert "lateral_dominance" in metric.rows[0]["verification"]["checks"]
+    relative = run(make_record(objects, kind="inverse_depth", **cols), tasks=["perspective"])
+    assert relative.rows == [] and relative.drops == Counter({"perspective/lateral_ambiguous": 1})
