@@ -230,7 +230,7 @@ class _Samples:
         flat = np.where(real, self.rows * np.int64(w) + self.cols, 0)  # int32 pixels, int64 offsets
         values = depth.values if depth.values.flags.c_contiguous else np.ascontiguousarray(depth.values)
         self.values = values.ravel().take(flat)  # a flat gather is ~4x faster than [rows, cols]
-        self.keep = real if _all_valid(depth) else real & depth.valid.ravel().take(flat)
+        self.keep = real & depth.valid.ravel().take(flat)  # cheaper than asking whether all are valid
 
     def exclude(self, partial: np.ndarray, ex: np.ndarray) -> None:
         """Drop samples of box ``k`` inside any box ``ex[p]`` with ``partial[k, p]``."""
@@ -343,9 +343,9 @@ class Scene:
     def __post_init__(self) -> None:
         det, rec = self.record.objects, self.record
         self.n = len(det)
-        self.xyxy = det.xyxy.clip([0, 0, 0, 0], [rec.width, rec.height, rec.width, rec.height])
-        # Vectorized normalize_bbox (same float ops, same round-half-even): one numpy pass per record.
         size = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float64)
+        self.xyxy = np.minimum(np.maximum(det.xyxy, 0.0), size)  # clipped to the image (np.clip is slower)
+        # Vectorized normalize_bbox (same float ops, same round-half-even): one numpy pass per record.
         self.boxes = np.clip(np.round(self.xyxy / size * 1000), 0, 1000).astype(int).tolist()
         self.labels = det.labels
         self.area_frac = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1]) / (rec.width * rec.height)
@@ -394,12 +394,16 @@ class Scene:
             sieve.check(name, ok, OBJECT_DROP_REASONS[name])
 
     @cached_property
-    def iou(self) -> np.ndarray:
+    def _intersections(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pairwise intersection areas, box areas)`` in pixels."""
         b = self.xyxy
-        iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-        ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-        inter = iw * ih
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        iw = np.maximum(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0)
+        ih = np.maximum(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0)
+        return iw * ih, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+    @cached_property
+    def iou(self) -> np.ndarray:
+        inter, area = self._intersections
         union = area[:, None] + area[None, :] - inter
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -441,11 +445,7 @@ class Scene:
     def _overlaps(self) -> tuple[np.ndarray, np.ndarray]:
         """``(partial, contains)`` boolean matrices: row k lists boxes that overlap box k in part,
         and boxes that contain (>= 95 % of) box k, e.g. a table under a cup."""
-        b = self.xyxy
-        iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-        ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-        inter = iw * ih
-        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        inter, area = self._intersections
         other = ~np.eye(self.n, dtype=bool)
         contains = (inter >= 0.95 * area[:, None]) & (inter > 0) & other
         partial = (inter > 0) & other & ~contains
@@ -587,10 +587,13 @@ _CACHE = threading.local()
 
 def scene_for(record: Record, config: VerifyConfig) -> Scene:
     """The :class:`Scene` of ``record``, reused while the same record/objects/depth are asked for."""
-    key = (record, record.objects, record.depth, record.meta.get("depth_alt"), config)
     cached = getattr(_CACHE, "entry", None)
-    if cached is not None and len(cached[0]) == len(key) and all(x is y for x, y in zip(cached[0], key)):
-        return cached[1]
+    alt = record.meta.get("depth_alt")
+    if cached is not None:
+        k = cached[0]
+        if k[0] is record and k[1] is record.objects and k[2] is record.depth and k[3] is alt and k[4] is config:
+            return cached[1]
+    key = (record, record.objects, record.depth, alt, config)
     scene = Scene(record, config)
     _CACHE.entry = (key, scene)
     return scene
