@@ -218,6 +218,7 @@ class _Samples:
         r1 = np.minimum(np.maximum(np.ceil(y2 - dy), r0 + 1), h).astype(np.int32)
         step = np.maximum(1, np.ceil(np.sqrt((c1 - c0) * (r1 - r0).astype(np.int64) / max_samples))).astype(np.int32)
         nr, nc = -((r0 - r1) // step), -((c0 - c1) // step)
+        self.r0, self.c0, self.step, self.nr, self.nc = r0, c0, step, nr, nc
         self.size = nr * nc  # samples of each box's grid
         s = np.arange(int(self.size.max()) if len(boxes) else 0, dtype=np.int32)
         # Sample s of box k sits at grid row s // nc, column s % nc. Integer division of arrays is
@@ -225,27 +226,31 @@ class _Samples:
         ri = ((s + 0.5) * (1.0 / nc)[:, None]).astype(np.int32)
         ci = s - ri * nc[:, None]
         real = s < self.size[:, None]
-        self.rows = r0[:, None] + ri * step[:, None]
-        self.cols = c0[:, None] + ci * step[:, None]
-        flat = np.where(real, self.rows * np.int64(w) + self.cols, 0)  # int32 pixels, int64 offsets
+        # Pixel (r0 + ri * step, c0 + ci * step) of the map, as an offset into the flat array.
+        flat = (r0 * np.int64(w) + c0)[:, None] + (ri * w + ci) * step[:, None]
+        flat = np.where(real, flat, 0)
         values = depth.values if depth.values.flags.c_contiguous else np.ascontiguousarray(depth.values)
         self.values = values.ravel().take(flat)  # a flat gather is ~4x faster than [rows, cols]
         self.keep = real & depth.valid.ravel().take(flat)  # cheaper than asking whether all are valid
 
     def exclude(self, partial: np.ndarray, ex: np.ndarray) -> None:
-        """Drop samples of box ``k`` inside any box ``ex[p]`` with ``partial[k, p]``."""
+        """Drop samples of box ``k`` inside any box ``ex[p]`` with ``partial[k, p]``.
+
+        The samples of a box inside another box form a rectangle of its grid: rows ``a:b`` and
+        columns ``c:d`` (integer pixels against float edges: ``y >= y1 <=> y >= ceil(y1)``), cleared
+        with one slice per pair.
+        """
         k, p = np.nonzero(partial)
         if not len(k):
             return
-        # Integer pixels against float edges: col >= x1 <=> col >= ceil(x1), col < x2 <=> col < ceil(x2).
-        lo, hi = np.ceil(ex[p, 0:2]).astype(np.int32), np.ceil(ex[p, 2:4]).astype(np.int32)
-        rows, cols = self.rows[k], self.cols[k]
-        hit = (cols >= lo[:, 0:1]) & (cols < hi[:, 0:1]) & (rows >= lo[:, 1:2]) & (rows < hi[:, 1:2])
-        if len(k) > 1 and (k[1:] != k[:-1]).all():  # one excluder per box: no reduction needed
-            self.keep[k] &= ~hit
-            return
-        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-        self.keep[k[starts]] &= ~np.logical_or.reduceat(hit, starts, axis=0)
+        edge = np.ceil(ex[p]).astype(np.int64)
+        r0, c0, step, nr, nc = self.r0[k], self.c0[k], self.step[k], self.nr[k], self.nc[k]
+        a, b = _first_at(r0, step, edge[:, 1], nr), _first_at(r0, step, edge[:, 3], nr)
+        c, d = _first_at(c0, step, edge[:, 0], nc), _first_at(c0, step, edge[:, 2], nc)
+        for box, a_, b_, c_, d_, nr_, nc_ in zip(k.tolist(), a.tolist(), b.tolist(), c.tolist(), d.tolist(),
+                                                 nr.tolist(), nc.tolist()):
+            if a_ < b_ and c_ < d_:
+                self.keep[box, : nr_ * nc_].reshape(nr_, nc_)[a_:b_, c_:d_] = False
 
     def robust(self, kind: str, quantile: float, min_valid_fraction: float, near_ratio: float,
                keep: np.ndarray | None = None, rows: list[int] | None = None,
@@ -266,22 +271,31 @@ class _Samples:
             return out, near, tail
         if not ok.all():
             values, keep, count = values[ok], keep[ok], count[ok]
-        q = quantile if kind == "depth" else 1.0 - quantile  # nearness order: inverse depth flips
-        k = np.rint(q * (count - 1)).astype(np.intp)  # nearest rank, round half to even like round()
-        ranked = np.where(keep, values, np.inf)  # dropped samples sort last
-        ranked.sort(axis=1)  # one sort of all rows beats a partition per box (same order statistic)
-        value = ranked[np.arange(len(k)), k]  # float32, like the samples
-        qt = tail_quantile if kind == "depth" else 1.0 - tail_quantile
-        tail[ok] = ranked[np.arange(len(k)), np.rint(qt * (count - 1)).astype(np.intp)]
+        depth_kind = kind == "depth"
+        q = quantile if depth_kind else 1.0 - quantile  # nearness order: inverse depth flips
+        # Dropped samples become +inf (depth) or -inf (inverse depth): they sort to the far end and
+        # are never "much nearer". One sort of all rows beats a partition per box (same statistic).
+        ranked = np.where(keep, values, np.inf if depth_kind else -np.inf)
+        ranked.sort(axis=1)
+        offset = 0 if depth_kind else ranked.shape[1] - count  # inverse depth: skip the -inf first
+        rows_ = np.arange(len(count))
+        value = ranked[rows_, offset + np.rint(q * (count - 1)).astype(np.intp)]  # nearest rank, like round()
+        qt = tail_quantile if depth_kind else 1.0 - tail_quantile
+        tail[ok] = ranked[rows_, offset + np.rint(qt * (count - 1)).astype(np.intp)]
         # The threshold is compared in float32, as a Python float against float32 samples would be.
-        if kind == "depth":
-            much_nearer = values < (value.astype(np.float64) * (1.0 - near_ratio)).astype(np.float32)[:, None]
+        if depth_kind:
+            much_nearer = ranked < (value.astype(np.float64) * (1.0 - near_ratio)).astype(np.float32)[:, None]
         else:
-            much_nearer = values > (value.astype(np.float64) / (1.0 - near_ratio)).astype(np.float32)[:, None]
-        share = (much_nearer & keep).sum(axis=1) / count
+            much_nearer = ranked > (value.astype(np.float64) / (1.0 - near_ratio)).astype(np.float32)[:, None]
+        share = much_nearer.sum(axis=1) / count
         out[ok] = value
         near[ok] = np.where(value > 0, share, 0.0)
         return out, near, tail
+
+
+def _first_at(start: np.ndarray, step: np.ndarray, edge: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """First grid index ``i`` in ``0..n`` with ``start + i * step >= edge`` (integers, exact)."""
+    return np.minimum(np.maximum(-((start - edge) // step), 0), n)
 
 
 _VALID_CACHE: dict[int, tuple[np.ndarray, bool]] = {}
