@@ -77,6 +77,7 @@ class ParquetWriter(Step):
     ``rows_per_task``, ``candidate_drops`` (every ``record.drops`` merged) and, in
     ``stats.dropped``, rows refused by :func:`~spatialforge.builders.schema.validate_row`
     (``invalid_row``) or repeating an id (``duplicate_row_id``), each logged with the reason.
+    Rows the task step already validated (``record.meta[VALIDATED_ROWS]``) are not checked twice.
 
     Example:
         >>> writer = ParquetWriter("out/")                                  # doctest: +SKIP
