@@ -112,19 +112,30 @@ def model_name(model: Any) -> str:
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
 
 
+IMAGE_KEY = "_image"
+"""``record.meta`` key of the decoded, EXIF-transposed image, shared by consecutive model steps
+(a step built with ``keep_image=True`` leaves it for the next one; the last one releases it)."""
+
+
 def load_record_images(
-    records: Sequence[Record], on_error: OnError, count
+    records: Sequence[Record], on_error: OnError, count, keep: bool = False
 ) -> tuple[list[Record], list[Any], list[int]]:
     """EXIF-transposed RGB images of ``records``; returns (kept records, images, their indices).
 
     An image that cannot be read or whose size differs from the record's grid is handled by
     ``on_error`` (raise, or log and drop the record; either way counted via ``count(reason)``).
+    An image a previous model step left in ``record.meta[IMAGE_KEY]`` is reused, not decoded
+    again; ``keep=True`` leaves each decoded image there for the next step.
     """
     kept, images, where = [], [], []
     for i, record in enumerate(records):
         reason, detail = None, ""
         try:
-            image = record.load_image()
+            image = record.meta.get(IMAGE_KEY)
+            if image is None:
+                image = record.load_image()
+                if keep:
+                    record.meta[IMAGE_KEY] = image
         except (OSError, ValueError) as err:  # PIL raises OSError subclasses; no path -> ValueError
             reason, detail = "image_unreadable", f"{record.key}: cannot read {record.image_path!r}: {err}"
         else:
@@ -139,12 +150,20 @@ def load_record_images(
             images.append(image)
             where.append(i)
             continue
+        record.meta.pop(IMAGE_KEY, None)
         if on_error == "error":
             raise ValueError(detail)
         if on_error == "warn":
             logger.warning("%s (record dropped)", detail)
         count(reason)
     return kept, images, where
+
+
+def release_images(records: Sequence[Record | None]) -> None:
+    """Drop the decoded images model steps shared through ``record.meta[IMAGE_KEY]``."""
+    for record in records:
+        if record is not None:
+            record.meta.pop(IMAGE_KEY, None)
 
 
 def group_by_shape(tensors: Sequence[Any]) -> list[list[int]]:
@@ -157,6 +176,116 @@ def group_by_shape(tensors: Sequence[Any]) -> list[list[int]]:
     for i, t in enumerate(tensors):
         groups.setdefault(tuple(t.shape), []).append(i)
     return list(groups.values())
+
+
+def _multiple_of(value: float, multiple: int) -> int:
+    # as DPT's processor rounds (constrain_to_multiple_of), never below one multiple
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def common_input_size(sizes: Sequence[tuple[int, int]], processor: Any) -> tuple[int, int] | None:
+    """One ``(height, width)`` model input for images of ``sizes`` (h, w), or None if ``processor``
+    is not a resize-to-multiple processor (DPT / Depth Anything) that keeps the aspect ratio.
+
+    The processor's own size for an image of the batch's geometric-mean height and width: a batch
+    of equally sized images gets exactly the size each would get alone; other images are resized
+    without keeping their aspect ratio (a slight stretch, undone when the prediction is resized
+    back to each image's grid). Follows ``DPTImageProcessor``'s rule ("scale as little as possible",
+    sides rounded to ``ensure_multiple_of``).
+    """
+    size = getattr(processor, "size", None)
+    multiple = getattr(processor, "ensure_multiple_of", None)
+    if not getattr(processor, "keep_aspect_ratio", False) or multiple is None or not getattr(processor, "do_resize", True):
+        return None
+    height, width = (size.get("height"), size.get("width")) if hasattr(size, "get") else (None, None)
+    if not height or not width or not sizes:
+        return None
+    h = float(np.exp(np.mean(np.log([s[0] for s in sizes]))))
+    w = float(np.exp(np.mean(np.log([s[1] for s in sizes]))))
+    scale_h, scale_w = height / h, width / w
+    scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+    return _multiple_of(scale * h, int(multiple)), _multiple_of(scale * w, int(multiple))
+
+
+class DepthProPreprocessor:
+    """Depth Pro's input preprocessing in plain torch, for when ``DepthProImageProcessor`` cannot be
+    built (its transformers implementation needs torchvision).
+
+    Same steps as ``DepthProImageProcessor._preprocess``: rescale to [0, 1], normalize (mean / std,
+    0.5 by default), THEN resize to ``size`` (1536 x 1536) bilinearly without antialiasing. It has
+    no ``post_process_depth_estimation``: :func:`depth_maps_from_outputs` converts Depth Pro's
+    output to meters itself (:func:`depth_pro_to_meters`, the same formula).
+    """
+
+    def __init__(self, size: dict | None = None, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+                 rescale_factor: float = 1 / 255, **_: Any) -> None:
+        size = size or {"height": 1536, "width": 1536}
+        self.size = {"height": int(size["height"]), "width": int(size["width"])}
+        self.image_mean, self.image_std, self.rescale_factor = list(image_mean), list(image_std), float(rescale_factor)
+
+    @classmethod
+    def from_pretrained(cls, model: str) -> "DepthProPreprocessor":
+        """Settings from the model's ``preprocessor_config.json`` (local folder or Hub)."""
+        transformers = require("transformers", "models")
+        config, _ = transformers.ImageProcessingMixin.get_image_processor_dict(model)
+        keys = ("size", "image_mean", "image_std", "rescale_factor")
+        return cls(**{k: config[k] for k in keys if config.get(k) is not None})
+
+    def __call__(self, images: Sequence[Any], return_tensors: str = "pt", **_: Any) -> dict[str, Any]:
+        torch = require("torch", "models")
+        mean = torch.tensor(self.image_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(self.image_std, dtype=torch.float32)[:, None, None]
+        out = []
+        for image in images:
+            x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+            x = (x * self.rescale_factor - mean) / std
+            size = (self.size["height"], self.size["width"])
+            out.append(torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0])
+        return {"pixel_values": torch.stack(out)}
+
+
+def load_depth_processor(model: str, model_type: str | None) -> Any:
+    """``AutoImageProcessor`` of ``model``; for Depth Pro without torchvision, :class:`DepthProPreprocessor`."""
+    transformers = require("transformers", "models")
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(model)
+    except (ImportError, ValueError) as err:
+        # transformers 5 raises ValueError ("... None of these classes could be imported. Missing
+        # optional dependencies: torchvision") when a processor exists only as a torchvision backend.
+        if isinstance(err, ValueError) and "torchvision" not in str(err):
+            raise
+        if model_type == "depth_pro":
+            logger.info("DepthProImageProcessor is not available (%s): using the plain torch preprocessing", err)
+            return DepthProPreprocessor.from_pretrained(model)
+        raise ImportError(
+            f"the image processor of {model!r} (model_type={model_type!r}) needs torchvision, which is not "
+            f"importable here: pip install torchvision (matching your torch) ({err})"
+        ) from err
+
+
+# Models whose post-processing is only a resize of predicted_depth to the target size
+# (DPTImageProcessor.post_process_depth_estimation): resized here, with the flipped map in one call.
+RESIZE_ONLY_TYPES = ("depth_anything", "dpt", "prompt_depth_anything")
+
+
+def torch_stack(first: Any, second: Any) -> Any:
+    """``(B, h, w)`` twice -> ``(B, 2, h, w)``."""
+    torch = require("torch", "models")
+    return torch.stack([first, second], dim=1)
+
+
+def resize_depth(predictions: Any, sizes: Sequence[tuple[int, int]], mode: str = "bilinear") -> list[np.ndarray]:
+    """``(B, C, h, w)`` predictions -> per image a ``(C, H, W)`` float32 array on its own ``sizes[i]``.
+
+    Bilinear by default: DPT's post-processing uses bicubic, which costs several times more on a
+    full-resolution CPU grid and changes depth by far less than the model's own error.
+    """
+    torch = require("torch", "models")
+    out = []
+    for pred, size in zip(predictions.float(), sizes):
+        resized = torch.nn.functional.interpolate(pred[None], size=tuple(size), mode=mode, align_corners=False)[0]
+        out.append(resized.cpu().numpy())
+    return out
 
 
 def _call_post_process(processor, outputs, target_sizes: list[tuple[int, int]], source_sizes: list[tuple[int, int]]):
@@ -226,7 +355,7 @@ class DepthModelStep(BatchStep):
     Args:
         model: Hub id or local folder (loaded with ``from_pretrained`` in :meth:`setup`, once per
             worker), or an already loaded model (then pass ``processor`` too).
-        batch_size: images per forward pass (images whose processed size differs run separately).
+        batch_size: images per forward pass (see ``batch_resize``).
         device: ``auto | cpu | cuda | cuda:N | mps``.
         dtype: ``auto | fp32 | fp16 | bf16`` (``auto``: half precision on GPUs, fp32 on CPU).
         flip_tta: also predict the horizontally flipped image; its prediction, flipped back, is
@@ -239,6 +368,15 @@ class DepthModelStep(BatchStep):
         target: ``"depth"`` writes ``record.depth``; ``"alt"`` writes ``record.meta["depth_alt"]``
             instead: a second model whose depth order the verifier compares with the first one's
             (the step is then named ``depth_model_alt``; ``flip_tta`` does not apply).
+        batch_resize: ``"common"`` (default): Depth Anything / DPT processors keep each image's
+            aspect ratio, so photos of mixed shapes would each need their own forward pass; all
+            images of a batch are resized to one input size instead (:func:`common_input_size`),
+            one forward pass per batch. A batch of equally sized images gets exactly the input it
+            would get alone; other images are slightly stretched, which changes predictions a
+            little (the map is resized back to each image's own grid). ``"per_shape"``: each image
+            keeps its aspect ratio and a batch splits into one forward pass per input shape.
+        keep_image: leave the decoded image in ``record.meta[IMAGE_KEY]`` for the next model step
+            (set on every model step but the last; the last one releases it).
 
     Each :class:`DepthMap` has ``source=f"model:{model}:{kind}"``.
     """
@@ -258,8 +396,13 @@ class DepthModelStep(BatchStep):
         on_error: OnError = "warn",
         overwrite: bool = False,
         target: Literal["depth", "alt"] = "depth",
+        batch_resize: Literal["common", "per_shape"] = "common",
+        keep_image: bool = False,
     ) -> None:
         super().__init__(batch_size)
+        if batch_resize not in ("common", "per_shape"):
+            raise ValueError(f"batch_resize must be 'common' or 'per_shape', got {batch_resize!r}")
+        self.batch_resize, self.keep_image = batch_resize, keep_image
         if on_error not in ("error", "warn", "skip"):
             raise ValueError(f"on_error must be 'error', 'warn' or 'skip', got {on_error!r}")
         if target not in ("depth", "alt"):
@@ -296,8 +439,9 @@ class DepthModelStep(BatchStep):
         if self.model is None:
             logger.info("loading depth model %s on %s (%s)", self.model_id, self.device, dtype)
             self.model = transformers.AutoModelForDepthEstimation.from_pretrained(self._model_arg)
+        self.model_type = getattr(self.model.config, "model_type", None)
         if self.processor is None:
-            self.processor = transformers.AutoImageProcessor.from_pretrained(self._model_arg)
+            self.processor = load_depth_processor(self._model_arg, self.model_type)
         self.model = self.model.to(device=self.device, dtype=dtype).eval()
         self.dtype = dtype
         kind, metric = (None, None)
@@ -311,37 +455,59 @@ class DepthModelStep(BatchStep):
         self.setup()
         torch = require("torch", "models")
         todo = [r for r in records if self.overwrite or self._current(r) is None]
-        kept, images, _ = load_record_images(todo, self.on_error, self.count)
+        kept, images, _ = load_record_images(todo, self.on_error, self.count, keep=self.keep_image)
         dropped = {id(r) for r in todo} - {id(r) for r in kept}
         if kept:
-            pixel_values = [self.processor(images=[im], return_tensors="pt")["pixel_values"][0] for im in images]
             sizes = [(r.height, r.width) for r in kept]
             with torch.inference_mode():
-                for group in group_by_shape(pixel_values):
-                    batch = torch.stack([pixel_values[i] for i in group]).to(self.device, self.dtype)
+                for group, pixel_values in self._preprocess(images, sizes):
+                    batch = pixel_values.to(self.device, self.dtype)
                     self._predict([kept[i] for i in group], batch, [sizes[i] for i in group])
-        return [None if id(r) in dropped else r for r in records]
+        out = [None if id(r) in dropped else r for r in records]
+        if not self.keep_image:
+            release_images(records)
+        return out
+
+    def _preprocess(self, images: list[Any], sizes: list[tuple[int, int]]) -> list[tuple[list[int], Any]]:
+        """``(indices, pixel_values)`` groups, one forward pass each; the processor runs once per batch."""
+        torch = require("torch", "models")
+        common = common_input_size(sizes, self.processor) if self.batch_resize == "common" else None
+        if common is not None:
+            size = {"height": common[0], "width": common[1]}
+            inputs = self.processor(images=images, size=size, keep_aspect_ratio=False, return_tensors="pt")
+            return [(list(range(len(images))), inputs["pixel_values"])]
+        pixel_values = [torch.as_tensor(np.asarray(p)) for p in self.processor(images=images)["pixel_values"]]
+        return [(group, torch.stack([pixel_values[i] for i in group])) for group in group_by_shape(pixel_values)]
 
     def _predict(self, records: list[Record], pixel_values, sizes: list[tuple[int, int]]) -> None:
-        maps = self._forward(pixel_values, sizes, flipped=False)
-        alts = self._forward(pixel_values.flip(-1), sizes, flipped=True) if self.flip_tta else [None] * len(records)
-        for record, depth, alt in zip(records, maps, alts):
+        outputs = self.model(pixel_values=pixel_values)
+        alt = None
+        if self.flip_tta:
+            alt = self.model(pixel_values=pixel_values.flip(-1))
+            alt.predicted_depth = alt.predicted_depth.flip(-1)  # undo the flip on the model's own grid, before resizing
+        if self.model_type in RESIZE_ONLY_TYPES:
+            # one resize for both maps of an image (the flipped one as a second channel)
+            stacked = outputs.predicted_depth[:, None] if alt is None else torch_stack(outputs.predicted_depth, alt.predicted_depth)
+            resized = resize_depth(stacked, sizes)
+            maps = [self._map(r[0], self.source) for r in resized]
+            alts = [self._map(r[1], f"{self.source}:flip") for r in resized] if alt is not None else [None] * len(records)
+        else:
+            maps = self._post_process(outputs, sizes, self.source)
+            alts = self._post_process(alt, sizes, f"{self.source}:flip") if alt is not None else [None] * len(records)
+        for record, depth, alt_map in zip(records, maps, alts):
             if self.target == "alt":
                 record.meta["depth_alt"] = depth
                 continue
             record.depth = depth
-            if alt is not None:
-                record.meta["depth_alt"] = alt
+            if alt_map is not None:
+                record.meta["depth_alt"] = alt_map
+
+    def _map(self, values: np.ndarray, source: str) -> DepthMap:
+        valid = values > 0 if self.kind == "depth" else None
+        return DepthMap(values=values, kind=self.kind, valid=valid, source=source, metric=self.metric)
+
+    def _post_process(self, outputs: Any, sizes: list[tuple[int, int]], source: str) -> list[DepthMap]:
+        return depth_maps_from_outputs(self.processor, outputs, sizes, self.kind, self.metric, source, model_type=self.model_type)
 
     def _current(self, record: Record) -> DepthMap | None:
         return record.meta.get("depth_alt") if self.target == "alt" else record.depth
-
-    def _forward(self, pixel_values, sizes: list[tuple[int, int]], flipped: bool) -> list[DepthMap]:
-        outputs = self.model(pixel_values=pixel_values)
-        if flipped:  # undo the flip on the model's own grid, before any resizing
-            outputs.predicted_depth = outputs.predicted_depth.flip(-1)
-        source = f"{self.source}:flip" if flipped else self.source
-        return depth_maps_from_outputs(
-            self.processor, outputs, sizes, self.kind, self.metric, source,
-            model_type=getattr(self.model.config, "model_type", None),
-        )

@@ -121,6 +121,33 @@ class TinyModels:
 
         return self._once("dpt", build)
 
+    def depth_pro(self) -> str:
+        """Tiny Depth Pro (with its field-of-view head). ``DepthProImageProcessor`` needs torchvision,
+        so only its ``preprocessor_config.json`` is written, by hand, with the processor's defaults
+        but a 128 px input."""
+
+        def build(folder: Path) -> None:
+            import json
+
+            from transformers import DepthProConfig, DepthProForDepthEstimation
+
+            patch = dict(model_type="dinov2", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, patch_size=16, image_size=64)
+            config = DepthProConfig(
+                patch_size=64, scaled_images_ratios=[0.5, 1.0], scaled_images_overlap_ratios=[0.0, 0.0],
+                scaled_images_feature_dims=[32, 32], merge_padding_value=0, fusion_hidden_size=16,
+                intermediate_hook_ids=[1], intermediate_feature_dims=[32], use_fov_model=True,
+                image_model_config=patch, patch_model_config=patch, fov_model_config=patch, num_fov_head_layers=1,
+            )
+            DepthProForDepthEstimation(config).save_pretrained(folder)
+            (folder / "preprocessor_config.json").write_text(json.dumps({
+                "image_processor_type": "DepthProImageProcessor", "size": {"height": 128, "width": 128},
+                "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
+            }))
+
+        return self._once("depth-pro", build)
+
     # -- detection ---------------------------------------------------------------------------
     def detr(self) -> str:
         def build(folder: Path) -> None:

@@ -18,6 +18,8 @@ transformers = pytest.importorskip("transformers")
 from spatialforge.processing.depth_models import (  # noqa: E402
     DepthModelStep,
     depth_convention,
+    DepthProPreprocessor,
+    common_input_size,
     depth_maps_from_outputs,
     group_by_shape,
     resolve_dtype,
@@ -165,6 +167,136 @@ def test_depth_follows_image_through_exif_and_flip(tiny_models, tmp_path, orient
     alt = record.meta["depth_alt"]  # the flipped prediction, flipped back: same map for this model
     assert alt.values.shape == (h, w)
     np.testing.assert_allclose(alt.values, depth.values, atol=1e-4)
+
+
+def count_forward_calls(model) -> dict:
+    calls = {"n": 0}
+    model.register_forward_pre_hook(lambda module, args, kwargs: calls.__setitem__("n", calls["n"] + 1), with_kwargs=True)
+    return calls
+
+
+MIXED_SIZES = [(64, 48), (48, 64), (60, 40), (40, 60), (56, 32)]  # (w, h): landscape, portrait, wide
+
+
+def test_common_input_size_follows_dpt_rule(tiny_models):
+    processor = transformers.AutoImageProcessor.from_pretrained(tiny_models.depth_anything())  # 56, multiple 14
+    # equal sizes: exactly the processor's own size for that image
+    for w, h in MIXED_SIZES:
+        alone = processor(images=[np.zeros((h, w, 3), np.uint8)], return_tensors="pt")["pixel_values"].shape[-2:]
+        assert common_input_size([(h, w)] * 3, processor) == tuple(alone)
+    assert common_input_size([(48, 64), (64, 48)], processor) == (56, 56)
+    dpt = transformers.AutoImageProcessor.from_pretrained(tiny_models.dpt())  # fixed size: nothing to do
+    assert common_input_size([(48, 64), (64, 48)], dpt) is None
+
+
+def test_mixed_aspect_ratios_run_in_one_forward_pass(tiny_models, tmp_path):
+    """N photos of N shapes, batch_size=N: one forward pass; each map on its own grid, bright where the
+    image is bright, and close to the one-image-at-a-time prediction."""
+    records = []
+    for i, (w, h) in enumerate(MIXED_SIZES):
+        def paint(arr, i=i):  # a bright block at a different place in each image
+            hh, ww = arr.shape[:2]
+            y0, x0 = (i % 2) * hh // 2, (i // 2 % 2) * ww // 2
+            arr[y0 : y0 + hh // 2, x0 : x0 + ww // 2] = 250
+        path = save_image(tmp_path / f"m{i}.png", (w, h), paint=paint)
+        records.append(record_for(path, w, h, image_id=f"m{i}"))
+    processor = transformers.AutoImageProcessor.from_pretrained(tiny_models.depth_anything())
+    results = {}
+    for batch_size in (len(records), 1):
+        model = BrightnessDepth()
+        calls = count_forward_calls(model)
+        step = DepthModelStep(model, processor=processor, batch_size=batch_size, device="cpu", flip_tta=True)
+        results[batch_size] = list(step.run([record_for(r.image_path, r.width, r.height, image_id=r.image_id) for r in records]))
+        assert calls["n"] == (2 if batch_size > 1 else 2 * len(records))  # flip TTA: one more pass per batch
+    per_shape = DepthModelStep(BrightnessDepth(), processor=processor, batch_size=len(records), device="cpu",
+                               batch_resize="per_shape")
+    calls = count_forward_calls(per_shape.model)
+    list(per_shape.run([record_for(r.image_path, r.width, r.height) for r in records]))
+    shapes = {tuple(processor(images=[np.zeros((h, w, 3), np.uint8)])["pixel_values"][0].shape) for w, h in MIXED_SIZES}
+    assert calls["n"] == len(shapes) > 1  # every input shape its own pass
+    for i, (batched, alone) in enumerate(zip(results[len(records)], results[1])):
+        assert batched.image_id == f"m{i}" and batched.depth.values.shape == (batched.height, batched.width)
+        h, w = batched.height, batched.width
+        y0, x0 = (i % 2) * h // 2, (i // 2 % 2) * w // 2
+        inside = np.zeros((h, w), bool)
+        inside[y0 + h // 8 : y0 + h // 2 - h // 8, x0 + w // 8 : x0 + w // 2 - w // 8] = True
+        outside = np.ones((h, w), bool)
+        outside[max(0, y0 - h // 8) : y0 + h // 2 + h // 8, max(0, x0 - w // 8) : x0 + w // 2 + w // 8] = False
+        values = batched.depth.values
+        assert values[inside].min() > values[outside].max() + 1.0
+        # the common input stretches each image a little: same map up to resampling at the block's edges
+        diff = np.abs(values - alone.depth.values)
+        assert np.median(diff) < 0.02 * np.ptp(alone.depth.values)
+        assert np.corrcoef(values.ravel(), alone.depth.values.ravel())[0, 1] > 0.95
+        np.testing.assert_allclose(batched.meta["depth_alt"].values, values, atol=1e-4)
+
+
+def test_model_steps_share_the_decoded_image(tiny_models, tmp_path, monkeypatch):
+    path = save_image(tmp_path / "s.png", (40, 30))
+    loads = []
+    original = Record.load_image
+    monkeypatch.setattr(Record, "load_image", lambda self: loads.append(self.image_id) or original(self))
+    processor = transformers.AutoImageProcessor.from_pretrained(tiny_models.depth_anything())
+    first = DepthModelStep(BrightnessDepth(), processor=processor, device="cpu", keep_image=True)
+    second = DepthModelStep(BrightnessDepth(), processor=processor, device="cpu", target="alt")
+    (record,) = list(second.run(first.run([record_for(path, 40, 30)])))
+    assert loads == ["img"]  # decoded once for both steps
+    assert "_image" not in record.meta  # released by the last model step
+    np.testing.assert_allclose(record.meta["depth_alt"].values, record.depth.values)
+
+
+# -- depth: Depth Pro without torchvision ----------------------------------------------------------
+def test_depth_pro_preprocessing_matches_its_processor_steps():
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 20), (255, 0, 51))
+    pre = DepthProPreprocessor(size={"height": 8, "width": 16})
+    pv = pre([image])["pixel_values"]
+    assert pv.shape == (1, 3, 8, 16)
+    # rescale to [0, 1], normalize with mean = std = 0.5: 255 -> 1, 0 -> -1, 51 -> -0.6
+    np.testing.assert_allclose(pv[0, :, 3, 5].numpy(), [1.0, -1.0, -0.6], atol=1e-6)
+
+
+class InverseDepthPro(torch.nn.Module):
+    """A fake Depth Pro: canonical inverse depth 0.5 on the right half, 0.25 on the left, FOV 90 degrees."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, pixel_values):
+        b, _, h, w = pixel_values.shape
+        inverse = torch.full((b, h, w), 0.5)
+        inverse[:, :, : w // 2] = 0.25
+        return transformers.models.depth_pro.modeling_depth_pro.DepthProDepthEstimatorOutput(
+            predicted_depth=inverse, field_of_view=torch.full((b,), 90.0))
+
+
+def test_depth_pro_step_without_torchvision_gives_meters(tiny_models, tmp_path):
+    path = save_image(tmp_path / "p.png", (40, 20))
+    step = DepthModelStep(tiny_models.depth_pro(), device="cpu", batch_size=2)
+    records = [record_for(path, 40, 20, image_id="a"), record_for(path, 40, 20, image_id="b")]
+    out = list(step.run(records))  # the real tiny model, loaded offline; processor without torchvision
+    assert isinstance(step.processor, DepthProPreprocessor) and step.processor.size == {"height": 128, "width": 128}
+    assert all(r.depth.kind == "depth" and r.depth.metric and r.depth.values.shape == (20, 40) for r in out)
+    assert all(np.isfinite(r.depth.values).all() and (r.depth.values > 0).all() for r in out)
+    # known truth: FOV 90 on a 40 px wide image: focal 20 px; depth = focal / (width * inverse)
+    step.model = InverseDepthPro(step.model.config)
+    (r,) = list(step.run([record_for(path, 40, 20)]))
+    assert r.depth.values[:, 25:] == pytest.approx(1.0, rel=1e-4) and r.depth.values[:, :15] == pytest.approx(2.0, rel=1e-4)
+    assert r.depth.nearness(1.0) > r.depth.nearness(2.0)
+
+
+def test_processor_needing_torchvision_names_it(monkeypatch):
+    from spatialforge.processing import depth_models
+
+    def unavailable(*args, **kwargs):
+        raise ValueError("None of these classes could be imported. Missing optional dependencies: torchvision.")
+
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", unavailable)
+    with pytest.raises(ImportError, match="pip install torchvision"):
+        depth_models.load_depth_processor("org/zoe", "zoedepth")
 
 
 # -- depth: tiny real models ------------------------------------------------------------------------
