@@ -186,16 +186,21 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.partition(values, k)[k])
 
 
-def _grid(depth: DepthMap, box: Sequence[float], shrink: float, max_samples: int) -> tuple[slice, slice]:
-    """Strided row/column slices covering the inner box (depth-map pixels); at least one pixel."""
+def _grid_bounds(box: Sequence[float], shrink: float, max_samples: int, h: int, w: int) -> tuple[int, int, int, int, int]:
+    """``(r0, r1, c0, c1, step)`` of the strided grid over the inner box; at least one pixel."""
     x1, y1, x2, y2 = box
     dx, dy = (x2 - x1) * shrink, (y2 - y1) * shrink
-    h, w = depth.values.shape
     c0 = min(max(int(math.floor(x1 + dx)), 0), w - 1)
     r0 = min(max(int(math.floor(y1 + dy)), 0), h - 1)
     c1 = min(max(int(math.ceil(x2 - dx)), c0 + 1), w)
     r1 = min(max(int(math.ceil(y2 - dy)), r0 + 1), h)
     step = max(1, math.ceil(math.sqrt((c1 - c0) * (r1 - r0) / max_samples)))
+    return r0, r1, c0, c1, step
+
+
+def _grid(depth: DepthMap, box: Sequence[float], shrink: float, max_samples: int) -> tuple[slice, slice]:
+    """Strided row/column slices covering the inner box (depth-map pixels); at least one pixel."""
+    r0, r1, c0, c1, step = _grid_bounds(box, shrink, max_samples, *depth.values.shape)
     return slice(r0, r1, step), slice(c0, c1, step)
 
 
@@ -209,14 +214,9 @@ class _Samples:
 
     def __init__(self, depth: DepthMap, boxes: np.ndarray, shrink: float, max_samples: int) -> None:
         h, w = depth.values.shape
-        x1, y1, x2, y2 = boxes.T
-        dx, dy = (x2 - x1) * shrink, (y2 - y1) * shrink
-        # Same float ops as _grid: floor/ceil of the inner box, clamped, at least one pixel.
-        c0 = np.minimum(np.maximum(np.floor(x1 + dx), 0), w - 1).astype(np.int32)
-        r0 = np.minimum(np.maximum(np.floor(y1 + dy), 0), h - 1).astype(np.int32)
-        c1 = np.minimum(np.maximum(np.ceil(x2 - dx), c0 + 1), w).astype(np.int32)
-        r1 = np.minimum(np.maximum(np.ceil(y2 - dy), r0 + 1), h).astype(np.int32)
-        step = np.maximum(1, np.ceil(np.sqrt((c1 - c0) * (r1 - r0).astype(np.int64) / max_samples))).astype(np.int32)
+        # The grid of every box with _grid's Python float ops (ten boxes: cheaper than numpy calls).
+        grids = [_grid_bounds(box, shrink, max_samples, h, w) for box in boxes.tolist()]
+        r0, r1, c0, c1, step = np.array(grids, dtype=np.int32).reshape(-1, 5).T
         nr, nc = -((r0 - r1) // step), -((c0 - c1) // step)
         self.r0, self.c0, self.step, self.nr, self.nc = r0, c0, step, nr, nc
         self.size = nr * nc  # samples of each box's grid
