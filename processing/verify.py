@@ -254,12 +254,13 @@ class _Samples:
 
     def robust(self, kind: str, quantile: float, min_valid_fraction: float, near_ratio: float,
                keep: np.ndarray | None = None, rows: list[int] | None = None,
-               tail_quantile: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               tail_quantile: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(value, near share, near tail)`` per box (or per box of ``rows``); NaN where too few samples.
 
         The value is the nearest-rank quantile of the kept samples in nearness order; the near
         share is the share of kept samples nearer than it by more than ``near_ratio``; the near
-        tail is the ``tail_quantile`` in nearness order (the object's own nearest part).
+        tail is the ``tail_quantile`` in nearness order (the object's own nearest part; NaN when
+        ``tail_quantile`` is None).
         """
         values = self.values if rows is None else self.values[rows]
         keep = (self.keep if rows is None else self.keep[rows]) if keep is None else keep
@@ -280,8 +281,9 @@ class _Samples:
         offset = 0 if depth_kind else ranked.shape[1] - count  # inverse depth: skip the -inf first
         rows_ = np.arange(len(count))
         value = ranked[rows_, offset + np.rint(q * (count - 1)).astype(np.intp)]  # nearest rank, like round()
-        qt = tail_quantile if depth_kind else 1.0 - tail_quantile
-        tail[ok] = ranked[rows_, offset + np.rint(qt * (count - 1)).astype(np.intp)]
+        if tail_quantile is not None:
+            qt = tail_quantile if depth_kind else 1.0 - tail_quantile
+            tail[ok] = ranked[rows_, offset + np.rint(qt * (count - 1)).astype(np.intp)]
         # The threshold is compared in float32, as a Python float against float32 samples would be.
         if depth_kind:
             much_nearer = ranked < (value.astype(np.float64) * (1.0 - near_ratio)).astype(np.float32)[:, None]
