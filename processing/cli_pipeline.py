@@ -53,6 +53,8 @@ def expected_error(err: BaseException) -> str | None:
         prefix, err = f"shard {err.shard}: ", err.__cause__
     if isinstance(err, (BadInputError, ValueError, FileNotFoundError)):
         return prefix + (str(err) or type(err).__name__)
+    if isinstance(err, ImportError) and "pip install 'spatialforge[" in str(err):  # a missing extra
+        return prefix + str(err)
     return None
 
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .base import BatchStep, require
-from .depth_models import DTYPES, OnError, load_record_images, model_name, resolve_device, resolve_dtype
+from .depth_models import DTYPES, OnError, load_record_images, model_name, release_images, resolve_device, resolve_dtype
 from .records import Detections, Record
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,18 @@ def class_wise_nms(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str],
     return kept[np.argsort(-scores[kept], kind="stable")]
 
 
+def merge_across_prompts(boxes: np.ndarray, scores: np.ndarray, prompts: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy, highest score first: a box is dropped when it overlaps (IoU >= ``iou_threshold``) a kept
+    box found by another prompt. Kept indices, highest score first (ties: the earlier box)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    iou = box_iou(boxes, boxes)
+    keep: list[int] = []
+    for i in order:
+        if not any(prompts[k] != prompts[i] and iou[i, k] >= iou_threshold for k in keep):
+            keep.append(int(i))
+    return np.asarray(keep, dtype=np.int64)
+
+
 def _numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
@@ -106,8 +118,16 @@ def detections_from_transformers(
     ``result`` has ``boxes`` (pixel xyxy on a ``width`` x ``height`` grid), ``scores`` and either
     integer ``labels`` (mapped through ``id2label``) or string ``text_labels``. Boxes are clipped to
     the grid; boxes below ``threshold``, smaller than ``min_size`` pixels after clipping, or
-    suppressed by class-wise NMS (``nms_iou``) are dropped. Returns the detections and the number
-    dropped per reason (``low_score``, ``degenerate_box``, ``nms``).
+    suppressed by class-wise NMS (``nms_iou``) are dropped.
+
+    An optional ``prompts`` entry (one int per box: which prompt of a vocabulary split across
+    several prompts found it) merges across prompts: a model asked one prompt at a time finds the
+    same object once per prompt, under that prompt's best label, so of boxes from *different*
+    prompts overlapping with IoU >= ``nms_iou`` only the highest-scoring one is kept (boxes of one
+    prompt are left to the class-wise NMS: the model chose their labels among each other).
+
+    Returns the detections and the number dropped per reason (``low_score``, ``degenerate_box``,
+    ``nms``, ``prompt_merge``).
     """
     boxes = _numpy(result["boxes"]).astype(np.float64).reshape(-1, 4)
     scores = _numpy(result["scores"]).astype(np.float32).reshape(-1)
@@ -119,7 +139,7 @@ def detections_from_transformers(
         if id2label is None:
             raise ValueError("integer labels need id2label")
         labels = [str(id2label[int(i)]) for i in ids]
-    drops = {"low_score": 0, "degenerate_box": 0, "nms": 0}
+    drops = {"low_score": 0, "degenerate_box": 0, "nms": 0, "prompt_merge": 0}
     finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
     ok = finite & (scores >= threshold)
     drops["low_score"] = int((~ok).sum())
@@ -135,6 +155,11 @@ def detections_from_transformers(
         kept = class_wise_nms(boxes[idx], scores[idx], [labels[i] for i in idx], nms_iou)
         drops["nms"] = int(idx.size - kept.size)
         idx = idx[kept]
+        prompts = result.get("prompts")
+        if prompts is not None and idx.size:
+            merged = merge_across_prompts(boxes[idx], scores[idx], np.asarray(prompts).reshape(-1)[idx], nms_iou)
+            drops["prompt_merge"] = int(idx.size - merged.size)
+            idx = idx[merged]
     else:
         idx = idx[np.argsort(-scores[idx], kind="stable")]
     det = Detections(xyxy=boxes[idx], labels=[labels[i] for i in idx], scores=scores[idx])
@@ -197,6 +222,8 @@ class DetectionStep(BatchStep):
             none: model boxes never feed counting questions).
         overwrite: replace boxes a record already has; by default such records pass unchanged.
         on_error: unreadable images / size mismatches (see ``DepthModelStep``).
+        keep_image: leave the decoded image in ``record.meta`` for the next model step (see
+            ``DepthModelStep``).
 
     Per-record drop counts (``record.drops``): ``detection_low_score``, ``detection_degenerate_box``,
     ``detection_nms``.
@@ -219,8 +246,10 @@ class DetectionStep(BatchStep):
         overwrite: bool = False,
         on_error: OnError = "warn",
         min_size: float = 1.0,
+        keep_image: bool = False,
     ) -> None:
         super().__init__(batch_size)
+        self.keep_image = keep_image
         if mode not in ("auto", "closed", "open"):
             raise ValueError(f"mode must be 'auto', 'closed' or 'open', got {mode!r}")
         if not 0.0 <= threshold <= 1.0:
@@ -291,7 +320,7 @@ class DetectionStep(BatchStep):
         self.setup()
         torch = require("torch", "models")
         todo = [r for r in records if self.overwrite or not len(r.objects)]
-        kept, images, _ = load_record_images(todo, self.on_error, self.count)
+        kept, images, _ = load_record_images(todo, self.on_error, self.count, keep=self.keep_image)
         dropped = {id(r) for r in todo} - {id(r) for r in kept}
         if kept:
             sizes = [(r.height, r.width) for r in kept]
@@ -299,7 +328,10 @@ class DetectionStep(BatchStep):
                 results = self._detect_open(images, sizes) if self.mode == "open" else self._detect_closed(images, sizes)
             for record, result in zip(kept, results):
                 self._write(record, result)
-        return [None if id(r) in dropped else r for r in records]
+        out = [None if id(r) in dropped else r for r in records]
+        if not self.keep_image:
+            release_images(records)
+        return out
 
     def _inputs(self, **kwargs):
         inputs = self.processor(return_tensors="pt", **kwargs)
@@ -326,31 +358,43 @@ class DetectionStep(BatchStep):
         return out
 
     def _detect_open(self, images: list, sizes: list[tuple[int, int]]) -> list[dict]:
+        """Boxes for the whole vocabulary, one forward pass per prompt.
+
+        OWL scores every label as its own text query against image-only boxes, so prompts split
+        only the label axis: their logits are joined and post-processed once, exactly as if all
+        labels were one prompt. Grounding DINO's boxes depend on the prompt: each prompt's boxes
+        carry its index, and :func:`detections_from_transformers` merges them across prompts.
+        """
         parts: list[list[dict]] = [[] for _ in images]
-        for chunk in self.prompts:
+        logits, vocabulary, outputs = [], [], None
+        for k, chunk in enumerate(self.prompts):
             labels = [self.vocabulary[i] for i in chunk]
             if self.model_type in GROUNDING_TYPES:
-                results = self._grounding(images, sizes, labels)
-            else:
-                inputs = self._inputs(images=images, text=[labels] * len(images))
-                outputs = self.model(**inputs)
-                outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-                # threshold 0 here: the step thresholds itself, counting what it drops.
-                results = self.processor.post_process_grounded_object_detection(
-                    outputs, threshold=0.0, target_sizes=sizes, text_labels=[labels] * len(images)
-                )
-            for i, r in enumerate(results):
-                parts[i].append(r)
-        merged = []
-        for chunks in parts:
-            merged.append(
-                {
-                    "boxes": np.concatenate([_numpy(c["boxes"]).reshape(-1, 4) for c in chunks]),
-                    "scores": np.concatenate([_numpy(c["scores"]).reshape(-1) for c in chunks]),
-                    "text_labels": [str(t) for c in chunks for t in c["text_labels"]],
-                }
+                for i, r in enumerate(self._grounding(images, sizes, labels)):
+                    parts[i].append({**r, "prompts": np.full(len(r["scores"]), k, dtype=np.int64)})
+                continue
+            inputs = self._inputs(images=images, text=[labels] * len(images))
+            outputs = self.model(**inputs)
+            logits.append(outputs.logits.float()[..., : len(labels)])  # (B, queries, labels of this prompt)
+            vocabulary += labels
+        if outputs is not None:
+            torch = require("torch", "models")
+            outputs.logits, outputs.pred_boxes = torch.cat(logits, dim=-1), outputs.pred_boxes.float()
+            # threshold 0 here: the step thresholds itself, counting what it drops.
+            results = self.processor.post_process_grounded_object_detection(
+                outputs, threshold=0.0, target_sizes=sizes, text_labels=[vocabulary] * len(images)
             )
-        return merged
+            return [{"boxes": r["boxes"], "scores": r["scores"], "text_labels": [str(t) for t in r["text_labels"]]}
+                    for r in results]
+        return [
+            {
+                "boxes": np.concatenate([_numpy(c["boxes"]).reshape(-1, 4) for c in chunks]),
+                "scores": np.concatenate([_numpy(c["scores"]).reshape(-1) for c in chunks]),
+                "text_labels": [str(t) for c in chunks for t in c["text_labels"]],
+                "prompts": np.concatenate([c["prompts"] for c in chunks]),
+            }
+            for chunks in parts
+        ]
 
     def _grounding(self, images: list, sizes: list[tuple[int, int]], labels: list[str]) -> list[dict]:
         tok = self.processor.tokenizer

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,10 +172,22 @@ def _clip01(x: float) -> float:
     return float(min(1.0, max(0.0, x)))
 
 
+def person_labels_of(labels: Sequence[str] | None = None) -> frozenset[str]:
+    """Lower-cased person labels; ``None``: the ones the perspective task treats as people
+    (:attr:`~.verify.VerifyConfig.person_labels`: person, man, woman, boy, girl, child), so that
+    every box that task may ask about gets a facing."""
+    if labels is None:
+        from .verify import VerifyConfig
+
+        labels = VerifyConfig().person_labels
+    return frozenset(label.lower() for label in labels)
+
+
 class FacingFromKeypoints(Step):
     """Fill ``objects.facing`` / ``facing_confidence`` of person boxes from their keypoints.
 
-    Person boxes (label in ``person_labels``, case-insensitive) whose keypoints are all missing
+    Person boxes (label in ``person_labels``, case-insensitive; default: those of
+    :func:`person_labels_of`) whose keypoints are all missing
     keep their current facing (``unknown`` unless another source set it). Other boxes are untouched.
 
     Example:
@@ -188,14 +201,14 @@ class FacingFromKeypoints(Step):
     def __init__(
         self,
         min_score: float = 0.3,
-        person_labels: tuple[str, ...] = ("person",),
+        person_labels: Sequence[str] | None = None,
         thresholds: FacingThresholds = DEFAULT_THRESHOLDS,
     ) -> None:
         super().__init__()
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
         self.min_score = min_score
-        self.person_labels = {label.lower() for label in person_labels}
+        self.person_labels = person_labels_of(person_labels)
         self.thresholds = thresholds
 
     def process(self, record: Record) -> Record:
@@ -206,13 +219,16 @@ class FacingFromKeypoints(Step):
 def apply_facing(
     record: Record,
     min_score: float = 0.3,
-    person_labels: set[str] | frozenset[str] = frozenset({"person"}),
+    person_labels: set[str] | frozenset[str] | None = None,
     thresholds: FacingThresholds = DEFAULT_THRESHOLDS,
     indices: list[int] | None = None,
 ) -> int:
-    """Set facing for person boxes (or the given ``indices``) that have keypoints; returns how many."""
+    """Set facing for person boxes (or the given ``indices``) that have keypoints; returns how many.
+
+    ``person_labels`` are lower-case (default: :func:`person_labels_of`)."""
     det = record.objects
     if indices is None:
+        person_labels = person_labels_of() if person_labels is None else person_labels
         indices = [i for i, label in enumerate(det.labels) if label.lower() in person_labels]
     done = 0
     for i in indices:

@@ -230,7 +230,7 @@ def prepare_inputs(cfg: GenerateConfig) -> None:
         reader.prepare()
 
 
-def _facing_step() -> Step | None:
+def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:
     try:
         from .facing import FacingFromKeypoints
     except ModuleNotFoundError as err:
@@ -238,7 +238,7 @@ def _facing_step() -> Step | None:
             raise
         logger.info("processing.facing is not available: person facing stays 'unknown'")
         return None
-    return FacingFromKeypoints()
+    return FacingFromKeypoints(person_labels=person_labels)
 
 
 def verify_config(cfg: GenerateConfig) -> Any:
@@ -286,11 +286,16 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     if cfg.pose_model:
         from .pose import PoseStep
 
-        steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
+        # pose for every box the perspective task treats as a person (one definition: VerifyConfig's)
+        steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+                              person_labels=verify_config(cfg).person_labels))
     else:  # the pose step sets facing itself; without it, facing comes from keypoints in the annotations
-        facing = _facing_step()
+        facing = _facing_step(verify_config(cfg).person_labels)
         if facing is not None:
             steps.append(facing)
+    models = [s for s in steps if hasattr(s, "keep_image")]
+    for step in models[:-1]:  # decode each image once for all model steps; the last one releases it
+        step.keep_image = True
     steps.append(tasks if tasks is not None else task_step(cfg))
     if cfg.source == "pixmo" and "counting" in cfg.tasks:
         from .task_point_counting import PointCounting
@@ -299,6 +304,48 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
         steps.append(PointCounting(seed=cfg.seed, config=verify_config(cfg)))
     steps.append(ParquetWriter(cfg.out, tasks=cfg.tasks))
     return steps
+
+
+def model_requirements(cfg: GenerateConfig) -> list[tuple[str, str]]:
+    """``(module, why)`` for every optional module the model steps of ``cfg`` import."""
+    models = [(name, getattr(cfg, name)) for name in _MODEL_FIELDS if getattr(cfg, name)]
+    if not models:
+        return []
+    why = "--" + ", --".join(name.replace("_", "-") for name, _ in models)
+    needs = [("torch", why), ("transformers", why)]
+    if cfg.detector and _model_type(cfg.detector) == "owlv2":
+        needs.append(("scipy", f"--detector {cfg.detector} (OWLv2's image processor)"))
+    return needs
+
+
+def _model_type(model: str) -> str | None:
+    """``model_type`` of a local model folder, or a guess from a Hub id (no download here)."""
+    config = Path(model) / "config.json"
+    if config.is_file():
+        import json
+
+        try:
+            return json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError):
+            return None
+    return "owlv2" if "owlv2" in model.lower() else None
+
+
+def check_requirements(cfg: GenerateConfig) -> None:
+    """Fail before any shard runs when a model step's module is not installed (the workers would
+    otherwise each fail on it), naming the extra that installs it."""
+    import importlib.util
+
+    for module, why in model_requirements(cfg):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken or half-imported installation
+            found = False
+        if not found:
+            raise ImportError(
+                f"{module!r} is needed by {why} but is not installed: pip install 'spatialforge[models]' "
+                f"(or pip install {module})"
+            )
 
 
 def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
@@ -310,6 +357,7 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     from ..builders.card import write_card
     from .executor import LocalExecutor
 
+    check_requirements(cfg)
     executor = LocalExecutor(
         build if build is not None else partial(build_steps, cfg),
         out_dir=cfg.out,

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .base import BatchStep, require
-from .depth_models import DTYPES, OnError, load_record_images, model_name, resolve_device, resolve_dtype
-from .facing import apply_facing
+from .depth_models import DTYPES, OnError, load_record_images, model_name, release_images, resolve_device, resolve_dtype
+from .facing import apply_facing, person_labels_of
 from .records import NUM_KEYPOINTS, Record
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,13 @@ class PoseStep(BatchStep):
         batch_size: images per forward pass (all person crops of those images go together).
         device, dtype: as in :class:`~.depth_models.DepthModelStep`.
         min_confidence: keypoints scoring below this are ignored by the facing rule.
-        person_labels: labels of person boxes (case-insensitive).
+        person_labels: labels of person boxes (case-insensitive); default: the labels the
+            perspective task treats as people (:func:`~.facing.person_labels_of`, from
+            ``VerifyConfig.person_labels``: OpenImages' Man, Woman, Boy, Girl too).
         min_box_size: person boxes narrower or lower than this (pixels) get no pose (counted as
             ``pose_box_too_small`` in ``record.drops``); group boxes are skipped too.
+        keep_image: leave the decoded image in ``record.meta`` for the next model step (see
+            ``DepthModelStep``).
 
     Example:
         >>> PoseStep("path/to/vitpose", min_confidence=0.5).name
@@ -80,11 +84,13 @@ class PoseStep(BatchStep):
         device: str = "auto",
         min_confidence: float = 0.5,
         dtype: str = "auto",
-        person_labels: Sequence[str] = ("person",),
+        person_labels: Sequence[str] | None = None,
         min_box_size: float = 8.0,
         on_error: OnError = "warn",
+        keep_image: bool = False,
     ) -> None:
         super().__init__(batch_size)
+        self.keep_image = keep_image
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         if dtype != "auto" and dtype not in DTYPES:
@@ -95,7 +101,7 @@ class PoseStep(BatchStep):
         self._model_arg = model
         self.device_arg, self.dtype_arg = device, dtype
         self.min_confidence = min_confidence
-        self.person_labels = {label.lower() for label in person_labels}
+        self.person_labels = person_labels_of(person_labels)
         self.min_box_size = min_box_size
         self.on_error = on_error
         self.model = self.processor = self.device = None
@@ -132,7 +138,7 @@ class PoseStep(BatchStep):
         torch = require("torch", "models")
         people = {id(r): self.person_indices(r) for r in records}
         todo = [r for r in records if people[id(r)]]
-        kept, images, _ = load_record_images(todo, self.on_error, self.count)
+        kept, images, _ = load_record_images(todo, self.on_error, self.count, keep=self.keep_image)
         dropped = {id(r) for r in todo} - {id(r) for r in kept}
         if kept:
             boxes = [xyxy_to_coco(r.objects.xyxy[people[id(r)]]) for r in kept]
@@ -150,4 +156,7 @@ class PoseStep(BatchStep):
                 for i, result in zip(idx, per_person):
                     record.objects.keypoints[i] = keypoints_from_pose_result(result)
                 apply_facing(record, min_score=self.min_confidence, indices=idx)
-        return [None if id(r) in dropped else r for r in records]
+        out = [None if id(r) in dropped else r for r in records]
+        if not self.keep_image:
+            release_images(records)
+        return out

@@ -31,6 +31,7 @@ from spatialforge.processing.detection import (  # noqa: E402
     class_wise_nms,
     detections_from_transformers,
     grounding_label_scores,
+    merge_across_prompts,
     nms,
     pack_prompts,
 )
@@ -373,7 +374,26 @@ def test_detections_from_transformers_clips_thresholds_and_maps_labels():
     det, drops = detections_from_transformers(result, {0: "person", 1: "cup", 2: "dog"}, 20, 40, 0.3, 0.5)
     assert det.labels == ["person", "cup"]
     np.testing.assert_allclose(det.xyxy, [[0, 2, 20, 40], [0, 0, 10, 10]])
-    assert drops == {"low_score": 1, "degenerate_box": 1, "nms": 1}
+    assert drops == {"low_score": 1, "degenerate_box": 1, "nms": 1, "prompt_merge": 0}
+
+
+def test_nms_is_class_wise_in_conversion():
+    """Two overlapping boxes of different classes (a cup on a table) both survive; same class: one."""
+    result = {"boxes": torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [0, 1, 10, 11]]),
+              "scores": torch.tensor([0.9, 0.8, 0.7]), "text_labels": ["cup", "table", "cup"]}
+    det, drops = detections_from_transformers(result, None, 20, 20, 0.3, 0.5)
+    assert det.labels == ["cup", "table"] and drops["nms"] == 1
+
+
+def test_merge_across_prompts():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30]], float)
+    scores = np.array([0.6, 0.9, 0.8, 0.5])
+    # box 2 overlaps box 1 but comes from the same prompt: left to class-wise NMS
+    assert merge_across_prompts(boxes, scores, np.array([0, 1, 1, 0]), 0.5).tolist() == [1, 2, 3]
+    result = {"boxes": boxes, "scores": scores, "text_labels": ["person", "dog", "cat", "person"],
+              "prompts": np.array([0, 1, 1, 0])}
+    det, drops = detections_from_transformers(result, None, 40, 40, 0.3, 0.5)
+    assert det.labels == ["dog", "cat", "person"] and drops["prompt_merge"] == 1
 
 
 def test_center_to_corners():
@@ -425,6 +445,93 @@ def test_detection_boxes_on_exif_grid(tiny_models, tmp_path, orientation):
     np.testing.assert_allclose(record.objects.xyxy, [[0, 0, w / 2, h]], atol=1e-3)
     assert record.box_source == f"model:{tiny_models.detr()}"
     assert record.exhaustive_labels == set()
+
+
+class TokenGrounding(torch.nn.Module):
+    """A fake Grounding DINO that reads its prompt: for each query, token logits given per word
+    (``{query: {word: logit}}``); every other token -10. Boxes are fixed per query."""
+
+    BOXES = [[0.25, 0.25, 0.3, 0.3], [0.75, 0.25, 0.2, 0.2]]  # query 0: top-left, query 1: top-right (OWLv2 pads to a square below)
+
+    def __init__(self, config, tokenizer, word_logits):
+        super().__init__()
+        self.config, self.tok, self.word_logits = config, tokenizer, word_logits
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.prompts = []
+
+    def forward(self, input_ids, pixel_values, **kwargs):
+        b, t = input_ids.shape
+        self.prompts.append(self.tok.decode(input_ids[0], skip_special_tokens=True))
+        logits = torch.full((b, 2, t), -10.0)
+        for q, words in self.word_logits.items():
+            for word, value in words.items():
+                logits[:, q][input_ids == self.tok.convert_tokens_to_ids(word)] = value
+        boxes = torch.tensor(self.BOXES).expand(b, 2, 4)
+        return transformers.models.grounding_dino.modeling_grounding_dino.GroundingDinoObjectDetectionOutput(
+            logits=logits, pred_boxes=boxes)
+
+
+class QueryOwl(torch.nn.Module):
+    """A fake OWLv2: per query, logits given per label word (other labels -10); fixed boxes."""
+
+    def __init__(self, config, tokenizer, word_logits):
+        super().__init__()
+        self.config, self.tok, self.word_logits = config, tokenizer, word_logits
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, pixel_values, attention_mask=None, **kwargs):
+        b = len(pixel_values)
+        n = len(input_ids) // b  # text queries per image
+        logits = torch.full((b, 2, n), -10.0)
+        for k in range(n):
+            for q, words in self.word_logits.items():
+                for word, value in words.items():
+                    if self.tok.convert_tokens_to_ids(word + "</w>") in input_ids[k].tolist():
+                        logits[:, q, k] = value
+        boxes = torch.tensor(TokenGrounding.BOXES).expand(b, 2, 4)
+        return transformers.models.owlv2.modeling_owlv2.Owlv2ObjectDetectionOutput(logits=logits, pred_boxes=boxes)
+
+
+OPEN_VOCABULARY = ["person", "cup", "dog", "cat", "car"]
+
+
+def _open_step(tiny_models, factory, fake, word_logits, labels_per_prompt=None, nms_iou=0.5):
+    step = DetectionStep(getattr(tiny_models, factory)(), labels=OPEN_VOCABULARY, labels_per_prompt=labels_per_prompt,
+                         threshold=0.5, nms_iou=nms_iou, device="cpu")
+    step.setup()
+    step.model = fake(step.model.config, step.processor.tokenizer, word_logits)
+    return step
+
+
+@pytest.mark.parametrize("labels_per_prompt", [None, 2, 1])
+def test_grounding_labels_come_from_token_spans(tiny_models, tmp_path, labels_per_prompt):
+    """Query 0 lights up the token of "dog", query 1 the token of "cup" (weakly also "car"): each box
+    gets its own word's label, whichever prompt the word is in and at whatever position."""
+    path = save_image(tmp_path / "g.png", (80, 40))
+    step = _open_step(tiny_models, "grounding_dino", TokenGrounding,
+                      {0: {"dog": 4.0}, 1: {"cup": 3.0, "car": 1.0}}, labels_per_prompt)
+    (r,) = list(step.run([record_for(path, 80, 40)]))
+    assert r.objects.labels == ["dog", "cup"]
+    np.testing.assert_allclose(r.objects.xyxy, [[8, 4, 32, 16], [52, 6, 68, 14]], atol=1e-4)
+    assert r.objects.scores == pytest.approx([1 / (1 + np.exp(-4.0)), 1 / (1 + np.exp(-3.0))], rel=1e-5)
+    expected = {None: 1, 2: 3, 1: 5}[labels_per_prompt]
+    assert len(step.model.prompts) == expected and len(step.prompts) == expected
+
+
+@pytest.mark.parametrize("factory, fake", [("grounding_dino", TokenGrounding), ("owlv2", QueryOwl)])
+def test_split_vocabulary_gives_the_single_prompt_result(tiny_models, tmp_path, factory, fake):
+    """The same object seen by several prompts (query 0: "dog" strongly, "person" weakly, in different
+    prompts) is one box with the best label, as with one prompt; a different object overlapping it
+    that only one prompt sees is kept when it does not overlap enough."""
+    path = save_image(tmp_path / "o.png", (80, 40))
+    logits = {0: {"dog": 3.0, "person": 1.0}, 1: {"cat": 2.0}}
+    results = []
+    for lpp in (None, 1):
+        step = _open_step(tiny_models, factory, fake, logits, lpp)
+        (r,) = list(step.run([record_for(path, 80, 40)]))
+        results.append((r.objects.labels, r.objects.xyxy.round(3).tolist(), r.objects.scores.round(5).tolist()))
+    assert results[0] == results[1]
+    assert results[0][0] == ["dog", "cat"]
 
 
 # -- detection: tiny real models --------------------------------------------------------------------
@@ -511,6 +618,18 @@ def test_pose_step_keypoints_on_grid_and_facing(tiny_models, tmp_path):
     assert r.objects.facing == ["toward_camera", "unknown", "unknown"]
     assert r.objects.facing_confidence[0] > 0.3
     assert r.drops["pose_box_too_small"] == 1
+
+
+def test_pose_person_labels_are_the_perspective_tasks():
+    from spatialforge.processing.facing import FacingFromKeypoints
+    from spatialforge.processing.verify import VerifyConfig
+
+    det = Detections(np.array([[0, 0, 40, 90]] * 7, float), ["Man", "Woman", "Boy", "Girl", "Person", "child", "cup"])
+    record = Record("openimages", "x", 100, 100, objects=det)
+    step = PoseStep("unused/model")  # nothing is loaded before setup()
+    assert step.person_indices(record) == [0, 1, 2, 3, 4, 5]
+    assert step.person_labels == set(VerifyConfig().person_labels) == FacingFromKeypoints().person_labels
+    assert PoseStep("unused/model", person_labels=["Rider"]).person_labels == {"rider"}
 
 
 def test_pose_step_tiny_vitpose_structure(tiny_models, tmp_path):

@@ -92,11 +92,16 @@ def test_model_flags_reach_the_steps(tmp_path, monkeypatch):
     assert steps["detection"].threshold == 0.45
     assert {steps[n].dtype_arg for n in ("detection", "depth_model", "pose")} == {"bf16"}
     assert steps["tasks"].config.ground_contact is True
+    # each image decoded once for all model steps: kept by all but the last, which releases it
+    assert [steps[n].keep_image for n in ("detection", "depth_model", "pose")] == [True, True, False]
+    assert steps["pose"].person_labels == set(steps["tasks"].config.person_labels)  # Man, Woman, Boy, Girl too
 
     result = CliRunner().invoke(app, [*base, "--depth-dir", str(scene["depth"]), "--second-depth-model", "org/other"])
     assert result.exit_code == 0, result.output
     steps = {s.name: s for s in pipeline.build_steps(seen[-1])}
     assert list(steps) == ["reader", "depth_files", "depth_model_alt", "facing", "tasks", "writer"]
+    assert steps["depth_model_alt"].keep_image is False
+    assert steps["facing"].person_labels == set(steps["tasks"].config.person_labels)
     assert steps["depth_model_alt"].target == "alt" and steps["depth_model_alt"].model_id == "org/other"
     assert steps["tasks"].config.ground_contact is False
 
@@ -152,3 +157,47 @@ def test_second_depth_signals_reach_near_far(tmp_path):
     disagreed = sum(n for k, n in stats["candidate_drops"].items() if k.startswith("near_far/depth_alt"))
     assert checked + disagreed > 0
     assert all(r["verification"]["depth_source"] == "file:depth" for r in rows)  # the first depth stays the files'
+
+
+_MISSING = r"""
+import sys
+sys.modules[{module!r}] = None  # as if not installed: importing it raises ImportError
+sys.argv = ["spatialforge"] + {argv!r}
+from spatialforge.processing.cli import main
+try:
+    main()
+except SystemExit as e:
+    print("exit", e.code)
+print("torch imported:", sys.modules.get("torch") is not None)
+"""
+
+
+@pytest.mark.parametrize(
+    "module, flags, named",
+    [
+        ("torch", ["--depth-model", "org/depth"], "--depth-model"),
+        ("transformers", ["--detector", "org/det", "--pose-model", "org/pose"], "--detector, --pose-model"),
+        ("scipy", ["--detector", "OWLV2"], "OWLv2"),  # a local folder whose config says owlv2
+    ],
+)
+def test_missing_model_packages_fail_before_any_shard(tmp_path, module, flags, named):
+    from _pipeline_fixtures import make_coco_scene
+
+    scene = make_coco_scene(tmp_path / "scene", 1)
+    owl = tmp_path / "owl"
+    owl.mkdir()
+    (owl / "config.json").write_text(json.dumps({"model_type": "owlv2"}))
+    flags = [str(owl) if f == "OWLV2" else f for f in flags]
+    out = tmp_path / "out"
+    argv = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images",
+            str(scene["images"]), "--out", str(out), "--num-shards", "1", "--no-progress", *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _MISSING.format(module=module, argv=argv)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "exit 1" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr
+    assert f"{module!r} is needed by" in error[0] and named in error[0]
+    assert "pip install 'spatialforge[models]'" in error[0]
+    assert "torch imported: False" in proc.stdout  # nothing model-related ran
+    assert not list(out.rglob("*.parquet")) and not (out / "stats.json").exists()  # no shard ran
