@@ -6,7 +6,9 @@ Both paths read the same 518x518 float32 depth maps from .npy files (OS cache wa
 * baseline: load depth, take the median depth of every box (what a pipeline without relations,
   verification or writing would do at least);
 * generate: load depth, facing from keypoints, the task step on near_far / left_right /
-  perspective (candidates, verification checks, templates, rows), Parquet writing of the rows.
+  perspective (candidates, verification checks, templates, rows), Parquet writing of the rows,
+  run by the executor's shard loop as ``spatialforge generate`` runs it (``run_shard``: its
+  garbage-collector tuning, :func:`spatialforge.processing.base.steady_gc`, included).
 
 Prints images/s of both and their ratio, and where the generate path spends its time per image.
 The paths run alternately ``--rounds`` times and the best round of each counts (a shared machine
@@ -35,6 +37,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from spatialforge.processing.base import Step  # noqa: E402
 from spatialforge.processing.records import DepthMap, Record  # noqa: E402
 from spatialforge.processing.synth import SceneConfig, make_scene, scene_record  # noqa: E402
 
@@ -104,21 +107,35 @@ def run_baseline(inputs, n: int) -> float:
     return time.perf_counter() - start
 
 
+class _FileRecords(Step):
+    """First step of the generate path: the records of :func:`_records` (as a reader would give them)."""
+
+    name = "load"
+
+    def __init__(self, inputs: list[tuple[Record, Path]], n: int) -> None:
+        super().__init__()
+        self.inputs, self.n = inputs, n
+
+    def run(self, records, rank: int = 0, world_size: int = 1):
+        yield from _records(self.inputs, self.n)
+
+
 def run_generate(inputs, n: int, out_dir: Path) -> tuple[float, int, dict[str, float]]:
+    """The shard loop of ``spatialforge generate`` (:func:`~spatialforge.processing.executor.run_shard`)."""
+    from spatialforge.processing.executor import run_shard
     from spatialforge.processing.facing import FacingFromKeypoints
     from spatialforge.processing.tasks import TaskStep
     from spatialforge.processing.verify import VerifyConfig
     from spatialforge.processing.writer import ParquetWriter
 
-    steps = [FacingFromKeypoints(), TaskStep(tasks=RELATIONS, seed=0, config=VerifyConfig()), ParquetWriter(out_dir)]
+    steps = [_FileRecords(inputs, n), FacingFromKeypoints(), TaskStep(tasks=RELATIONS, seed=0, config=VerifyConfig()),
+             ParquetWriter(out_dir)]
     start = time.perf_counter()
-    stream = _records(inputs, n)
-    for step in steps:
-        stream = step.run(stream)
-    rows = sum(len(r.rows) for r in stream)
+    stats = run_shard(steps, out_dir, shard=0, num_shards=1)
     seconds = time.perf_counter() - start
-    per_step = {step.name: step.stats.seconds for step in steps}
-    per_step["load"] = seconds - sum(per_step.values())  # np.load + Record, and the generators' glue
+    rows = sum(stats["rows_per_task"].values())
+    per_step = {step.name: step.stats.seconds for step in steps[1:]}
+    per_step["load"] = seconds - sum(per_step.values())  # np.load + Record, the generators' glue, the shard marker
     return seconds, rows, per_step
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import Step, StepStats, run_pipeline
+from .base import Step, StepStats, run_pipeline, steady_gc
 from .writer import TMP_SUFFIX, shard_name
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,15 @@ def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_sha
     start = time.perf_counter()
     n = 0
     no_objects = 0
-    for record in run_pipeline(steps, [], rank=shard, world_size=num_shards):
-        n += 1
-        no_objects += not len(record.objects)
-        if progress is not None:
-            progress(1)
+    # The collector tuned for many short-lived objects per record (see steady_gc: same output).
+    with steady_gc() as settle:
+        for record in run_pipeline(steps, [], rank=shard, world_size=num_shards):
+            n += 1
+            if n == 1:
+                settle()  # every step has set up by now (models loaded): freeze that too
+            no_objects += not len(record.objects)
+            if progress is not None:
+                progress(1)
     rows: Counter = Counter()
     drops: Counter = Counter()
     for step in steps:
