@@ -11,6 +11,14 @@ Two families, chosen from the model's config (``mode="auto"``) or explicitly:
 Boxes are mapped to each record's EXIF-transposed pixel grid (``target_sizes=(height, width)``),
 thresholded, de-duplicated by class-wise NMS and written to ``record.objects``.
 
+OWL text queries are encoded once: OWLv2 / OWL-ViT score image patches against each label's text
+embedding, and those embeddings depend on the labels only, so the step encodes the vocabulary
+through the text tower on the first batch and then runs only the image tower and the class / box
+heads per batch (:func:`owl_detect`, equal to the model's forward within float rounding; checked
+once on the first image, with a fallback to the plain forward). Grounding DINO cannot be cached
+this way: its encoder fuses text and image features (cross-attention both ways) before the
+decoder, so its text features depend on the image and every batch runs the full model.
+
 Model boxes are not exhaustive: a detector misses instances, so counting questions on them would
 be wrong. Records therefore get ``exhaustive_labels = set()`` (nothing may be counted) unless
 ``exhaustive_labels=`` names labels the user trusts, and ``box_source = f"model:{model}"``.
@@ -37,6 +45,11 @@ logger = logging.getLogger(__name__)
 Mode = Literal["auto", "closed", "open"]
 OPEN_VOCABULARY_TYPES = ("owlv2", "owlvit", "grounding-dino", "grounding_dino", "mm-grounding-dino", "mm_grounding_dino")
 GROUNDING_TYPES = ("grounding-dino", "grounding_dino", "mm-grounding-dino", "mm_grounding_dino")
+OWL_TYPES = ("owlv2", "owlvit")
+# The one-time check of the cached OWL path against the plain forward: labels compared, tolerance
+# on probabilities and normalized boxes (fp32; half precision rounds differently per op order).
+OWL_CHECK_LABELS = 8
+OWL_CHECK_ATOL = {"fp32": 1e-4, "half": 2e-2}
 
 
 # -- boxes ---------------------------------------------------------------------------------------
@@ -204,6 +217,70 @@ def center_to_corners(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], axis=-1)
 
 
+# -- OWL with text queries encoded once ------------------------------------------------------------
+def _owl_output_class(model: Any) -> type | None:
+    """The model family's own detection output class (``Owlv2ObjectDetectionOutput`` ...), which the
+    processors' post-processing reads."""
+    import sys
+
+    module = sys.modules.get(type(model).__module__)
+    name = type(model).__name__.replace("ForObjectDetection", "ObjectDetectionOutput")
+    return getattr(module, name, None) if name != type(model).__name__ else None
+
+
+def owl_cache_support(model: Any) -> str | None:
+    """Why ``model`` cannot run with precomputed text queries, or ``None`` when it can.
+
+    :func:`owl_detect` composes the public pieces of ``Owlv2ForObjectDetection`` /
+    ``OwlViTForObjectDetection`` (``image_embedder``, ``class_predictor``, ``box_predictor`` and the
+    base model's ``get_text_features``); a model without them (another version, a wrapper) takes
+    the plain forward.
+    """
+    base = getattr(model, str(getattr(model, "base_model_prefix", "")), None)
+    owners = {"image_embedder": model, "class_predictor": model, "box_predictor": model, "get_text_features": base}
+    missing = [name for name, owner in owners.items() if not callable(getattr(owner, name, None))]
+    if missing:
+        return f"{type(model).__name__} has no {', '.join(missing)}"
+    if _owl_output_class(model) is None:
+        return f"no detection output class beside {type(model).__name__}"
+    return None
+
+
+def owl_text_queries(model: Any, input_ids: Any, attention_mask: Any = None) -> tuple[Any, Any]:
+    """Text query embeddings ``(labels, dim)`` and query mask ``(labels,)`` of tokenized labels.
+
+    As ``Owl*Model.forward`` makes them for the detection head: projected pooled text features,
+    L2-normalized; a query whose first token id is 0 is padding (mask ``False``), as in the forward.
+    """
+    torch = require("torch", "models")
+    base = getattr(model, model.base_model_prefix)
+    out = base.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    embeds = out if isinstance(out, torch.Tensor) else out.pooler_output  # a tensor before transformers 5
+    return embeds / torch.linalg.norm(embeds, ord=2, dim=-1, keepdim=True), input_ids[:, 0] > 0
+
+
+def owl_detect(model: Any, pixel_values: Any, query_embeds: Any, query_mask: Any) -> Any:
+    """OWLv2 / OWL-ViT detection with precomputed text queries: the model's forward minus the text tower.
+
+    ``query_embeds`` ``(labels, dim)`` and ``query_mask`` ``(labels,)`` from :func:`owl_text_queries`
+    are shared by every image. Returns the family's ``*ObjectDetectionOutput`` (``logits``
+    ``(batch, patches, labels)``, ``pred_boxes``, ``objectness_logits`` for OWLv2, embeddings), which
+    ``post_process_object_detection`` / ``post_process_grounded_object_detection`` accept as the
+    forward's. ``text_model_output`` / ``vision_model_output`` are left out.
+    """
+    feature_map = model.image_embedder(pixel_values=pixel_values)[0]  # (B, h, w, hidden)
+    b, h, w, d = feature_map.shape
+    image_feats = feature_map.reshape(b, h * w, d)
+    queries = query_embeds.unsqueeze(0).expand(b, -1, -1)
+    mask = query_mask.unsqueeze(0).expand(b, -1)
+    logits, class_embeds = model.class_predictor(image_feats, queries, mask)
+    fields = {"image_embeds": feature_map, "text_embeds": queries, "logits": logits, "class_embeds": class_embeds,
+              "pred_boxes": model.box_predictor(image_feats, feature_map)}
+    if callable(getattr(model, "objectness_predictor", None)):  # OWLv2 only
+        fields["objectness_logits"] = model.objectness_predictor(image_feats)
+    return _owl_output_class(model)(**fields)
+
+
 # -- the step ------------------------------------------------------------------------------------
 class DetectionStep(BatchStep):
     """Detect objects with a ``transformers`` detector and write them to ``record.objects``.
@@ -224,6 +301,9 @@ class DetectionStep(BatchStep):
         on_error: unreadable images / size mismatches (see ``DepthModelStep``).
         keep_image: leave the decoded image in ``record.meta`` for the next model step (see
             ``DepthModelStep``).
+        cache_text_queries: OWLv2 / OWL-ViT: encode the vocabulary once and run only the image side
+            per batch (:func:`owl_detect`); ``False`` runs the plain forward, text tower included, on
+            every batch. Other models ignore it.
 
     Per-record drop counts (``record.drops``): ``detection_low_score``, ``detection_degenerate_box``,
     ``detection_nms``.
@@ -247,6 +327,7 @@ class DetectionStep(BatchStep):
         on_error: OnError = "warn",
         min_size: float = 1.0,
         keep_image: bool = False,
+        cache_text_queries: bool = True,
     ) -> None:
         super().__init__(batch_size)
         self.keep_image = keep_image
@@ -272,6 +353,10 @@ class DetectionStep(BatchStep):
         self.overwrite, self.on_error = overwrite, on_error
         self.model = self.processor = self.device = None
         self.mode: str | None = None
+        self.cache_text_queries = cache_text_queries
+        # (model the queries were encoded with, (embeds, mask) or None for the plain forward): keyed
+        # by the model object, so a model swapped in after setup is never paired with stale queries.
+        self._owl_queries: tuple[Any, tuple | None] | None = None
 
     def setup(self) -> None:
         if self.device is not None:
@@ -358,34 +443,23 @@ class DetectionStep(BatchStep):
         return out
 
     def _detect_open(self, images: list, sizes: list[tuple[int, int]]) -> list[dict]:
-        """Boxes for the whole vocabulary, one forward pass per prompt.
+        """Boxes for the whole vocabulary.
 
         OWL scores every label as its own text query against image-only boxes, so prompts split
         only the label axis: their logits are joined and post-processed once, exactly as if all
-        labels were one prompt. Grounding DINO's boxes depend on the prompt: each prompt's boxes
-        carry its index, and :func:`detections_from_transformers` merges them across prompts.
+        labels were one prompt. With cached text queries (:meth:`_owl_text_queries`) one image pass
+        serves the whole vocabulary; otherwise one forward pass per prompt, on pixels preprocessed
+        once. Grounding DINO's boxes depend on the prompt: one forward pass per prompt, each
+        prompt's boxes carry its index, and :func:`detections_from_transformers` merges them across
+        prompts.
         """
+        if self.model_type not in GROUNDING_TYPES:
+            return self._detect_owl(images, sizes)
         parts: list[list[dict]] = [[] for _ in images]
-        logits, vocabulary, outputs = [], [], None
         for k, chunk in enumerate(self.prompts):
             labels = [self.vocabulary[i] for i in chunk]
-            if self.model_type in GROUNDING_TYPES:
-                for i, r in enumerate(self._grounding(images, sizes, labels)):
-                    parts[i].append({**r, "prompts": np.full(len(r["scores"]), k, dtype=np.int64)})
-                continue
-            inputs = self._inputs(images=images, text=[labels] * len(images))
-            outputs = self.model(**inputs)
-            logits.append(outputs.logits.float()[..., : len(labels)])  # (B, queries, labels of this prompt)
-            vocabulary += labels
-        if outputs is not None:
-            torch = require("torch", "models")
-            outputs.logits, outputs.pred_boxes = torch.cat(logits, dim=-1), outputs.pred_boxes.float()
-            # threshold 0 here: the step thresholds itself, counting what it drops.
-            results = self.processor.post_process_grounded_object_detection(
-                outputs, threshold=0.0, target_sizes=sizes, text_labels=[vocabulary] * len(images)
-            )
-            return [{"boxes": r["boxes"], "scores": r["scores"], "text_labels": [str(t) for t in r["text_labels"]]}
-                    for r in results]
+            for i, r in enumerate(self._grounding(images, sizes, labels)):
+                parts[i].append({**r, "prompts": np.full(len(r["scores"]), k, dtype=np.int64)})
         return [
             {
                 "boxes": np.concatenate([_numpy(c["boxes"]).reshape(-1, 4) for c in chunks]),
@@ -395,6 +469,70 @@ class DetectionStep(BatchStep):
             }
             for chunks in parts
         ]
+
+    def _detect_owl(self, images: list, sizes: list[tuple[int, int]]) -> list[dict]:
+        torch = require("torch", "models")
+        pixel_values = self._inputs(images=images)["pixel_values"]
+        queries = self._owl_text_queries(pixel_values[:1])
+        if queries is not None:
+            outputs = owl_detect(self.model, pixel_values, *queries)
+            outputs.logits = outputs.logits.float()
+        else:
+            logits = []
+            for chunk in self.prompts:
+                labels = [self.vocabulary[i] for i in chunk]
+                outputs = self.model(**self._inputs(text=[labels] * len(images)), pixel_values=pixel_values)
+                logits.append(outputs.logits.float()[..., : len(labels)])  # (B, queries, labels of this prompt)
+            outputs.logits = torch.cat(logits, dim=-1)
+        outputs.pred_boxes = outputs.pred_boxes.float()
+        # threshold 0 here: the step thresholds itself, counting what it drops.
+        results = self.processor.post_process_grounded_object_detection(
+            outputs, threshold=0.0, target_sizes=sizes, text_labels=[self.vocabulary] * len(images)
+        )
+        return [{"boxes": r["boxes"], "scores": r["scores"], "text_labels": [str(t) for t in r["text_labels"]]}
+                for r in results]
+
+    def _owl_text_queries(self, pixel_values: Any) -> tuple | None:
+        """The vocabulary's OWL text queries ``(embeds, mask)``, encoded on first use, one text pass
+        per prompt; ``None`` when the plain forward must run (unsupported model, check failed, or
+        ``cache_text_queries=False``).
+
+        On first use the cached path is compared with the plain forward on ``pixel_values`` (one
+        image) and the first :data:`OWL_CHECK_LABELS` labels, so a transformers release that
+        composes the forward differently falls back instead of yielding different boxes.
+        """
+        if self._owl_queries is not None and self._owl_queries[0] is self.model:
+            return self._owl_queries[1]
+        torch = require("torch", "models")
+        reason = owl_cache_support(self.model) if self.cache_text_queries else "cache_text_queries=False"
+        queries = None
+        if reason is None:
+            parts = []
+            for chunk in self.prompts:
+                tokens = self._inputs(text=[[self.vocabulary[i] for i in chunk]])
+                parts.append(owl_text_queries(self.model, tokens["input_ids"], tokens.get("attention_mask")))
+            queries = (torch.cat([e for e, _ in parts]), torch.cat([m for _, m in parts]))
+            reason = self._owl_check(pixel_values, queries)
+            if reason is not None:
+                queries = None
+        if queries is None:
+            logger.info("%s: text queries re-encoded with every batch (plain forward): %s", self.model_id, reason)
+        else:
+            logger.info("%s: %d text queries encoded once for all batches", self.model_id, len(queries[0]))
+        self._owl_queries = (self.model, queries)
+        return queries
+
+    def _owl_check(self, pixel_values: Any, queries: tuple) -> str | None:
+        """``None`` when the cached path matches the plain forward on one image, else the difference."""
+        labels = self.vocabulary[:OWL_CHECK_LABELS]
+        plain = self.model(**self._inputs(text=[labels]), pixel_values=pixel_values)
+        cached = owl_detect(self.model, pixel_values, queries[0][: len(labels)], queries[1][: len(labels)])
+        atol = OWL_CHECK_ATOL["fp32" if self.dtype == require("torch", "models").float32 else "half"]
+        diff = max(float((plain.logits.float().sigmoid() - cached.logits.float().sigmoid()).abs().max()),
+                   float((plain.pred_boxes.float() - cached.pred_boxes.float()).abs().max()))
+        if diff > atol:
+            return f"the cached path differs from the forward by {diff:.2g} (> {atol}) on this transformers version"
+        return None
 
     def _grounding(self, images: list, sizes: list[tuple[int, int]], labels: list[str]) -> list[dict]:
         tok = self.processor.tokenizer
