@@ -404,6 +404,13 @@ class Scene:
         return self.area_frac.tolist()
 
     @cached_property
+    def row_box_ok(self) -> list[bool]:
+        """Per object: its entry in a row's ``objects`` passes ``validate_row`` (a label, a bbox of 4
+        ints in 0..1000 with x1 <= x2 and y1 <= y2); checked once per record, not once per row."""
+        return [len(b) == 4 and all(type(v) is int and 0 <= v <= 1000 for v in b) and b[0] <= b[2] and b[1] <= b[3]
+                and bool(label) for b, label in zip(self.boxes, self.labels)]
+
+    @cached_property
     def _all_eligible(self) -> bool:
         return bool(self.eligible.all())
 
