@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
+import pytest
 
 from spatialforge.processing.base import steady_gc
 from spatialforge.processing.records import DepthMap
@@ -54,3 +55,32 @@ def test_steady_gc_leaves_a_callers_freeze_alone():
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def _relation_record(labels: list[str]):
+    from spatialforge.processing.records import Detections, Record
+
+    z = np.full((100, 200), 20.0, np.float32)
+    boxes = [[10, 10, 40, 60], [60, 20, 90, 70], [120, 10, 180, 90]]
+    for (x1, y1, x2, y2), d in zip(boxes, (2.0, 5.0, 12.0)):
+        z[y1:y2, x1:x2] = d
+    det = Detections(np.array(boxes, float), labels)
+    return Record("test", "img", 200, 100, objects=det, depth=DepthMap(z, "depth", source="test:depth", metric=True))
+
+
+def test_relation_rows_checked_as_validate_row_checks_them():
+    from spatialforge.builders.schema import validate_row
+    from spatialforge.processing.tasks import TaskStep
+
+    tasks = ("near_far", "left_right")
+    uncapped = dict.fromkeys(tasks, None)
+    good = TaskStep(tasks=tasks, max_per_task=uncapped, on_invalid_row="error").process(_relation_record(["cup", "vase", "box"]))
+    assert len(good.rows) == 6
+    for row in good.rows:
+        validate_row(row)
+    # An empty label breaks the schema: the rows that name it are refused with validate_row's message.
+    bad = TaskStep(tasks=tasks, max_per_task=uncapped, on_invalid_row="skip").process(_relation_record(["cup", "", "box"]))
+    assert len(bad.rows) == 2 and all("" not in [o["label"] for o in row["objects"]] for row in bad.rows)
+    assert bad.drops["near_far/invalid_row"] == 2 and bad.drops["left_right/invalid_row"] == 2
+    with pytest.raises(ValueError, match=r"objects\[\d\]\.label is empty"):
+        TaskStep(tasks=tasks, on_invalid_row="error").process(_relation_record(["cup", "", "box"]))
