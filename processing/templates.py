@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass, field
 
@@ -113,11 +114,13 @@ _IRREGULAR = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a vocabulary is small; rows ask for the same labels over and over
 def display_label(label: str) -> str:
     """A label as it reads inside a sentence: lower case, acronyms kept (``"TV"``, ``"Traffic Light"``)."""
     return " ".join(w if (w.isupper() and len(w) > 1) else w.lower() for w in label.split())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def plural(label: str) -> str:
     """English plural of a (display) label; good enough for category names.
 

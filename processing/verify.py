@@ -614,7 +614,7 @@ class Scene:
 
 
 def box_text(box: Sequence[int]) -> str:
-    return "[" + ", ".join(str(int(v)) for v in box) + "]"
+    return "[" + ", ".join(map(str, map(int, box))) + "]"
 
 
 _CACHE = threading.local()
