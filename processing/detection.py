@@ -294,16 +294,19 @@ class DetectionStep(BatchStep):
         batch_size, device, dtype: as in :class:`~.depth_models.DepthModelStep`.
         mode: ``auto`` (from the config's ``model_type``), ``closed`` or ``open``.
         labels_per_prompt: open vocabulary: labels per forward pass (OWL default: all; Grounding
-            DINO: as many as fit ``config.max_text_len`` tokens).
+            DINO: as many as fit ``config.max_text_len`` tokens). With cached OWL text queries:
+            labels per text-tower pass when the vocabulary is encoded (results do not change).
         exhaustive_labels: labels whose every instance the detector is trusted to find (default
             none: model boxes never feed counting questions).
         overwrite: replace boxes a record already has; by default such records pass unchanged.
         on_error: unreadable images / size mismatches (see ``DepthModelStep``).
         keep_image: leave the decoded image in ``record.meta`` for the next model step (see
             ``DepthModelStep``).
-        cache_text_queries: OWLv2 / OWL-ViT: encode the vocabulary once and run only the image side
-            per batch (:func:`owl_detect`); ``False`` runs the plain forward, text tower included, on
-            every batch. Other models ignore it.
+        cache_text_queries: OWLv2 / OWL-ViT: encode the vocabulary once per worker, on the first
+            batch, and run only the image side per batch (:func:`owl_detect`; the first batch also
+            checks it against the plain forward on one image and a few labels, and falls back with a
+            logged note if it differs); ``False`` runs the plain forward, text tower included, on
+            every batch. Grounding DINO ignores it (its encoder fuses text with the image).
 
     Per-record drop counts (``record.drops``): ``detection_low_score``, ``detection_degenerate_box``,
     ``detection_nms``.
