@@ -443,6 +443,11 @@ class Scene:
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
     @cached_property
+    def xyxy_list(self) -> list[list[float]]:
+        """``xyxy`` as Python floats (per-pair code reads single values)."""
+        return self.xyxy.tolist()
+
+    @cached_property
     def x_center(self) -> np.ndarray:
         return (self.xyxy[:, 0] + self.xyxy[:, 2]) / 2
 
@@ -596,8 +601,8 @@ class Scene:
         """
         d = self.record.depth
         rec = self.record
-        b = self.xyxy
-        box = [max(b[near, 0], b[far, 0]), max(b[near, 1], b[far, 1]), min(b[near, 2], b[far, 2]), min(b[near, 3], b[far, 3])]
+        bn, bf = self.xyxy_list[near], self.xyxy_list[far]  # Python floats: cheaper than numpy scalars
+        box = [max(bn[0], bf[0]), max(bn[1], bf[1]), min(bn[2], bf[2]), min(bn[3], bf[3])]
         if box[2] <= box[0] or box[3] <= box[1]:
             return None
         sx, sy = d.width / rec.width, d.height / rec.height
@@ -606,8 +611,8 @@ class Scene:
         sign = 1.0 if d.kind == "depth" else -1.0  # compare in "depth order": larger = farther
         v, a, f = v * sign, a * sign, f * sign
         mid, gap = (a + f) / 2, f - a
-        near_side = int((v < mid).sum())
-        far_side = int(((v >= mid) & (v <= f + gap / 2)).sum())
+        near_side = int(np.count_nonzero(v < mid))
+        far_side = int(np.count_nonzero((v >= mid) & (v <= f + gap / 2)))
         if near_side + far_side < self.config.occlusion_min_pixels:
             return None
         return near_side >= self.config.occlusion_min_fraction * (near_side + far_side)
