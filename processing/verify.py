@@ -43,7 +43,6 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from functools import cached_property
 
 import numpy as np
 
@@ -355,6 +354,27 @@ def _region_values(depth: DepthMap, box: Sequence[float], max_samples: int) -> n
     return depth.values[rs, cs][depth.valid[rs, cs]]
 
 
+class _cached:
+    """``functools.cached_property`` without its lock: Python 3.11 takes one lock shared by every
+    instance on each first read, which shows at a dozen reads per record (Python 3.12 dropped the
+    lock too). A :class:`Scene` is used by the thread that built it (:func:`scene_for`'s cache is
+    thread-local); two threads reading one value first would at worst both compute it."""
+
+    def __init__(self, func) -> None:
+        self.func = func
+        self.attrname = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attrname = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.attrname] = self.func(instance)
+        return value
+
+
 # ----------------------------------------------------------------------------------------- scene
 @dataclass(eq=False)
 class Scene:
@@ -382,7 +402,7 @@ class Scene:
         self.exhaustive = {label: exhaustive is None or label in exhaustive for label in self.label_count}
 
     # -- per-object facts
-    @cached_property
+    @_cached
     def object_ok(self) -> dict[str, np.ndarray]:
         """Per-object results of the checks every object of a row must pass, in the order they run."""
         det, cfg = self.record.objects, self.config
@@ -393,24 +413,24 @@ class Scene:
             "min_box_area": self.area_frac >= cfg.min_box_area,
         }
 
-    @cached_property
+    @_cached
     def eligible(self) -> np.ndarray:
         """Objects that pass every per-object check (the only ones whose depth is computed)."""
         return np.logical_and.reduce(list(self.object_ok.values())) if self.n else np.zeros(0, bool)
 
-    @cached_property
+    @_cached
     def area_list(self) -> list[float]:
         """``area_frac`` as Python floats (rows read single values)."""
         return self.area_frac.tolist()
 
-    @cached_property
+    @_cached
     def row_box_ok(self) -> list[bool]:
         """Per object: its entry in a row's ``objects`` passes ``validate_row`` (a label, a bbox of 4
         ints in 0..1000 with x1 <= x2 and y1 <= y2); checked once per record, not once per row."""
         return [len(b) == 4 and all(type(v) is int and 0 <= v <= 1000 for v in b) and b[0] <= b[2] and b[1] <= b[3]
                 and bool(label) for b, label in zip(self.boxes, self.labels)]
 
-    @cached_property
+    @_cached
     def _all_eligible(self) -> bool:
         return bool(self.eligible.all())
 
@@ -428,7 +448,7 @@ class Scene:
                 ok &= ok_obj[np.asarray(idx, dtype=int)]
             sieve.check(name, ok, OBJECT_DROP_REASONS[name])
 
-    @cached_property
+    @_cached
     def _intersections(self) -> tuple[np.ndarray, np.ndarray]:
         """``(pairwise intersection areas, box areas)`` in pixels."""
         b = self.xyxy
@@ -436,25 +456,30 @@ class Scene:
         ih = np.maximum(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0)
         return iw * ih, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
 
-    @cached_property
+    @_cached
     def iou(self) -> np.ndarray:
         inter, area = self._intersections
         union = area[:, None] + area[None, :] - inter
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
-    @cached_property
+    @_cached
     def xyxy_list(self) -> list[list[float]]:
         """``xyxy`` as Python floats (per-pair code reads single values)."""
         return self.xyxy.tolist()
 
-    @cached_property
+    @_cached
     def x_center(self) -> np.ndarray:
         return (self.xyxy[:, 0] + self.xyxy[:, 2]) / 2
 
+    @_cached
+    def _x_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Left and right box edges as contiguous arrays (1-D gathers are cheaper than 2-D ones)."""
+        return self.xyxy[:, 0].copy(), self.xyxy[:, 2].copy()
+
     def box_gap(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Signed horizontal gap between boxes ``i`` and ``j`` / image width (< 0: they overlap in x)."""
-        b = self.xyxy
-        return np.maximum(b[j, 0] - b[i, 2], b[i, 0] - b[j, 2]) / self.record.width
+        x1, x2 = self._x_edges
+        return np.maximum(x1[j] - x2[i], x1[i] - x2[j]) / self.record.width
 
     def check_groups(self, sieve: Sieve, groups: Sequence[Sequence[int]], skip: tuple[str, ...] = ()) -> None:
         """Per-object checks on candidates made of variable-size groups of objects (all must pass)."""
@@ -481,7 +506,7 @@ class Scene:
         return self.labels[k].lower() in self.config.person_labels or det.facing[k] in ("toward_camera", "away_from_camera")
 
     # -- depth
-    @cached_property
+    @_cached
     def _overlaps(self) -> tuple[np.ndarray, np.ndarray]:
         """``(partial, contains)`` boolean matrices: row k lists boxes that overlap box k in part,
         and boxes that contain (>= 95 % of) box k, e.g. a table under a cup."""
@@ -534,7 +559,7 @@ class Scene:
             tail = whole.robust(*args, tail_quantile=cfg.span_quantile)[2]
         return values, mixed, tail
 
-    @cached_property
+    @_cached
     def _depth_and_mixed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.record.depth is None:
             return np.full(self.n, np.nan), np.zeros(self.n, dtype=bool), np.full(self.n, np.nan)
@@ -556,7 +581,7 @@ class Scene:
         """Per object, its nearest part: the ``span_quantile`` of its pixels in nearness order."""
         return self._depth_and_mixed[2]
 
-    @cached_property
+    @_cached
     def depth_alt(self) -> np.ndarray | None:
         alt = self.record.meta.get("depth_alt")
         if alt is None or not self.config.use_depth_alt:
@@ -565,7 +590,7 @@ class Scene:
             raise TypeError(f"{self.record.key}: meta['depth_alt'] must be a DepthMap, got {type(alt).__name__}")
         return self._depth_of(alt)[0]
 
-    @cached_property
+    @_cached
     def _range_values(self) -> tuple[float, float] | None:
         """The ``range_quantiles`` of the depth map (strided sample), or None for < 2 valid pixels."""
         d = self.record.depth
@@ -576,13 +601,13 @@ class Scene:
         lo, hi = self.config.range_quantiles
         return _quantile(v, lo), _quantile(v, hi)
 
-    @cached_property
+    @_cached
     def depth_range(self) -> float:
         """Robust spread of the depth map (``range_quantiles``), in its own units."""
         q = self._range_values
         return 0.0 if q is None else q[1] - q[0]
 
-    @cached_property
+    @_cached
     def inverse_floor(self) -> float:
         """Inverse depth of the image's far end (``range_quantiles``): for relative inverse depth,
         an upper bound on its unknown shift (nothing visible lies beyond infinity)."""
