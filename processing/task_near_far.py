@@ -35,8 +35,11 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     d = scene.depth
     di, dj = d[i], d[j]
     mixed = scene.depth_mixed
-    sieve.check("depth_valid", (np.isfinite(di) | mixed[i]) & (np.isfinite(dj) | mixed[j]), "depth_invalid")
-    sieve.check("depth_uniform", ~mixed[i] & ~mixed[j], "depth_mixed")
+    # Per-object flags first, then per pair (ten objects, not 45 pairs, go through each test).
+    has_value = np.isfinite(d) | mixed
+    uniform = ~mixed
+    sieve.check("depth_valid", has_value[i] & has_value[j], "depth_invalid")
+    sieve.check("depth_uniform", uniform[i] & uniform[j], "depth_mixed")
     with np.errstate(invalid="ignore", divide="ignore"):
         sieve.check("depth_positive", (di > 0) & (dj > 0), "depth_nonpositive")
         margin = 1.0 - np.minimum(di, dj) / np.maximum(di, dj)  # same for depth and 1 / depth

@@ -38,7 +38,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -416,7 +418,9 @@ class Scene:
     @_cached
     def eligible(self) -> np.ndarray:
         """Objects that pass every per-object check (the only ones whose depth is computed)."""
-        return np.logical_and.reduce(list(self.object_ok.values())) if self.n else np.zeros(0, bool)
+        if not self.n:
+            return np.zeros(0, bool)
+        return functools.reduce(operator.and_, self.object_ok.values())  # no 2-D stack of the flags
 
     @_cached
     def area_list(self) -> list[float]:
