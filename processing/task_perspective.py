@@ -34,7 +34,10 @@ from .verify import Sieve, VerifyConfig, scene_for
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
     det = record.objects
-    persons = [k for k in range(scene.n) if scene.is_person(k)]
+    # Scene.is_person, inlined (one pass over the labels, not a method call per box).
+    people, facing = config.person_labels, det.facing
+    persons = [k for k, label in enumerate(scene.labels)
+               if label.lower() in people or facing[k] in ("toward_camera", "away_from_camera")]
     if not persons:
         return Generated([], Counter())
     others = ~np.eye(scene.n, dtype=bool)[persons]  # (persons, n): every other box
@@ -43,10 +46,11 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     sieve = Sieve(len(per))
     scene.check_objects(sieve, per, obj)
     # Per-object facing flags, then per candidate (string comparisons on ten objects, not on every pair).
-    known, sideways, toward = (np.array([f == v for f in det.facing], dtype=bool)
-                               for v in ("unknown", "sideways", "toward_camera"))
-    sieve.check("facing_known", ~known[per], "facing_unknown")
-    sieve.check("facing", ~sideways[per], "facing_sideways")
+    known = np.array([f != "unknown" for f in facing], dtype=bool)
+    not_sideways = np.array([f != "sideways" for f in facing], dtype=bool)
+    toward = np.array([f == "toward_camera" for f in facing], dtype=bool)
+    sieve.check("facing_known", known[per], "facing_unknown")
+    sieve.check("facing", not_sideways[per], "facing_sideways")
     sieve.check("facing_confidence", det.facing_confidence[per] >= config.min_facing_confidence,
                 "facing_low_confidence")
     gap = scene.box_gap(obj, per)
@@ -87,12 +91,24 @@ def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray
     people and ``zo`` of the objects (``(variants, candidates)``; NaN fails)."""
     # Camera-frame ground-plane positions (focal length from an assumed, narrow field of view:
     # a narrow view under-states lateral offsets, which keeps the check conservative).
-    f = width / 2 / np.tan(np.radians(config.assumed_hfov_deg) / 2)
+    tan_half_fov, tan_yaw = _tangents(config.assumed_hfov_deg, config.perspective_max_yaw_deg)
+    f = width / 2 / tan_half_fov
     px, pz = (cxp - width / 2) / f * zp, zp
     ox, oz = (cxo - width / 2) / f * zo, zo
     norm = np.hypot(px, pz)
+    dx, dz = ox - px, oz - pz
     with np.errstate(invalid="ignore", divide="ignore"):
-        along = ((ox - px) * px + (oz - pz) * pz) / norm  # offset along the camera-person ray
-        across = np.abs((ox - px) * pz - (oz - pz) * px) / norm  # offset across it (the image's left/right)
-        tan_yaw = np.tan(np.radians(config.perspective_max_yaw_deg))
+        along = (dx * px + dz * pz) / norm  # offset along the camera-person ray
+        across = np.abs(dx * pz - dz * px) / norm  # offset across it (the image's left/right)
         return np.where(np.isfinite(zo) & np.isfinite(zp), across >= tan_yaw * np.abs(along), False)
+
+
+_TANGENTS: dict[tuple[float, float], tuple[np.floating, np.floating]] = {}
+
+
+def _tangents(hfov_deg: float, max_yaw_deg: float) -> tuple[np.floating, np.floating]:
+    """``tan(hfov / 2)`` and ``tan(max_yaw)`` (numpy scalars, as computed inline before), per config."""
+    key = (hfov_deg, max_yaw_deg)
+    if key not in _TANGENTS:
+        _TANGENTS[key] = (np.tan(np.radians(hfov_deg) / 2), np.tan(np.radians(max_yaw_deg)))
+    return _TANGENTS[key]
