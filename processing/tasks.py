@@ -400,9 +400,12 @@ class TaskStep(Step):
             cap = self.max_per_task.get(task)
             if cap is not None and len(candidates) > cap:
                 keep = np.sort(rng.choice(len(candidates), size=cap, replace=False)).tolist()
-                # drops + Counter(over_cap=...), without Counter.__add__'s cost: positive counts only
-                drops = Counter({reason: n for reason, n in drops.items() if n > 0})
-                drops["over_cap"] += len(candidates) - cap
+                over = len(candidates) - cap
+                if "over_cap" in drops:
+                    drops = drops + Counter({"over_cap": over})
+                else:  # the same Counter without Counter.__add__'s cost: positive counts, then over_cap
+                    drops = Counter({reason: n for reason, n in drops.items() if n > 0})
+                    drops["over_cap"] = over
                 candidates = [candidates[k] for k in keep]
             relation = task in RELATION_TASKS
             n_rows = 0
