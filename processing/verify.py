@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from ..builders.schema import BBOX_SCALE
 from .records import DepthMap, Record
 from .templates import display_label
 
@@ -431,8 +432,8 @@ class Scene:
     def row_box_ok(self) -> list[bool]:
         """Per object: its entry in a row's ``objects`` passes ``validate_row`` (a label, a bbox of 4
         ints in 0..1000 with x1 <= x2 and y1 <= y2); checked once per record, not once per row."""
-        return [len(b) == 4 and all(type(v) is int and 0 <= v <= 1000 for v in b) and b[0] <= b[2] and b[1] <= b[3]
-                and bool(label) for b, label in zip(self.boxes, self.labels)]
+        return [len(b) == 4 and all(type(v) is int and 0 <= v <= BBOX_SCALE for v in b)
+                and b[0] <= b[2] and b[1] <= b[3] and bool(label) for b, label in zip(self.boxes, self.labels)]
 
     @_cached
     def _all_eligible(self) -> bool:

@@ -74,12 +74,14 @@ def test_relation_rows_checked_as_validate_row_checks_them():
 
     tasks = ("near_far", "left_right")
     uncapped = dict.fromkeys(tasks, None)
-    good = TaskStep(tasks=tasks, max_per_task=uncapped, on_invalid_row="error").process(_relation_record(["cup", "vase", "box"]))
+    step = TaskStep(tasks=tasks, max_per_task=uncapped, on_invalid_row="error")
+    good = step.process(_relation_record(["cup", "vase", "box"]))
     assert len(good.rows) == 6
     for row in good.rows:
         validate_row(row)
     # An empty label breaks the schema: the rows that name it are refused with validate_row's message.
-    bad = TaskStep(tasks=tasks, max_per_task=uncapped, on_invalid_row="skip").process(_relation_record(["cup", "", "box"]))
+    step = TaskStep(tasks=tasks, max_per_task=uncapped, on_invalid_row="skip")
+    bad = step.process(_relation_record(["cup", "", "box"]))
     assert len(bad.rows) == 2 and all("" not in [o["label"] for o in row["objects"]] for row in bad.rows)
     assert bad.drops["near_far/invalid_row"] == 2 and bad.drops["left_right/invalid_row"] == 2
     with pytest.raises(ValueError, match=r"objects\[\d\]\.label is empty"):
