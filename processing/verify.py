@@ -719,4 +719,4 @@ class Sieve:
         return [name for name, applies in self._log if applies is None or applies[k]]
 
     def survivors(self) -> np.ndarray:
-        return np.flatnonzero(self.alive)
+        return self.alive.nonzero()[0]  # np.flatnonzero of a 1-D array, without its Python wrapper
