@@ -238,7 +238,8 @@ class _Samples:
         # arrays (a slice copy reads whole cache lines; a gather of scattered pixels is ~2x
         # slower). Padding holds the map's first pixel and is never kept.
         longest = max(sizes, default=0)
-        self.values = np.full((len(grids), longest), values.flat[0] if values.size else 0, dtype=values.dtype)
+        self.values = np.empty((len(grids), longest), dtype=values.dtype)
+        self.values.fill(values.flat[0] if values.size else 0)
         self.keep = np.zeros((len(grids), longest), dtype=bool)
         for k, (r0_, r1_, c0_, c1_, step_) in enumerate(grids):
             rows, cols = slice(r0_, r1_, step_), slice(c0_, c1_, step_)
@@ -281,7 +282,7 @@ class _Samples:
         size = self.size if rows is None else self.size[rows]
         count = keep.sum(axis=1)
         ok = (count > 0) & (count / size >= min_valid_fraction)
-        out, near, tail = np.full(len(values), np.nan), np.zeros(len(values)), np.full(len(values), np.nan)
+        out, near, tail = _nans(len(values)), np.zeros(len(values)), _nans(len(values))
         if not ok.any():
             return out, near, tail
         if not ok.all():
@@ -307,6 +308,13 @@ class _Samples:
         out[ok] = value
         near[ok] = np.where(value > 0, share, 0.0)
         return out, near, tail
+
+
+def _nans(n: int) -> np.ndarray:
+    """``np.full(n, np.nan)`` without its Python wrapper (called a few times per record)."""
+    out = np.empty(n)
+    out.fill(np.nan)
+    return out
 
 
 def _first_at(start: np.ndarray, step: np.ndarray, edge: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -556,7 +564,7 @@ class Scene:
             values[k], near[k] = value[0], near_k[0]
         mixed = np.isfinite(values) & (near > cfg.max_near_share)
         values[mixed] = np.nan
-        tail = np.full(self.n, np.nan)
+        tail = _nans(self.n)
         if span and self.n:
             # The whole box this time (an umbrella's canopy is in the border the inner box leaves
             # out), minus every box that overlaps it or that it contains: only its own pixels.
