@@ -16,7 +16,8 @@ Workers are processes started with ``spawn`` (safe with torch and threads) in a
 ``ProcessPoolExecutor``; ``workers=1`` runs in
 this process. Steps are built inside each worker by ``build()`` (a picklable callable, e.g.
 ``functools.partial(build_steps, config)``) once, so models load once per worker; the counters of
-every step are reset before each shard, so stats are per shard.
+every step are reset before each shard, so stats are per shard. A shard runs with the cycle
+collector tuned for many short-lived objects per record (:func:`~.base.steady_gc`).
 
 Example:
     >>> from functools import partial

@@ -14,8 +14,10 @@ Accounting, per record and task (so acceptance rates need no second pass):
   and rows written, with ``accepted + sum(drops of task) == considered``; the step sums both over
   all records in :attr:`TaskStep.considered` / :attr:`TaskStep.accepted`.
 
-Rows are checked with ``validate_row`` here, once (``on_invalid_row``); ``record.meta`` notes how
-many rows are validated so the Parquet writer does not check them again.
+Rows are checked against ``validate_row`` here, once (``on_invalid_row``); relation rows are checked
+on the parts they are built from (the scene's boxes and labels, the fact), and ``validate_row``
+itself names the problem when those do not vouch for a row. ``record.meta`` notes how many rows are
+validated so the Parquet writer does not check them again.
 
 Ambiguity policy: a question names objects by label ("the cup") only when the label has a single
 box and its annotation is exhaustive; otherwise it adds the box ("the cup at [x1, y1, x2, y2]",
