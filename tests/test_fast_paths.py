@@ -46,13 +46,15 @@ def test_steady_gc_restores_the_collector():
 
 
 def test_steady_gc_leaves_a_callers_freeze_alone():
+    # Freeze counts can shrink at any time (frozen objects are still freed by reference counting),
+    # so this checks what settle() does to an object made after the caller's freeze instead.
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
         with steady_gc() as settle:
+            fresh = [object()]
             settle()
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+            assert any(o is fresh for o in gc.get_objects()), "settle() froze objects the caller did not freeze"
+        assert gc.get_freeze_count() > 0, "the caller's freeze did not survive the block"
     finally:
         gc.unfreeze()
 
