@@ -161,7 +161,13 @@ class DepthMap:
         if self.kind not in ("depth", "inverse_depth"):
             raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {self.kind!r}")
         finite = np.isfinite(self.values)
-        self.valid = finite if self.valid is None else (np.asarray(self.valid, dtype=bool) & finite)
+        if self.valid is not None:
+            valid = np.asarray(self.valid, dtype=bool)
+            if valid.shape == finite.shape:  # AND into the fresh finite mask: one map-sized array less
+                np.logical_and(valid, finite, out=finite)
+            else:  # broadcasting (or a shape the check below refuses): the plain AND
+                finite = valid & finite
+        self.valid = finite
         if self.valid.shape != self.values.shape:
             raise ValueError(f"valid mask {self.valid.shape} does not match depth {self.values.shape}")
 
