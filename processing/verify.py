@@ -220,7 +220,7 @@ class _Samples:
         # The grid of every box with _grid_bounds's Python float ops, inlined (ten boxes: cheaper
         # than numpy calls, and than a function call per box).
         floor, ceil, sqrt = math.floor, math.ceil, math.sqrt
-        grids, sizes = [], []
+        grids, sizes, shapes = [], [], []
         for x1, y1, x2, y2 in boxes.tolist():
             dx, dy = (x2 - x1) * shrink, (y2 - y1) * shrink
             c0 = min(max(int(floor(x1 + dx)), 0), w - 1)
@@ -228,12 +228,14 @@ class _Samples:
             c1 = min(max(int(ceil(x2 - dx)), c0 + 1), w)
             r1 = min(max(int(ceil(y2 - dy)), r0 + 1), h)
             step = max(1, ceil(sqrt((c1 - c0) * (r1 - r0) / max_samples)))
+            nr, nc = -((r0 - r1) // step), -((c0 - c1) // step)  # grid rows and columns
             grids.append((r0, r1, c0, c1, step))
-            sizes.append(-((r0 - r1) // step) * -((c0 - c1) // step))
-        r0, r1, c0, c1, step = np.array(grids, dtype=np.int32).reshape(-1, 5).T
-        self.r0, self.c0, self.step = r0, c0, step
-        self.nr, self.nc = -((r0 - r1) // step), -((c0 - c1) // step)
-        self.size = self.nr * self.nc  # samples of each box's grid
+            shapes.append((r0, c0, step, nr, nc, nr * nc))
+            sizes.append(nr * nc)
+        # One int32 array of the per-box numbers (Python ints are exact: the same values as the
+        # int32 arithmetic on the bounds, without half a dozen numpy calls on ten-element arrays).
+        self.r0, self.c0, self.step, self.nr, self.nc, self.size = np.array(
+            shapes, dtype=np.int32).reshape(-1, 6).T
         # Each grid is a strided slice of the map: copied row-major into its row of the padded
         # arrays (a slice copy reads whole cache lines; a gather of scattered pixels is ~2x
         # slower). Padding holds the map's first pixel and is never kept.
