@@ -13,36 +13,29 @@ does have boxes is a contradiction and is dropped as ``absent_label_present``.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from .records import Record
 from .tasks import Candidate, Generated
-from .verify import Sieve, VerifyConfig, scene_for
+from .verify import VerifyConfig, label_groups, left_to_right, scene_for
 
 
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for k, label in enumerate(scene.labels):
-        by_label[label].append(k)
-    labels = sorted(by_label)
-    groups = [by_label[label] for label in labels]
-    sieve = Sieve(len(labels))
-    sieve.check("exhaustive", [scene.exhaustive[label] for label in labels], "not_exhaustive")
+    labels, groups, sieve = label_groups(scene)
     scene.check_groups(sieve, groups, skip=("min_box_area",))
     sieve.check("instance_count", [config.count_min <= len(g) <= config.count_max for g in groups],
                 "count_out_of_range")
     out = []
     for c in sieve.survivors():
-        boxes = sorted(groups[c], key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k))
-        out.append(Candidate(objects=tuple(boxes), form="plain", label=labels[c], count=len(boxes),
+        boxes = left_to_right(scene, groups[c])
+        out.append(Candidate(objects=boxes, form="plain", label=labels[c], count=len(boxes),
                              sieve=sieve, index=int(c)))
     drops = sieve.drops
     if config.count_zero:
+        present = set(labels)
         for label in sorted(record.meta.get("absent_labels") or ()):
-            if label in by_label:
+            if label in present:
                 drops["absent_label_present"] += 1
             else:
                 out.append(Candidate(objects=(), form="plain", label=label, count=0, checks=["absent_label"]))

@@ -9,29 +9,21 @@ right; ``objects`` are the same boxes in the same order.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
 from .records import Record
 from .tasks import Candidate, Generated
-from .verify import Sieve, VerifyConfig, scene_for
+from .verify import VerifyConfig, label_groups, left_to_right, scene_for
 
 
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for k, label in enumerate(scene.labels):
-        by_label[label].append(k)
-    labels = sorted(by_label)
-    groups = [by_label[label] for label in labels]
-    sieve = Sieve(len(labels))
-    sieve.check("exhaustive", [scene.exhaustive[label] for label in labels], "not_exhaustive")
+    labels, groups, sieve = label_groups(scene)
     scene.check_groups(sieve, groups)
     sieve.check("instance_count", [len(g) <= config.grounding_max_instances for g in groups], "too_many_instances")
     out = []
     for c in sieve.survivors():
-        boxes = sorted(groups[c], key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k))
+        boxes = left_to_right(scene, groups[c])
         form = "single" if len(boxes) == 1 else "multi"
-        out.append(Candidate(objects=tuple(boxes), form=form, label=labels[c], sieve=sieve, index=int(c)))
+        out.append(Candidate(objects=boxes, form=form, label=labels[c], sieve=sieve, index=int(c)))
     return Generated(out, sieve.drops)

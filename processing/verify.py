@@ -731,3 +731,20 @@ class Sieve:
 
     def survivors(self) -> np.ndarray:
         return self.alive.nonzero()[0]  # np.flatnonzero of a 1-D array, without its Python wrapper
+
+
+def label_groups(scene: Scene) -> tuple[list[str], list[list[int]], Sieve]:
+    """Per-label tasks (grounding, counting): the labels (sorted), each label's box indices, and a
+    :class:`Sieve` over the labels in which the ``exhaustive`` check has run."""
+    by_label: dict[str, list[int]] = {}
+    for k, label in enumerate(scene.labels):
+        by_label.setdefault(label, []).append(k)
+    labels = sorted(by_label)
+    sieve = Sieve(len(labels))
+    sieve.check("exhaustive", [scene.exhaustive[label] for label in labels], "not_exhaustive")
+    return labels, [by_label[label] for label in labels], sieve
+
+
+def left_to_right(scene: Scene, indices) -> tuple[int, ...]:
+    """Box indices ordered by left edge, then top edge, then index (the order answers list boxes in)."""
+    return tuple(sorted(indices, key=lambda k: (scene.boxes[k][0], scene.boxes[k][1], k)))
