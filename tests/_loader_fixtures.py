@@ -246,3 +246,11 @@ def corrupt(path: str, how: str) -> None:
             f.write(data[: len(data) * 2 // 3])
     else:
         raise ValueError(f"how must be zero_byte | not_image | truncated, got {how!r}")
+
+
+def train_split(builder, streaming: bool):
+    """The builder's train split in the mode under test (in memory: prepared first)."""
+    if streaming:
+        return builder.as_streaming_dataset(split="train")
+    builder.download_and_prepare()
+    return builder.as_dataset(split="train")

@@ -7,7 +7,7 @@ import os
 import datasets
 import numpy as np
 import pytest
-from _loader_fixtures import RECT_COLOR, make_dataset, make_jpeg, rows_for_image, write_shards, FixtureImage
+from _loader_fixtures import RECT_COLOR, make_dataset, make_jpeg, rows_for_image, train_split, write_shards, FixtureImage
 from datasets.distributed import split_dataset_by_node
 
 from spatialforge.builders.schema import ALL_CONFIG, COLUMNS, TASKS, denormalize_bbox
@@ -25,11 +25,7 @@ def _builder(fx, task, tmp_path, **kw):
 
 
 def _load(builder, streaming, decode=True):
-    if streaming:
-        ds = builder.as_streaming_dataset(split="train")
-    else:
-        builder.download_and_prepare()
-        ds = builder.as_dataset(split="train")
+    ds = train_split(builder, streaming)
     return list(ds if decode else ds.cast_column("image", datasets.Image(decode=False)))
 
 
@@ -192,11 +188,8 @@ def test_task_with_an_empty_shard_loads_as_an_empty_dataset(fx, tmp_path, stream
 
     folder = _empty_task_folder(tmp_path, fx)
     b = SpatialForge10M(config_name="perspective", annotations=folder, image_dirs=fx.image_dirs, cache_dir=str(tmp_path / "c"))
-    if streaming:
-        ds = b.as_streaming_dataset(split="train")
-    else:
-        b.download_and_prepare()
-        ds = b.as_dataset(split="train")
+    ds = train_split(b, streaming)
+    if not streaming:
         assert ds.num_rows == 0
     assert ds.features == features_with_image()
     assert list(ds) == []

@@ -6,7 +6,7 @@ import logging
 import os
 
 import pytest
-from _loader_fixtures import corrupt, make_dataset, make_jpeg, rows_for_image, write_shards, FixtureImage
+from _loader_fixtures import corrupt, make_dataset, make_jpeg, rows_for_image, train_split, write_shards, FixtureImage
 from typer.testing import CliRunner
 
 from spatialforge.builders.check import check_images
@@ -20,10 +20,7 @@ def _ids(rows):
 
 
 def _load(builder, streaming):
-    if streaming:
-        return list(builder.as_streaming_dataset(split="train").remove_columns("image"))
-    builder.download_and_prepare()
-    return list(builder.as_dataset(split="train").remove_columns("image"))
+    return list(train_split(builder, streaming).remove_columns("image"))
 
 
 # -- resolvers and the index ----------------------------------------------------------------------
@@ -518,11 +515,8 @@ def test_skip_that_drops_every_row_gives_an_empty_dataset(tmp_path, streaming, c
     b = SpatialForge10M(config_name="counting", annotations=fx.annotations, image_dirs=empty, on_missing_image="skip",
                         cache_dir=str(tmp_path / "c"))
     with caplog.at_level(logging.WARNING):
-        if streaming:
-            ds = b.as_streaming_dataset(split="train")
-        else:
-            b.download_and_prepare()
-            ds = b.as_dataset(split="train")
+        ds = train_split(b, streaming)
+        if not streaming:
             assert ds.num_rows == 0
     assert ds.features == features_with_image()
     assert list(ds) == []
