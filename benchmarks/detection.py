@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from models import PHOTO_SIZES, make_records, summary
+from models import PHOTO_SIZES, make_records, quiet_torch, summary
 
 
 def write_tokenizer(folder: str, prompts: list[str]):
@@ -101,17 +101,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    import transformers
-
+    quiet_torch(args.threads)
     from spatialforge.processing.detection import DetectionStep
     from spatialforge.processing.objects365_labels import OBJECTS365_PROMPTS
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "owlv2-base-patch16-random")

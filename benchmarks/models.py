@@ -115,6 +115,18 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} (IQR {q[0]:.3f}-{q[1]:.3f})"
 
 
+def quiet_torch(threads: int) -> None:
+    """Offline, quiet transformers; ``threads`` torch threads and a fixed seed."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="photos (mixed aspect ratios) measured")
@@ -123,16 +135,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    import transformers
-
+    quiet_torch(args.threads)
     from spatialforge.processing.depth_models import DepthModelStep
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "depth-anything-v2-small-random")
