@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from spatialforge.processing.demo import run_demo
+from spatialforge.processing.synth.demo import run_demo
 
 SCENES, SEED = 24, 0
 PINNED = {

@@ -1,0 +1,5 @@
+"""``python -m spatialforge.processing.cli``: the ``spatialforge`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,391 @@
+"""Run a pipeline over shards on one machine, resumably.
+
+The input (a reader's sorted items) is cut into ``num_shards`` contiguous shards; shard ``k`` always
+holds the same items and is written to files named after it, whatever the number of workers, so
+the output bytes do not depend on ``workers``. Each shard's run ends with a completion marker::
+
+    out/.spatialforge/run.json                  what was run (a rerun must match it)
+    out/.spatialforge/markers/shard-00003.json  that shard's stats; written after its Parquet files
+
+A killed run is rerun with the same command: shards with a marker are skipped, files of shards
+without one (half-written ``*.tmp*`` files, or Parquet files renamed before the kill) are removed
+and those shards run again. At the end, the markers' stats are merged into ``stats.json`` and the
+dataset card.
+
+Workers are processes started with ``spawn`` (safe with torch and threads) in a
+``ProcessPoolExecutor``; ``workers=1`` runs in
+this process. Steps are built inside each worker by ``build()`` (a picklable callable, e.g.
+``functools.partial(build_steps, config)``) once, so models load once per worker; the counters of
+every step are reset before each shard, so stats are per shard. A shard runs with the cycle
+collector tuned for many short-lived objects per record (:func:`~.base.steady_gc`).
+
+Example:
+    >>> from functools import partial
+    >>> executor = LocalExecutor(partial(build_steps, cfg), out_dir="out/", num_shards=8, workers=2)  # doctest: +SKIP
+    >>> stats = executor.run()                                                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..base import Step, StepStats, run_pipeline, steady_gc
+from ..output.parquet import TMP_SUFFIX, shard_name
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".spatialforge"
+MARKERS_DIR = "markers"
+RUN_FILE = "run.json"
+_COUNTERS = ("objects_dropped", "notes", "rows_per_task", "candidate_drops")  # per-shard counters of steps
+_PROGRESS_EVERY = 0.5  # seconds between progress messages from a worker
+
+
+class ShardFailed(RuntimeError):
+    """A shard's steps raised (the cause is chained) or its worker process died."""
+
+    def __init__(self, shard: int, err: BaseException) -> None:
+        super().__init__(f"shard {shard} failed: {err!r}")
+        self.shard = shard
+
+
+def marker_path(out_dir: str | os.PathLike, shard: int) -> Path:
+    return Path(out_dir) / STATE_DIR / MARKERS_DIR / f"shard-{shard:05d}.json"
+
+
+def _reset(step: Step) -> None:
+    step.stats = StepStats(step.name)
+    for attr in _COUNTERS:
+        if isinstance(getattr(step, attr, None), Counter):
+            setattr(step, attr, Counter())
+    if isinstance(getattr(step, "written", None), list):
+        step.written = []
+
+
+def step_report(step: Step) -> dict[str, Any]:
+    """A step's stats as a dict, with its extra counters (objects dropped, notes) when it has them."""
+    out = step.stats.to_dict()
+    for attr in ("objects_dropped", "notes"):
+        counter = getattr(step, attr, None)
+        if counter:
+            out[attr] = dict(sorted(counter.items()))
+    return out
+
+
+def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_shards: int, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run ``steps`` on one shard, write its marker, return its stats."""
+    for step in steps:
+        _reset(step)
+    start = time.perf_counter()
+    n = 0
+    no_objects = 0
+    # The collector tuned for many short-lived objects per record (see steady_gc: same output).
+    with steady_gc() as settle:
+        for record in run_pipeline(steps, [], rank=shard, world_size=num_shards):
+            n += 1
+            if n == 1:
+                settle()  # every step has set up by now (models loaded): freeze that too
+            no_objects += not len(record.objects)
+            if progress is not None:
+                progress(1)
+    rows: Counter = Counter()
+    drops: Counter = Counter()
+    for step in steps:
+        rows.update(getattr(step, "rows_per_task", {}) or {})
+        drops.update(getattr(step, "candidate_drops", {}) or {})
+    stats = {
+        "shard": shard,
+        "num_shards": num_shards,
+        "records_in": steps[0].stats.records_in if steps else 0,
+        "records_out": n,
+        "no_objects": no_objects,  # records that reached the end without a single box
+        "rows_per_task": dict(sorted(rows.items())),
+        "candidate_drops": dict(sorted(drops.items())),
+        "steps": [step_report(s) for s in steps],
+        "seconds": round(time.perf_counter() - start, 6),
+    }
+    _atomic_json(marker_path(out_dir, shard), stats)
+    return stats
+
+
+def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum per-shard stats (counts, timings, drop reasons; steps matched by position)."""
+    out: dict[str, Any] = {"num_shards": 0, "records_in": 0, "records_out": 0, "no_objects": 0, "seconds": 0.0}
+    rows: Counter = Counter()
+    drops: Counter = Counter()
+    steps: list[dict[str, Any]] = []
+    for s in sorted(shards, key=lambda s: s["shard"]):
+        out["num_shards"] = s["num_shards"]
+        out["records_in"] += s["records_in"]
+        out["records_out"] += s["records_out"]
+        out["no_objects"] += s.get("no_objects", 0)
+        out["seconds"] += s["seconds"]
+        rows.update(s["rows_per_task"])
+        drops.update(s["candidate_drops"])
+        for i, step in enumerate(s["steps"]):
+            if i == len(steps):
+                steps.append({"name": step["name"], "records_in": 0, "records_out": 0, "seconds": 0.0})
+            merged = steps[i]
+            for key in ("records_in", "records_out", "seconds"):
+                merged[key] += step[key]
+            for key in ("dropped", "objects_dropped", "notes"):
+                if step.get(key):
+                    merged[key] = dict(sorted((Counter(merged.get(key, {})) + Counter(step[key])).items()))
+    for step in steps:
+        step["seconds"] = round(step["seconds"], 6)
+        step.setdefault("dropped", {})
+    out["seconds"] = round(out["seconds"], 6)
+    out["shards_done"] = len(shards)
+    out["rows_per_task"] = dict(sorted(rows.items()))
+    out["rows_total"] = sum(rows.values())
+    out["candidate_drops"] = dict(sorted(drops.items()))
+    out["steps"] = steps
+    return out
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _diff(old: Any, new: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two JSON-like dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in old or k not in new:
+                out.append((sub, old.get(k, _ABSENT), new.get(k, _ABSENT)))
+            else:
+                out += _diff(old[k], new[k], sub)
+        return out
+    return [] if old == new else [(key, old, new)]
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _watch_parent(parent: int) -> None:
+    # A SIGKILLed parent cannot stop its pool: without this, orphans would keep writing while a
+    # resumed run works on the same shards.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(progress_queue, parent: int) -> None:
+    _worker["queue"] = progress_queue
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _worker_shard(build: Callable[[], list[Step]], out_dir: str, shard: int, num_shards: int) -> dict[str, Any]:
+    if "steps" not in _worker:
+        _worker["steps"] = build()  # once per worker: models load once
+    q = _worker["queue"]
+    pending = [0, time.monotonic()]
+
+    def progress(n: int) -> None:
+        pending[0] += n
+        if time.monotonic() - pending[1] > _PROGRESS_EVERY:
+            q.put(pending[0])
+            pending[0], pending[1] = 0, time.monotonic()
+
+    stats = run_shard(_worker["steps"], out_dir, shard, num_shards, progress)
+    if pending[0]:
+        q.put(pending[0])
+    return stats
+
+
+class LocalExecutor:
+    """Run a pipeline over ``num_shards`` shards with ``workers`` processes; resumable.
+
+    Args:
+        build: picklable callable returning the list of steps (reader first, writer last).
+        out_dir: dataset folder (``data/``, ``README.md``, ``stats.json``, ``.spatialforge/``).
+        num_shards: how the input is cut (fixes the output files; independent of ``workers``).
+        workers: processes; 1 runs in this process.
+        fingerprint: JSON-able description of the run (e.g. the config); a rerun into the same
+            ``out_dir`` must match it, or fail instead of mixing two different runs.
+        overwrite: start from scratch, deleting a previous run's output in ``out_dir``.
+        finalize: callable ``(out_dir, merged_stats) -> None`` run at the end (e.g. ``write_card``).
+        progress: show tqdm progress bars.
+        prepare: callable run once in this process before any shard, when shards are left to do
+            (e.g. converting the annotations once instead of in every worker).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], list[Step]],
+        out_dir: str | os.PathLike,
+        num_shards: int = 1,
+        workers: int = 1,
+        fingerprint: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        finalize: Callable[[Path, dict[str, Any]], None] | None = None,
+        progress: bool = True,
+        start_method: str = "spawn",
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.build = build
+        self.out_dir = Path(out_dir)
+        self.num_shards = num_shards
+        self.workers = workers
+        self.fingerprint = dict(fingerprint or {})
+        self.overwrite = overwrite
+        self.finalize = finalize
+        self.progress = progress
+        self.start_method = start_method
+        self.prepare = prepare
+
+    # -- state -----------------------------------------------------------------------------------
+    def _prepare(self) -> list[int]:
+        """Check or record the run description; return the shards still to do, cleaned up."""
+        state = self.out_dir / STATE_DIR
+        run_file = state / RUN_FILE
+        want = {"num_shards": self.num_shards, "fingerprint": self.fingerprint}
+        if self.overwrite:
+            for name in ("data", STATE_DIR):
+                shutil.rmtree(self.out_dir / name, ignore_errors=True)
+            for name in ("README.md", "stats.json"):
+                (self.out_dir / name).unlink(missing_ok=True)
+        if run_file.is_file():
+            have = json.loads(run_file.read_text(encoding="utf-8"))
+            want_json = json.loads(json.dumps(want))
+            if have != want_json:
+                old = {"num_shards": have.get("num_shards"), **have.get("fingerprint", {})}
+                new = {"num_shards": self.num_shards, **want_json["fingerprint"]}
+                changes = "; ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in _diff(old, new))
+                raise ValueError(
+                    f"{str(self.out_dir)!r} holds a run with other settings or inputs, so it cannot be resumed. "
+                    f"Changed (that run -> this run): {changes}. Pass --overwrite (overwrite=True) to start "
+                    "again, or use another output folder."
+                )
+        else:
+            _atomic_json(run_file, want)
+        done = {s for s in range(self.num_shards) if marker_path(self.out_dir, s).is_file()}
+        todo = [s for s in range(self.num_shards) if s not in done]
+        if done:
+            logger.info("resuming: %d of %d shards already done", len(done), self.num_shards)
+        self._clean(todo)
+        return todo
+
+    def _clean(self, shards: list[int]) -> None:
+        """Remove files of unfinished shards (tmp files, or renamed files of a shard killed before its marker)."""
+        data = self.out_dir / "data"
+        names = {shard_name(s, self.num_shards) for s in shards}
+        if data.is_dir():
+            for path in sorted(data.glob("*/*")):
+                base = path.name.split(".parquet")[0]
+                if base in names and (path.name.endswith(".parquet") or TMP_SUFFIX in path.name):
+                    path.unlink()
+        markers = self.out_dir / STATE_DIR / MARKERS_DIR
+        if markers.is_dir():
+            for path in markers.glob("*.tmp-*"):
+                path.unlink()
+
+    def shard_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for s in range(self.num_shards):
+            path = marker_path(self.out_dir, s)
+            if path.is_file():
+                out.append(json.loads(path.read_text(encoding="utf-8")))
+        return out
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the shards that are not done; return the merged stats of all shards."""
+        todo = self._prepare()
+        if todo:
+            from tqdm.auto import tqdm
+
+            if self.prepare is not None:
+                self.prepare()
+            shard_bar = tqdm(total=self.num_shards, initial=self.num_shards - len(todo), desc="shards", unit="shard", disable=not self.progress)
+            record_bar = tqdm(desc="images", unit="img", disable=not self.progress)
+            try:
+                if self.workers == 1 or len(todo) == 1:
+                    self._run_here(todo, shard_bar, record_bar)
+                else:
+                    self._run_pool(todo, shard_bar, record_bar)
+            finally:
+                record_bar.close()
+                shard_bar.close()
+        stats = merge_stats(self.shard_stats())
+        if self.fingerprint:
+            stats["config"] = self.fingerprint
+        if self.finalize is not None:
+            self.finalize(self.out_dir, stats)
+        return stats
+
+    def _run_here(self, todo: list[int], shard_bar, record_bar) -> None:
+        steps = self.build()
+        for shard in todo:
+            try:
+                stats = run_shard(steps, self.out_dir, shard, self.num_shards, record_bar.update)
+            except Exception as err:
+                raise ShardFailed(shard, err) from err
+            shard_bar.update(1)
+            shard_bar.set_postfix(rows=sum(stats["rows_per_task"].values()))
+
+    def _run_pool(self, todo: list[int], shard_bar, record_bar) -> None:
+        # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by the OOM killer raises
+        # BrokenProcessPool here instead of leaving its shard (and this loop) waiting forever.
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = mp.get_context(self.start_method)
+        progress_queue = ctx.Queue()
+
+        def drain() -> None:
+            while True:
+                try:
+                    record_bar.update(progress_queue.get_nowait())
+                except queue_mod.Empty:
+                    return
+
+        processes = min(self.workers, len(todo))
+        with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, os.getpid())) as pool:
+            futures = {pool.submit(_worker_shard, self.build, str(self.out_dir), shard, self.num_shards): shard for shard in todo}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                    drain()
+                    for future in done:
+                        try:
+                            stats = future.result()
+                        except Exception as err:
+                            raise ShardFailed(futures[future], err) from err
+                        shard_bar.update(1)
+                        shard_bar.set_postfix(last_rows=sum(stats["rows_per_task"].values()))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            drain()

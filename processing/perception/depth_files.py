@@ -1,0 +1,151 @@
+"""Depth read from files (sensor or precomputed depth) as a pipeline step.
+
+For users with RGB-D data, or depth computed elsewhere. Files live flat in ``depth_dir`` and are
+named after the image: ``<depth_dir>/<image_id>.npy`` or ``<depth_dir>/<image file stem>.npy``
+(``.png`` likewise; the image id is tried first so nested folder ids like ``kitchen/0001`` work).
+
+* ``.npy``: a 2-D float array. ``kind="depth"``: meters, larger = farther, values <= 0 or non-finite
+  are holes. ``kind="inverse_depth"``: disparity, larger = nearer, non-finite values are holes.
+* ``.png``: 16-bit. ``kind="depth"``: millimeters (the Kinect / RealSense / NYU convention), read
+  as meters; ``kind="inverse_depth"``: the stored integers are the disparity. 0 is a hole in both.
+  8-bit PNGs are refused (``depth_png_not_16bit``): 256 levels cannot order objects reliably.
+
+A map whose size differs from the record's (EXIF-transposed) grid is resized with nearest-neighbour
+sampling (holes stay holes, no invented depth between objects; note ``depth_resized``) when the
+aspect ratio agrees within 2 %; otherwise the record is dropped (``depth_aspect_mismatch``): a
+transposed or cropped map would give wrong depth for every box. A missing file drops the record
+(``missing_depth``). Every drop is counted in ``step.stats.dropped``.
+
+Example:
+    >>> step = DepthFromFiles("depth/", kind="depth")   # doctest: +SKIP
+    >>> record = step.process(record)                  # doctest: +SKIP
+    >>> record.depth.kind, record.depth.metric         # doctest: +SKIP
+    ('depth', True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..base import Step
+from ..readers import ASPECT_TOLERANCE, POLICIES, BadInputError, Policy
+from ..records import DepthKind, DepthMap, Record
+
+logger = logging.getLogger(__name__)
+
+
+def resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array (pixel centres map to pixel centres)."""
+    h, w = values.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return values[rows[:, None], cols[None, :]]
+
+
+def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple[np.ndarray, np.ndarray]:
+    """``(values, valid)`` of a ``.npy`` (float) or 16-bit ``.png`` depth file (see module docstring)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        values = np.load(path, allow_pickle=False)
+        if values.ndim == 3 and values.shape[-1] == 1:
+            values = values[..., 0]
+        if values.ndim != 2:
+            raise BadInputError(f"depth file {str(path)!r} must hold a 2-D array, got shape {values.shape}")
+        values = values.astype(np.float32)
+        valid = np.isfinite(values)
+        if kind == "depth":
+            valid &= values > 0
+        return values, valid
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise BadInputError(f"depth PNG {str(path)!r} must be 16-bit, got mode {im.mode!r}")
+        raw = np.asarray(im).astype(np.float32)
+    valid = raw > 0
+    values = raw / 1000.0 if kind == "depth" else raw
+    return values.astype(np.float32), valid
+
+
+class DepthFromFiles(Step):
+    """Attach ``record.depth`` from ``<depth_dir>/<stem>.npy`` or ``.png`` (see module docstring).
+
+    Args:
+        depth_dir: folder of depth files.
+        kind: ``"depth"`` (larger = farther; meters) or ``"inverse_depth"`` (larger = nearer).
+        on_bad_input: unreadable or ill-shaped files: ``"skip"`` (drop the record, counted),
+            ``"warn"`` (also log) or ``"error"`` (raise). Missing files are always a counted drop
+            under skip/warn.
+    """
+
+    name = "depth_files"
+
+    def __init__(self, depth_dir: str | os.PathLike, kind: DepthKind = "depth", on_bad_input: Policy = "skip") -> None:
+        super().__init__()
+        if kind not in ("depth", "inverse_depth"):
+            raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {kind!r}")
+        if on_bad_input not in POLICIES:
+            raise ValueError(f"on_bad_input must be one of {POLICIES}, got {on_bad_input!r}")
+        self.depth_dir = Path(depth_dir)
+        if not self.depth_dir.is_dir():
+            raise ValueError(f"depth_dir {str(self.depth_dir)!r} is not a folder")
+        self.kind = kind
+        self.on_bad_input = on_bad_input
+        self.notes: Counter = Counter()
+
+    def find(self, record: Record) -> Path | None:
+        stems = [record.image_id]
+        if record.image_path:
+            stems.append(Path(record.image_path).stem)
+        for stem in dict.fromkeys(stems):
+            for ext in (".npy", ".png"):
+                candidate = self.depth_dir / f"{stem}{ext}"
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    def _drop(self, reason: str, message: str) -> None:
+        if self.on_bad_input == "error":
+            raise BadInputError(f"{message} [{reason}]")
+        self.count(reason)
+        if self.on_bad_input == "warn":
+            logger.warning("%s [%s]", message, reason)
+
+    def process(self, record: Record) -> Record | None:
+        path = self.find(record)
+        if path is None:
+            self._drop("missing_depth", f"{record.key}: no {record.image_id}.npy/.png in {str(self.depth_dir)!r}")
+            return None
+        try:
+            values, valid = load_depth_file(path, self.kind)
+        except BadInputError as err:
+            reason = "depth_png_not_16bit" if "16-bit" in str(err) else "depth_malformed"
+            self._drop(reason, f"{record.key}: {err}")
+            return None
+        except (OSError, ValueError) as err:  # truncated / corrupt files
+            self._drop("depth_unreadable", f"{record.key}: cannot read {str(path)!r}: {err}")
+            return None
+        h, w = values.shape
+        if (h, w) != (record.height, record.width):
+            if abs(w / h - record.width / record.height) > ASPECT_TOLERANCE * (record.width / record.height):
+                self._drop(
+                    "depth_aspect_mismatch",
+                    f"{record.key}: depth {w}x{h} has another aspect ratio than the image {record.width}x{record.height}",
+                )
+                return None
+            values = resize_nearest(values, record.height, record.width)
+            valid = resize_nearest(valid, record.height, record.width)
+            self.notes["depth_resized"] += 1
+        record.depth = DepthMap(
+            values=values,
+            kind=self.kind,
+            valid=valid,
+            source=f"file:{self.kind}",
+            metric=self.kind == "depth",
+        )
+        return record

@@ -1,0 +1,137 @@
+"""Image headers and the EXIF transform: the pixel grid every box lands on."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference still treated as "the same image, resized"
+_EXIF_ORIENTATION = 0x0112
+
+# Image headers and the EXIF transform
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """Size of an image file without decoding it: raw (stored) and EXIF-transposed."""
+
+    raw_width: int
+    raw_height: int
+    orientation: int = 1
+
+    @property
+    def swaps_axes(self) -> bool:
+        return self.orientation in (5, 6, 7, 8)
+
+    @property
+    def width(self) -> int:
+        return self.raw_height if self.swaps_axes else self.raw_width
+
+    @property
+    def height(self) -> int:
+        return self.raw_width if self.swaps_axes else self.raw_height
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """Open ``path`` lazily (header and EXIF only) and return its sizes and EXIF orientation."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        width, height = im.size
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation not in range(1, 9):
+        orientation = 1  # out-of-spec values are ignored by exif_transpose too
+    return ImageHeader(width, height, int(orientation))
+
+
+def exif_transform_points(xy: np.ndarray, orientation: int, raw_width: float, raw_height: float) -> np.ndarray:
+    """Map points ``(..., 2)`` from the raw grid to the grid ``ImageOps.exif_transpose`` gives.
+
+    Works on continuous coordinates (pixel edges), so box corners map exactly.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    x, y = xy[..., 0], xy[..., 1]
+    w, h = raw_width, raw_height
+    mapping = {
+        1: (x, y),
+        2: (w - x, y),  # FLIP_LEFT_RIGHT
+        3: (w - x, h - y),  # ROTATE_180
+        4: (x, h - y),  # FLIP_TOP_BOTTOM
+        5: (y, x),  # TRANSPOSE
+        6: (h - y, x),  # ROTATE_270 (90 degrees clockwise)
+        7: (h - y, w - x),  # TRANSVERSE
+        8: (y, w - x),  # ROTATE_90 (90 degrees counter-clockwise)
+    }
+    if orientation not in mapping:
+        raise ValueError(f"EXIF orientation must be 1..8, got {orientation!r}")
+    nx, ny = mapping[orientation]
+    return np.stack([nx, ny], axis=-1)
+
+
+def transform_boxes(xyxy: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply a point transform to ``(N, 4)`` boxes, returning axis-aligned ``x1<=x2, y1<=y2`` boxes."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    a = fn(xyxy[:, 0:2])
+    b = fn(xyxy[:, 2:4])
+    return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=1)
+
+
+def _same_aspect(w1: float, h1: float, w2: float, h2: float) -> bool:
+    r1, r2 = w1 / h1, w2 / h2
+    return abs(r1 - r2) <= ASPECT_TOLERANCE * r2
+
+
+class ImageIndex:
+    """Find image files under a root: by relative path (any suffix of it), else by file stem.
+
+    The stem index (one ``os.walk``, sorted) is built only when a direct lookup fails, so datasets
+    laid out as their annotations say cost nothing extra.
+    """
+
+    def __init__(self, root: str | os.PathLike | None) -> None:
+        self.root = Path(root) if root is not None else None
+        self._by_stem: dict[str, str] | None = None
+
+    def _stems(self) -> dict[str, str]:
+        if self._by_stem is None:
+            index: dict[str, str] = {}
+            if self.root is not None and self.root.is_dir():
+                for dirpath, dirnames, filenames in os.walk(self.root):
+                    dirnames.sort()
+                    for name in sorted(filenames):
+                        if name.startswith("."):
+                            continue
+                        p = Path(name)
+                        suffix = p.suffix.lower()
+                        # Pixmo images are often named by their sha256 with no extension.
+                        stem = p.stem if suffix in IMAGE_EXTENSIONS else name
+                        index.setdefault(stem, os.path.join(dirpath, name))
+            self._by_stem = index
+            logger.debug("indexed %d image files under %s", len(index), self.root)
+        return self._by_stem
+
+    def find(self, relpath: str | None = None, stem: str | None = None) -> str | None:
+        if self.root is None:
+            return None
+        if relpath:
+            parts = Path(relpath).parts
+            # "images/v2/patch16/x.jpg" is found under root "images/v2", "images", or the patch dir.
+            for i in range(len(parts)):
+                candidate = self.root.joinpath(*parts[i:])
+                if candidate.is_file():
+                    return str(candidate)
+        if stem:
+            for ext in ("", ".jpg", ".jpeg", ".png"):
+                candidate = self.root / f"{stem}{ext}"
+                if candidate.is_file():
+                    return str(candidate)
+            return self._stems().get(stem)
+        return None
