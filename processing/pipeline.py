@@ -237,7 +237,7 @@ def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:
 
 
 def verify_config(cfg: GenerateConfig) -> Any:
-    """The :class:`~.verify.VerifyConfig` of ``cfg``."""
+    """The :class:`~.tasks.verify.VerifyConfig` of ``cfg``."""
     from .tasks.verify import VerifyConfig
 
     return VerifyConfig(ground_contact=cfg.ground_contact)

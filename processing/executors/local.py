@@ -17,7 +17,7 @@ Workers are processes started with ``spawn`` (safe with torch and threads) in a
 this process. Steps are built inside each worker by ``build()`` (a picklable callable, e.g.
 ``functools.partial(build_steps, config)``) once, so models load once per worker; the counters of
 every step are reset before each shard, so stats are per shard. A shard runs with the cycle
-collector tuned for many short-lived objects per record (:func:`~.base.steady_gc`).
+collector tuned for many short-lived objects per record (:func:`~spatialforge.processing.base.steady_gc`).
 
 Example:
     >>> from functools import partial

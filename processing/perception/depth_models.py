@@ -2,7 +2,7 @@
 
 :class:`DepthModelStep` loads a depth model once per worker (``AutoModelForDepthEstimation`` +
 ``AutoImageProcessor``: Depth Anything V2 relative / metric, DPT, Depth Pro, ZoeDepth, GLPN),
-runs batches under ``torch.inference_mode()`` and writes a :class:`~.records.DepthMap` on each
+runs batches under ``torch.inference_mode()`` and writes a :class:`~spatialforge.processing.records.DepthMap` on each
 record's EXIF-transposed pixel grid.
 
 The output convention is read from the model's config, because getting it wrong silently flips

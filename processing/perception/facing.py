@@ -174,7 +174,7 @@ def _clip01(x: float) -> float:
 
 def person_labels_of(labels: Sequence[str] | None = None) -> frozenset[str]:
     """Lower-cased person labels; ``None``: the ones the perspective task treats as people
-    (:attr:`~.verify.VerifyConfig.person_labels`: person, man, woman, boy, girl, child), so that
+    (:attr:`~spatialforge.processing.tasks.verify.VerifyConfig.person_labels`: person, man, woman, boy, girl, child), so that
     every box that task may ask about gets a facing."""
     if labels is None:
         from ..tasks.verify import VerifyConfig

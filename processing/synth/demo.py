@@ -2,7 +2,7 @@
 
 What it does, all offline and in a few tens of seconds on 2 cores:
 
-1. renders ``scenes`` synthetic scenes (:mod:`.synth`) and writes them as an Objects365 v2
+1. renders ``scenes`` synthetic scenes (:mod:`.scenes`) and writes them as an Objects365 v2
    download (JPEGs in ``images/train/patchN/``, a COCO-style JSON with person keypoints), with
    the exact metric depth of every image as ``depth/<stem>.npy`` and the truth as ``truth.json``;
 2. writes a second depth folder that errs the way monocular models do (global scale and shift in

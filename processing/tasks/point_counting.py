@@ -3,13 +3,13 @@
 Pixmo-points rows point at every instance of a label in an image (the annotation is an exhaustive
 count by design), so the number of points of a label is its count even though there are no boxes.
 :class:`PointCounting` reads ``record.meta["point_counts"]`` (``{label: number of points}``, set by
-:class:`~.readers.PixmoReader`) and appends one counting row per label whose count is in
+:class:`~spatialforge.processing.readers.PixmoReader`) and appends one counting row per label whose count is in
 ``[count_min, count_max]`` of the :class:`~.verify.VerifyConfig` (0 only with ``count_zero``),
 phrased with the counting templates. ``objects`` is empty (points are not boxes) and ``count`` is
 set; the row's verification has ``checks=["point_count"]`` and ``box_source="points"``.
 
 Row ids and random choices follow the task step's scheme: ``make_id(source, image_id, "counting", k)``
-(``k`` continues after counting rows the record already has) and :func:`~.tasks.task_rng` of
+(``k`` continues after counting rows the record already has) and :func:`~.step.task_rng` of
 ``(seed, source, image_id, "counting")``. Drops are counted in ``record.drops`` as
 ``counting/count_out_of_range`` and ``counting/over_cap`` (more labels than the per-image cap).
 

@@ -1,6 +1,6 @@
 """The six task generators behind one pipeline step, and how their candidates become rows.
 
-A task is a small module ``task_<name>.py`` with one function,
+A task is a small module ``tasks/<name>.py`` with one function,
 ``generate(record, rng, config) -> Generated``: the candidates that passed every check of
 :mod:`.verify` plus a ``Counter`` of dropped candidates by reason. Everything shared lives here:
 phrasing (:mod:`.templates`), answer balancing, object order, the verification struct, ids.
@@ -145,7 +145,7 @@ _GENERATORS: dict[str, Generator] = {}
 
 
 def generator(task: str) -> Generator:
-    """The ``generate`` function of ``task`` (module ``task_<task>``)."""
+    """The ``generate`` function of ``task`` (module ``tasks/<task>.py``)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task not in _GENERATORS:
