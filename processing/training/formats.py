@@ -60,6 +60,7 @@ class ModelFamily:
     factor: int = 28
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
+    rephrase: tuple[tuple[str, str], ...] = ()  # (stored phrase, family phrase), e.g. the scale a template names
 
 
 # The Qwen2.5-VL processor resizes with transformers' ``smart_resize`` (image_processing_qwen2_vl):
@@ -69,7 +70,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in (
         ModelFamily("qwen3-vl", "relative", "[{x1}, {y1}, {x2}, {y2}]"),
-        ModelFamily("qwen2.5-vl", "resized_pixels", "[{x1}, {y1}, {x2}, {y2}]"),
+        ModelFamily("qwen2.5-vl", "resized_pixels", "[{x1}, {y1}, {x2}, {y2}]", rephrase=(("on a 0-1000 scale", "in pixels"),)),
         ModelFamily(
             "qwen2-vl",
             "relative",
@@ -179,7 +180,10 @@ def _family_text(row: Mapping, text: str, family: ModelFamily, grid: tuple[int, 
             )
         return family.box.format(**_box_slots(convert_box(box, grid)))
 
-    return STORED_BOX.sub(repl, text)
+    text = STORED_BOX.sub(repl, text)
+    for stored, phrase in family.rephrase:
+        text = text.replace(stored, phrase)
+    return text
 
 
 def grounding_answer(objects: Sequence[Mapping], family: ModelFamily, grid: tuple[int, int]) -> str:
