@@ -226,6 +226,9 @@ class Resolver:
     """
 
     kind = "generic"
+    # The shape of this source's image ids (full match of a file's key), for telling a file's source
+    # from its name alone (chat-format annotations name image files, not sources); None: any name.
+    id_pattern: str | None = None
     extensions: frozenset[str] = IMAGE_EXTS
     allow_no_extension = True  # ``{image_id}.*`` or a bare ``{image_id}``
     skip_dirs: frozenset[str] = frozenset({".git", "__pycache__", ".cache"})
@@ -551,6 +554,7 @@ class Objects365Resolver(Resolver):
     """Objects365 v1/v2: ``{train,val}/patch*/objects365_v2_00908726.jpg``; image_id = file stem."""
 
     kind = "objects365"
+    id_pattern = r"objects365_v\d+_\d+"
     allow_no_extension = False
 
 
@@ -558,6 +562,7 @@ class OpenImagesResolver(Resolver):
     """OpenImages: ``<split>/<ImageID>.jpg``, FiftyOne ``open-images-v7/<split>/data/<ImageID>.jpg`` or flat."""
 
     kind = "openimages"
+    id_pattern = r"[0-9a-f]{16}"  # ImageID
     allow_no_extension = False
     skip_dirs = Resolver.skip_dirs | {"labels", "metadata"}  # FiftyOne zoo side folders (CSV/JSON)
 
@@ -566,6 +571,7 @@ class PixmoResolver(Resolver):
     """Pixmo: files named by the image's sha256, with any image extension or none."""
 
     kind = "pixmo"
+    id_pattern = r"[0-9a-f]{64}"  # sha256 of the image bytes
     allow_no_extension = True
 
 
