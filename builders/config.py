@@ -48,6 +48,10 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     check_threads: int = 8
     # Folder of the persistent image indexes; None = $SPATIALFORGE_CACHE/index (~/.cache/spatialforge/index).
     index_dir: str | None = None
+    # Chat-format annotations (LLaVA / InternVL / LLaMA-Factory / ms-swift / Qwen-VL files): the folder
+    # their relative image paths are under, and the model family whose box values their text holds.
+    media_root: str | None = None
+    model_family: str = "qwen3-vl"
 
     def __post_init__(self) -> None:
         super().__post_init__()
