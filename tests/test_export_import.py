@@ -60,6 +60,16 @@ def test_export_then_import_through_the_builder_gives_the_same_rows(demo, tmp_pa
     assert builder.image_stats["chat_import"] == {"rows": len(demo["rows"]), "rows_structured": len(demo["rows"])}
 
 
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen2-vl", "internvl"])
+def test_structured_round_trip_is_exact_for_every_family(demo, tmp_path, family):
+    """Even on Qwen2.5-VL's pixel grid (coarser than 0..1000), boxes come back as the stored ones."""
+    _export(demo, tmp_path, "qwen-vl", model_family=family)
+    text = (tmp_path / "qwen_vl.json").read_text()
+    assert ("<|box_start|>" in text) == (family == "qwen2-vl") and ("<box>[[" in text) == (family == "internvl")
+    got = list(ChatReader(model_family=family).read(str(tmp_path / "qwen_vl.json")))
+    assert sorted(got, key=lambda r: r["id"]) == sorted(demo["rows"], key=lambda r: r["id"])
+
+
 @pytest.mark.parametrize("fmt, family", [("llava", "qwen3-vl"), ("internvl", "internvl"), ("llamafactory", "qwen2-vl"),
                                          ("swift", "qwen3-vl"), ("qwen-vl", "qwen2.5-vl")])
 def test_peer_style_files_parse_back_from_text(demo, tmp_path, fmt, family):

@@ -42,6 +42,7 @@ from .formats import (
     MODEL_FAMILIES,
     STRUCTURED_KEY,
     box_grid,
+    convert_box,
     get_family,
     unconvert_box,
 )
@@ -191,7 +192,7 @@ class ChatReader:
 
     def _image(self, images: list[str], root: str | None, counts: Counter) -> tuple[str, str, int | None, int | None, str | None]:
         """``(source, image_id, width, height, path)`` of a sample's (first) image."""
-        from ...builders.resolvers import OK, RESOLVERS, Resolver, inspect_image
+        from ...builders.resolvers import OK, inspect_image, source_of_file
 
         if not images:
             counts["no_image"] += 1
@@ -202,25 +203,20 @@ class ChatReader:
         path = rel if os.path.isabs(rel) or not root else os.path.join(root, rel)
         real = os.path.realpath(path)
         name = os.path.basename(rel)
-        source = image_id = None
-        for src, resolver in self._resolvers.items():
+        found = None
+        for src, resolver in self._resolvers.items():  # a file under a source's folder is of that source
             if real.startswith(resolver.root_real.rstrip(os.sep) + os.sep):
-                source, image_id = src, resolver.key_for(name)
+                found = src, resolver.key_for(name) or name
                 break
-        if source is None:
-            for src, cls in RESOLVERS.items():
-                key = Resolver.key_for(cls.__new__(cls), name)  # class attributes only: no root needed
-                if key is not None and cls.id_pattern is not None and re.fullmatch(cls.id_pattern, key):
-                    source, image_id = src, key
-                    break
-        if source is None:
+        found = found or source_of_file(name)  # else the source whose layout the name fits
+        if found is None:
             counts["unknown_image_source"] += 1
-            source, image_id = "unknown", os.path.splitext(name)[0]
+            found = "unknown", os.path.splitext(name)[0]
         status = inspect_image(path)  # header only; EXIF-transposed size, the grid boxes refer to
         width, height = (status.width, status.height) if status.status == OK else (None, None)
         if width is None:
             counts["image_size_unknown"] += 1
-        return source, image_id or "", width, height, path
+        return found[0], found[1], width, height, path
 
     def _rows(self, sample: dict, root: str | None, counts: Counter, index: Counter) -> Iterator[dict]:
         source, image_id, width, height, _ = self._image(self._images(sample), root, counts)
@@ -228,13 +224,23 @@ class ChatReader:
             width, height = int(sample["width"]), int(sample["height"])
         pairs = self._turns(sample, (width, height), counts)
         family = get_family(self.model_family)
-        grid = box_grid(family, (width, height)) if family.coords == "relative" or width else (1000, 1000)
+        no_grid = family.coords != "relative" and not width
+        if no_grid:  # pixel boxes of an image of unknown size cannot go back to 0..1000: text kept, boxes left out
+            counts["pixel_boxes_without_image_size"] += 1
+            family = get_family(DEFAULT_FAMILY)
+        grid = box_grid(family, (width, height))
         structured = sample.get(STRUCTURED_KEY)
-        if structured is not None and len(structured) == len(pairs):
+        if structured is not None and len(structured) != len(pairs):
+            counts["structured_rows_mismatch"] += 1
+            structured = None
+        if structured is not None:
             for row, (q, a) in zip(structured, pairs):
+                if (row.get("source"), row.get("image_id")) != (source, image_id):
+                    counts["structured_image_differs_from_path"] += 1
                 out = dict(row)
-                out["question"] = self._stored_text(q, family, grid)
-                out["answer"] = self._stored_text(a, family, grid)
+                objects = row.get("objects") or []
+                out["question"] = self._stored_text(q, family, grid, objects)
+                out["answer"] = self._stored_text(a, family, grid, objects)
                 if out.get("task") == "grounding":
                     out["answer"] = json.dumps([{"bbox_2d": o["bbox"], "label": o["label"]} for o in out["objects"]])
                 counts["rows"] += 1
@@ -244,6 +250,8 @@ class ChatReader:
         for q, a in pairs:
             q, a = self._stored_text(q, family, grid), self._stored_text(a, family, grid)
             row = self._parse(q, a, counts)
+            if no_grid:
+                row["objects"] = [dict(o, bbox=None) for o in row["objects"]]
             task = row["task"]
             row.update(source=source, image_id=image_id, width=width, height=height, question=q)
             key = (source, image_id, task or "unknown")
@@ -253,16 +261,26 @@ class ChatReader:
             yield {c: row.get(c) for c in COLUMNS}
 
     @staticmethod
-    def _stored_text(text: str, family, grid) -> str:
-        """Text with the family's box syntax back in the stored ``[x1, y1, x2, y2]`` (0..1000)."""
+    def _stored_text(text: str, family, grid, objects: list[dict] | None = None) -> str:
+        """Text with the family's box syntax back in the stored ``[x1, y1, x2, y2]`` (0..1000).
+
+        With the row's ``objects``, a box is the object's own box when its family values match
+        (exact also where the family grid is coarser than 0..1000, e.g. Qwen2.5-VL pixels).
+        """
+        known = {tuple(convert_box(o["bbox"], grid)): list(o["bbox"]) for o in objects or ()}
+
+        def back(values: list[int]) -> list[int]:
+            return known.get(tuple(values)) or unconvert_box(values, grid)
+
         for stored, phrase in family.rephrase:
             text = text.replace(phrase, stored)
         m = _INTERNVL_GROUNDING.match(text) or _QWEN2_GROUNDING.match(text)
-        if m:  # a grounding answer in a family syntax: back to the bbox_2d JSON
-            boxes = [unconvert_box(_ints(b), grid) for b in re.findall(r"(\d+, ?\d+, ?\d+, ?\d+)", m.group("boxes").replace("),(", ", ").replace("(", "").replace(")", ""))]
+        if m:  # a grounding answer in a family syntax: back to the bbox_2d JSON (only coordinates are numbers)
+            values = [int(v) for v in re.findall(r"\d+", m.group("boxes"))]
+            boxes = [back(values[k : k + 4]) for k in range(0, len(values) - 3, 4)]
             return json.dumps([{"bbox_2d": b, "label": m.group("label")} for b in boxes])
         for pattern in _FAMILY_BOXES:
-            text = pattern.sub(lambda mm: "[" + ", ".join(map(str, unconvert_box([int(v) for v in mm.groups()], grid))) + "]", text)
+            text = pattern.sub(lambda mm: "[" + ", ".join(map(str, back([int(v) for v in mm.groups()]))) + "]", text)
         return text
 
     # -- answers ------------------------------------------------------------------------------
