@@ -22,12 +22,12 @@ def register(app: typer.Typer) -> None:
     from .training.export import EXPORT_FORMATS, POLICIES
     from .training.formats import MODEL_FAMILIES
 
-    formats = ", ".join(f"{name} ({f.reads})" for name, f in EXPORT_FORMATS.items())
+    formats = ", ".join(EXPORT_FORMATS)
 
     @app.command("export")
     def export_cmd(
         dataset: str = typer.Argument(..., help="Dataset folder, .parquet/.jsonl file or glob, or Hub repo id."),
-        format: str = typer.Option(..., "--format", "-f", help=f"Training format: {formats}."),
+        format: str = typer.Option(..., "--format", "-f", help=f"Training format: {formats} (the files each framework reads are in the README)."),
         image_dir: list[str] = typer.Option([], "--image-dir", "-i", help="SOURCE=DIR, repeatable: where each source's images are."),
         to: str = typer.Option(..., "--to", help="Folder to write the files into (created; files are replaced)."),
         model_family: str | None = typer.Option(None, "--model-family", help=f"Box text for: {', '.join(MODEL_FAMILIES)} (default: internvl for --format internvl, else qwen3-vl)."),

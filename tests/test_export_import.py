@@ -40,8 +40,12 @@ def _export(demo, out, fmt, **kw):
     return export_dataset(demo["dataset"], fmt, {"objects365": demo["images"]}, str(out), **kw)
 
 
-@pytest.mark.parametrize("fmt", sorted(FILES))
-@pytest.mark.parametrize("streaming", [False, True])
+# Every format in both modes; llava (and internvl in memory) run in `make test-fast` as well.
+@pytest.mark.parametrize("fmt, streaming", [
+    pytest.param(fmt, streaming, marks=() if (fmt, streaming) in (("llava", False), ("llava", True), ("internvl", False))
+                 else pytest.mark.slow)
+    for fmt in sorted(FILES) for streaming in (False, True)
+])
 def test_export_then_import_through_the_builder_gives_the_same_rows(demo, tmp_path, fmt, streaming):
     from spatialforge_10m import SpatialForge10M
 
@@ -200,6 +204,7 @@ def test_group_by_image_makes_one_sample_per_image(demo, tmp_path):
         assert len(parts) == 1 and x["messages"][0]["content"][0] == parts[0]
 
 
+@pytest.mark.slow  # three CLI processes
 def test_cli_export(demo, tmp_path):
     cli = [sys.executable, "-m", "spatialforge.processing.cli"]
     done = subprocess.run(cli + ["export", demo["dataset"], "--format", "internvl", "--image-dir",

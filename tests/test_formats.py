@@ -112,6 +112,7 @@ def test_families_table_is_data():
         "qwen3-vl": "relative", "qwen2.5-vl": "resized_pixels", "qwen2-vl": "relative", "internvl": "relative"}
 
 
+@pytest.mark.slow  # imports transformers (~15 s here)
 @pytest.mark.parametrize("size", [(640, 480), (4000, 3000), (40, 30), (333, 1999), (28, 28), (1000, 20)])
 def test_smart_resize_matches_the_qwen2_vl_image_processor(size):
     """The grid the real processor gives (image_grid_thw x patch 14) for an image of that size."""
