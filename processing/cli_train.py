@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         """Write a dataset's rows as the files Qwen-VL, LLaVA, InternVL, LLaMA-Factory or ms-swift train on."""
         from spatialforge.builders.schema import ALL_CONFIG, TASKS
 
-        from .training.export import export_dataset
+        from .training.export import MissingImagesError, export_dataset
 
         if format not in EXPORT_FORMATS:
             _usage("--format", f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
@@ -55,14 +55,13 @@ def register(app: typer.Typer) -> None:
             report = export_dataset(dataset, format, dirs, to, model_family=model_family, media_root=media_root,
                                     group_by_image=group_by_image, task=task, on_missing_image=on_missing_image,
                                     structured_rows=structured, progress=True)
-        except FileNotFoundError as err:
+        except (OSError, ValueError) as err:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.exception("export failed")
-            _fail(str(err), EXIT_FAILED)
-        except ValueError as err:
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.exception("export failed")
-            _fail(str(err), 2)
+            # images missing or an unwritable --to: the export failed (1); bad input: usage (2)
+            usage = isinstance(err, ValueError) or (isinstance(err, FileNotFoundError) and not isinstance(err, MissingImagesError))
+            _fail(str(err) if isinstance(err, (ValueError, FileNotFoundError)) else f"{type(err).__name__}: {err}",
+                  2 if usage else EXIT_FAILED)
         dropped = sum(report.dropped.values())
         typer.echo(
             f"wrote {report.samples} {format} samples ({report.rows_written} of {report.rows} rows, "

@@ -221,3 +221,23 @@ def test_cli_export(demo, tmp_path):
                                  "--to", str(tmp_path / "z")], capture_output=True, text=True)
     last = miss.stderr.splitlines()[-1]  # log lines come first; the error is one line
     assert miss.returncode == 1 and miss.stderr.count("Error:") == 1 and last.startswith("Error:") and stem in last
+
+
+def test_builder_task_config_filters_chat_rows(demo, tmp_path):
+    from spatialforge_10m import SpatialForge10M
+
+    _export(demo, tmp_path / "out", "llava", group_by_image=True, structured_rows=False)
+    builder = SpatialForge10M(config_name="counting", annotations=str(tmp_path / "out" / "llava.json"),
+                              image_dirs={"objects365": demo["images"]}, cache_dir=str(tmp_path / "cache"))
+    got = list(builder.as_streaming_dataset(split="train"))
+    want = [r for r in demo["rows"] if r["task"] == "counting"]
+    assert sorted((r["id"], r["count"], r["question"]) for r in got) == sorted((r["id"], r["count"], r["question"]) for r in want)
+    assert builder.image_stats["chat_import"]["count_boxes_not_in_text"] == len(want)
+
+
+def test_swift_ignores_model_family_and_says_so(demo, tmp_path, caplog):
+    report = _export(demo, tmp_path, "swift", model_family="qwen2.5-vl")
+    assert report.model_family == "swift template"
+    assert "--model-family qwen2.5-vl is not used by swift" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no annotation files match"):
+        export_dataset(str(tmp_path / "nothing-*.parquet"), "llava", {}, str(tmp_path / "o"))

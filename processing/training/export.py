@@ -55,6 +55,10 @@ REPORT_FILE = "export_report.json"
 MISSING_FILE = "missing_rows.tsv"
 
 
+class MissingImagesError(FileNotFoundError):
+    """Images of the rows are missing or unreadable and ``on_missing_image="error"``."""
+
+
 @dataclass(frozen=True)
 class ExportFormat:
     """One export format: the record builder of each file, its default model family, the extra
@@ -62,7 +66,7 @@ class ExportFormat:
 
     name: str
     files: dict[str, Callable[[Sample, str], dict]]  # file name -> record builder (.json: list, .jsonl: lines)
-    family: str = DEFAULT_FAMILY
+    family: str | None = DEFAULT_FAMILY  # None: boxes stay structured, the framework writes them per model
     extras: Callable[[str, str | None, int], dict[str, object]] | None = None
     reads: str = ""  # what the framework reads, for --help and README
 
@@ -98,7 +102,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
                      reads="InternVL meta JSON + JSONL (id, image, width, height, conversations)"),
         ExportFormat("llamafactory", {f"{DATASET_NAME}.json": llamafactory_record}, extras=_llamafactory_extras,
                      reads="LLaMA-Factory sharegpt (messages + images) + dataset_info.json"),
-        ExportFormat("swift", {"swift.jsonl": swift_record},
+        ExportFormat("swift", {"swift.jsonl": swift_record}, family=None,
                      reads="ms-swift JSONL (messages + images + objects ref/bbox/bbox_type)"),
     )
 }
@@ -198,7 +202,10 @@ def export_dataset(
     if on_missing_image not in POLICIES:
         raise ValueError(f"on_missing_image must be one of {POLICIES}, got {on_missing_image!r}")
     fmt = EXPORT_FORMATS[format]
-    family = model_family or fmt.family
+    if fmt.family is None and model_family is not None:
+        logger.warning("--model-family %s is not used by %s: its template writes the boxes for the model it trains",
+                       model_family, format)
+    family = model_family or fmt.family or DEFAULT_FAMILY
     get_family(family)
     if media_root is not None:
         if not os.path.isdir(media_root):
@@ -207,9 +214,9 @@ def export_dataset(
     shards = locate_shards(annotations, task)
     resolvers = {source: get_resolver(source, os.fspath(root)) for source, root in sorted(image_dirs.items())}
     images = scan_images(shards, resolvers, progress=progress)
-    report = ExportReport(format, family, images=images.to_dict())
+    report = ExportReport(format, family if fmt.family is not None else f"{format} template", images=images.to_dict())
     if images.bad and on_missing_image == "error":
-        raise FileNotFoundError(
+        raise MissingImagesError(
             f"{len(images.bad)} images referenced by {annotations!r} are missing or unreadable "
             f"({images.rows_affected} rows; {describe_bad(images)}); roots searched: {describe_roots(images)}. "
             "Pass --on-missing-image warn or skip to leave their rows out (listed in missing_rows.tsv)."
