@@ -241,3 +241,11 @@ def test_swift_ignores_model_family_and_says_so(demo, tmp_path, caplog):
     assert "--model-family qwen2.5-vl is not used by swift" in caplog.text
     with pytest.raises(FileNotFoundError, match="no annotation files match"):
         export_dataset(str(tmp_path / "nothing-*.parquet"), "llava", {}, str(tmp_path / "o"))
+
+
+def test_images_outside_media_root_fail_and_leave_nothing(demo, tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    with pytest.raises(ValueError, match=r"is not under --media-root"):
+        _export(demo, tmp_path / "out", "llava", media_root=str(other))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

@@ -280,3 +280,26 @@ def test_swift_file(demo, tmp_path):
 
 def test_every_format_is_tested():
     assert set(EXPORT_FORMATS) == {"qwen-vl", "llava", "internvl", "llamafactory", "swift"}
+
+
+def test_qwen25_boxes_in_the_file_are_pixels_of_the_resized_image(demo, tmp_path):
+    """Demo images are 320x240: the Qwen2.5-VL processor resizes them to 308x252 (round(320/28)=11,
+    round(240/28)=9 times 28), so a stored x of 500 is written round(0.5 * 308) = 154."""
+    out, _ = _export(demo, tmp_path, "qwen-vl", model_family="qwen2.5-vl")
+    items = json.loads((out / "qwen_vl.json").read_text())
+    checked = 0
+    for item in items:
+        row = item["spatialforge"][0]
+        q, a = item["conversations"][0]["value"], item["conversations"][1]["value"]
+        with Image.open(item["image"]) as im:
+            assert im.size == (row["width"], row["height"]) == (320, 240)
+        pixels = [[round(b[0] * 308 / 1000), round(b[1] * 252 / 1000), round(b[2] * 308 / 1000), round(b[3] * 252 / 1000)]
+                  for b in (o["bbox"] for o in row["objects"])]
+        if row["task"] == "grounding":
+            assert [d["bbox_2d"] for d in json.loads(a)] == pixels
+            checked += 1
+        elif row["task"] == "referring":
+            assert "[{}, {}, {}, {}]".format(*pixels[0]) in q
+            checked += 1
+        assert "0-1000" not in q
+    assert checked >= 20

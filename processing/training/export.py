@@ -132,6 +132,37 @@ def _dump(obj) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+class _Files:
+    """The data files of a format, written as samples come (``.jsonl``: a line per sample;
+    ``.json``: one list) into temporary files that :meth:`close` moves into place."""
+
+    def __init__(self, out: str, names: list[str]) -> None:
+        self.paths = {name: os.path.join(out, name) for name in names}
+        self.handles = {name: open(p + ".tmp", "w", encoding="utf-8", newline="\n") for name, p in self.paths.items()}
+        self.count = 0
+
+    def write(self, records: Mapping[str, dict]) -> None:
+        for name, record in records.items():
+            lead = "" if name.endswith(".jsonl") else ("[\n" if self.count == 0 else ",\n")
+            self.handles[name].write(lead + _dump(record) + ("\n" if name.endswith(".jsonl") else ""))
+        self.count += 1
+
+    def close(self) -> None:
+        for name, f in self.handles.items():
+            if not name.endswith(".jsonl"):
+                f.write("\n]\n" if self.count else "[\n]\n")
+            f.close()
+            os.replace(self.paths[name] + ".tmp", self.paths[name])
+        self.handles = {}
+
+    def abort(self) -> None:
+        """Remove what an interrupted export left (nothing after :meth:`close`)."""
+        for name, f in self.handles.items():
+            f.close()
+            os.remove(self.paths[name] + ".tmp")
+        self.handles = {}
+
+
 def _write_atomic(path: str, chunks: Iterable[str]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
@@ -227,51 +258,54 @@ def export_dataset(
     os.makedirs(out, exist_ok=True)
     out = os.path.realpath(out)
     missing_lines = ["id\tsource\timage_id\tstatus\n"]
-    samples: list[Sample] = []
+    # Samples of single rows are written as they come; grouped ones once every row is read (the rows
+    # of one image sit in the shards of several tasks), in the order of their image's first row.
     groups: dict[tuple[str, str], Sample] = {}
     paths: dict[tuple[str, str], str | None] = {}
-    bar = tqdm(desc=f"Exporting {format}", unit="row", disable=not progress)
-    for rows in _read_rows(shards):
-        _resolve(rows, resolvers, paths)
-        bar.update(len(rows))
-        for row in rows:
-            report.rows += 1
-            key = (row["source"], row["image_id"])
-            status = images.bad.get(key)
-            if status is not None or paths.get(key) is None:
-                reason = status.status if status is not None else "missing"
-                report.dropped[f"image_{reason}"] += 1
-                missing_lines.append(f"{row['id']}\t{key[0]}\t{key[1]}\t{reason}\n")
-                continue
-            if group_by_image and key in groups:
-                groups[key].rows.append(row)
-                continue
-            size = images.mismatched[key][1] if key in images.mismatched else None
-            sample = Sample([row], _image_path(paths[key], media_root, key), size)
-            samples.append(sample)
-            if group_by_image:
-                groups[key] = sample
-    bar.close()
+    files = _Files(out, list(fmt.files))
 
-    records: dict[str, list[str]] = {name: [] for name in fmt.files}
-    for sample in samples:
+    def emit(sample: Sample) -> None:
         built = _build(sample, fmt, family, report)
         if built is None:
-            continue
-        sample, built = built
-        for name, record in built.items():
-            if structured_rows:
+            return
+        sample, records = built
+        if structured_rows:
+            for record in records.values():
                 record[STRUCTURED_KEY] = structured(sample.rows)
-            records[name].append(_dump(record))
+        files.write(records)
         report.samples += 1
         report.rows_written += len(sample.rows)
-    for name, lines in records.items():
-        path = os.path.join(out, name)
-        if name.endswith(".jsonl"):
-            _write_atomic(path, (line + "\n" for line in lines))
-        else:
-            _write_atomic(path, ["[\n", ",\n".join(lines), "\n]\n" if lines else "]\n"])
-        report.files.append(name)
+
+    bar = tqdm(desc=f"Exporting {format}", unit="row", disable=not progress)
+    try:
+        for rows in _read_rows(shards):
+            _resolve(rows, resolvers, paths)
+            bar.update(len(rows))
+            for row in rows:
+                report.rows += 1
+                key = (row["source"], row["image_id"])
+                status = images.bad.get(key)
+                if status is not None or paths.get(key) is None:
+                    reason = status.status if status is not None else "missing"
+                    report.dropped[f"image_{reason}"] += 1
+                    missing_lines.append(f"{row['id']}\t{key[0]}\t{key[1]}\t{reason}\n")
+                    continue
+                if group_by_image and key in groups:
+                    groups[key].rows.append(row)
+                    continue
+                size = images.mismatched[key][1] if key in images.mismatched else None
+                sample = Sample([row], _image_path(paths[key], media_root, key), size)
+                if group_by_image:
+                    groups[key] = sample
+                else:
+                    emit(sample)
+        for sample in groups.values():
+            emit(sample)
+        files.close()
+    finally:
+        bar.close()
+        files.abort()
+    report.files += list(fmt.files)
     for name, obj in (fmt.extras(out, media_root, report.samples) if fmt.extras else {}).items():
         _write_atomic(os.path.join(out, name), [json.dumps(obj, indent=2, ensure_ascii=False) + "\n"])
         report.files.append(name)
