@@ -49,13 +49,13 @@ from .formats import (
 
 logger = logging.getLogger(__name__)
 
-_NUM = r"(\d+)"
-# Box syntaxes of the families, each read back to [x1, y1, x2, y2] (values still on the family grid).
-_FAMILY_BOXES = [
-    re.compile(r"<\|box_start\|>\(" + _NUM + "," + _NUM + r"\),\(" + _NUM + "," + _NUM + r"\)<\|box_end\|>"),
-    re.compile(r"<box>\[\[" + _NUM + ", " + _NUM + ", " + _NUM + ", " + _NUM + r"\]\]</box>"),
-    re.compile(r"\[" + _NUM + ", " + _NUM + ", " + _NUM + ", " + _NUM + r"\]"),
-]
+# A box in any family's syntax (Qwen2-VL, InternVL, then the plain [x1, y1, x2, y2] of Qwen2.5/3-VL and
+# of the stored text), one alternation so that each box is read back exactly once.
+_ANY_BOX = re.compile(
+    r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|>"
+    r"|<box>\[\[(\d+), (\d+), (\d+), (\d+)\]\]</box>"
+    r"|\[(\d+), (\d+), (\d+), (\d+)\]"
+)
 _INTERNVL_GROUNDING = re.compile(r"^<ref>(?P<label>.+?)</ref><box>\[(?P<boxes>.*)\]</box>$", re.S)
 _QWEN2_GROUNDING = re.compile(r"^<\|object_ref_start\|>(?P<label>.+?)<\|object_ref_end\|>(?P<boxes>(?:<\|box_start\|>.*?<\|box_end\|>)+)$", re.S)
 _MENTION = re.compile(r"^the (?P<label>.+?)(?: at \[(?P<box>\d+, \d+, \d+, \d+)\])?$", re.I | re.S)
@@ -279,9 +279,7 @@ class ChatReader:
             values = [int(v) for v in re.findall(r"\d+", m.group("boxes"))]
             boxes = [back(values[k : k + 4]) for k in range(0, len(values) - 3, 4)]
             return json.dumps([{"bbox_2d": b, "label": m.group("label")} for b in boxes])
-        for pattern in _FAMILY_BOXES:
-            text = pattern.sub(lambda mm: "[" + ", ".join(map(str, back([int(v) for v in mm.groups()]))) + "]", text)
-        return text
+        return _ANY_BOX.sub(lambda mm: "[" + ", ".join(map(str, back([int(v) for v in mm.groups() if v]))) + "]", text)
 
     # -- answers ------------------------------------------------------------------------------
     def _parse(self, q: str, a: str, counts: Counter) -> dict:
