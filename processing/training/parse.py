@@ -39,7 +39,6 @@ from .formats import (
     BBOX_TAG,
     DEFAULT_FAMILY,
     IMAGE_TAG,
-    MODEL_FAMILIES,
     STRUCTURED_KEY,
     box_grid,
     convert_box,
@@ -76,6 +75,7 @@ def _pattern(text: str) -> re.Pattern:
     return re.compile("".join(parts), re.I | re.S)
 
 
+_SIDE_PREDICATE = {word: predicate for predicate, word in SIDE_WORDS.items()}
 _TEMPLATES = [(task, t, _pattern(t.question), _pattern(t.answer)) for task, ts in TEMPLATES.items() for t in ts]
 
 
@@ -329,7 +329,7 @@ class ChatReader:
             elif t.form == "yesno":
                 fact = (a_k, t.asks if slots["yes_no"].lower() == "yes" else OPPOSITE[t.asks], b_k)
             else:
-                predicate = {w: p for p, w in SIDE_WORDS.items()}[slots["side"].lower()]
+                predicate = _SIDE_PREDICATE[slots["side"].lower()]
                 fact = (a_k, predicate, b_k)
             row["fact"] = {"subject": fact[0], "predicate": fact[1], "object": fact[2],
                            "frame": "person" if task == "perspective" else "camera"}
@@ -355,9 +355,4 @@ def _grounding_objects(answer: str) -> list[dict] | None:
     return [{"label": str(d.get("label", "")), "bbox": [int(v) for v in d["bbox_2d"]]} for d in data]
 
 
-def is_chat_record(record: Mapping) -> bool:
-    """True for a sample in a chat shape (not a row of the stored schema)."""
-    return ("conversations" in record or "messages" in record) and "task" not in record
-
-
-__all__ = ["ChatReader", "MODEL_FAMILIES", "is_chat_record"]
+__all__ = ["ChatReader"]
