@@ -249,3 +249,14 @@ def test_images_outside_media_root_fail_and_leave_nothing(demo, tmp_path):
     with pytest.raises(ValueError, match=r"is not under --media-root"):
         _export(demo, tmp_path / "out", "llava", media_root=str(other))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+
+
+def test_builder_rejects_bad_chat_options(demo, tmp_path):
+    from spatialforge_10m import SpatialForge10M
+
+    _export(demo, tmp_path / "out", "llava", group_by_image=True)
+    ann = str(tmp_path / "out" / "llava.json")
+    with pytest.raises(ValueError, match=r"model_family must be one of \['internvl', 'qwen2-vl', 'qwen2.5-vl', 'qwen3-vl'\], got 'llava-9'"):
+        SpatialForge10M(annotations=ann, image_dirs={"objects365": demo["images"]}, model_family="llava-9")
+    with pytest.raises(ValueError, match="media_root must be an existing folder"):
+        SpatialForge10M(annotations=ann, media_root=str(tmp_path / "nowhere"))
