@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from spatialforge.builders.annotations import locate_shards
-from spatialforge.processing.templates import display_label
+from spatialforge.processing.tasks.templates import display_label
 from spatialforge.processing.training.export import EXPORT_FORMATS, _read_rows, export_dataset
 from spatialforge.processing.training.parse import ChatReader
 
@@ -27,7 +27,7 @@ TEXT_FIELDS = ("source", "image_id", "width", "height", "task", "question", "ans
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from spatialforge.processing.demo import run_demo
+    from spatialforge.processing.synth.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     run_demo(out, scenes=30, passes=("exact",), load=False)

@@ -149,7 +149,7 @@ def test_swift_objects_follow_bbox_placeholders():
 # ------------------------------------------------------------------- files against reading rules
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from spatialforge.processing.demo import run_demo
+    from spatialforge.processing.synth.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     run_demo(out, scenes=12, passes=("exact",), load=False)

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ...builders.schema import COLUMNS, VERIFICATION, make_id
-from ..templates import OPPOSITE, SIDE_WORDS, TEMPLATES
+from ..tasks.templates import OPPOSITE, SIDE_WORDS, TEMPLATES
 from .formats import (
     BBOX_TAG,
     DEFAULT_FAMILY,

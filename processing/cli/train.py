@@ -13,14 +13,14 @@ import logging
 
 import typer
 
-from .cli_loader import EXIT_FAILED, _fail, _parse_image_dirs, _usage
+from .loader import EXIT_FAILED, _fail, _parse_image_dirs, _usage
 
 logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
-    from .training.export import EXPORT_FORMATS, POLICIES
-    from .training.formats import MODEL_FAMILIES
+    from ..training.export import EXPORT_FORMATS, POLICIES
+    from ..training.formats import MODEL_FAMILIES
 
     formats = ", ".join(EXPORT_FORMATS)
 
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         """Write a dataset's rows as the files Qwen-VL, LLaVA, InternVL, LLaMA-Factory or ms-swift train on."""
         from spatialforge.builders.schema import ALL_CONFIG, TASKS
 
-        from .training.export import MissingImagesError, export_dataset
+        from ..training.export import MissingImagesError, export_dataset
 
         if format not in EXPORT_FORMATS:
             _usage("--format", f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")

@@ -28,12 +28,12 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def _register() -> None:
-    from . import cli_demo, cli_loader, cli_pipeline, cli_train
+    from . import demo, loader, pipeline, train
 
-    cli_loader.register(app)
-    cli_pipeline.register(app)
-    cli_demo.register(app)
-    cli_train.register(app)
+    loader.register(app)
+    pipeline.register(app)
+    demo.register(app)
+    train.register(app)
 
 
 def main() -> None:
