@@ -81,20 +81,30 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
 
         task = kwargs.get("config_name") or self.DEFAULT_CONFIG_NAME
         task = next((c.task for c in self.BUILDER_CONFIGS if c.name == task), task)
-        self._shards = locate_shards(os.fspath(kwargs["annotations"]), task, revision=kwargs.get("revision"))
+        self._shards = locate_shards(os.fspath(kwargs["annotations"]), task, revision=kwargs.get("revision"),
+                                     chat_options=self._chat_options(kwargs))
         h = hashlib.sha256(self._shards.fingerprint.encode())
+        if self._shards.reader is not None:  # chat files read as another family give other rows
+            h.update(f"\0{kwargs.get('media_root')}\0{kwargs.get('model_family')}".encode())
         for source, root in sorted((kwargs.get("image_dirs") or {}).items()):
             resolver = get_resolver(source, os.fspath(root), cache_dir=kwargs.get("index_dir"))
             self._resolvers[source] = resolver
             h.update(f"\0{source}\0{resolver.fingerprint()}".encode())
         return h.hexdigest()[:16]
 
+    @staticmethod
+    def _chat_options(values: dict) -> dict:
+        """How chat-shaped annotation files are read (image folders, media root, model family)."""
+        keys = {"image_dirs": "image_dirs", "media_root": "media_root", "model_family": "model_family"}
+        return {k: values[v] for k, v in keys.items() if values.get(v) is not None}
+
     def _setup_inputs(self) -> AnnotationShards:
         cfg = self.config
         if cfg.annotations is None:
             raise ValueError("annotations is required: a dataset folder, a .parquet/.jsonl glob or a Hub repo id, got None")
         if self._shards is None:
-            self._shards = locate_shards(os.fspath(cfg.annotations), cfg.task, revision=cfg.revision, token=self.token)
+            self._shards = locate_shards(os.fspath(cfg.annotations), cfg.task, revision=cfg.revision, token=self.token,
+                                         chat_options=self._chat_options(vars(cfg)))
         for source, root in (cfg.image_dirs or {}).items():
             if source not in self._resolvers:
                 self._resolvers[source] = get_resolver(source, os.fspath(root), cache_dir=cfg.index_dir)
@@ -112,7 +122,8 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             files = dl_manager.download(files)
         self._download_config = getattr(dl_manager, "download_config", None)
         streaming = isinstance(dl_manager, StreamingDownloadManager)
-        local = AnnotationShards(files, shards.format, shards.origin, shards.fingerprint, tasks=shards.tasks, mixed=shards.mixed)
+        local = AnnotationShards(files, shards.format, shards.origin, shards.fingerprint, tasks=shards.tasks,
+                                 mixed=shards.mixed, reader=shards.reader)
         self._prescan(local, streaming)
         # A LIST of files: datasets shards it across split_dataset_by_node ranks, DataLoader workers
         # and num_proc jobs, each reading disjoint files.
@@ -189,6 +200,8 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             dropping = self.config.on_missing_image != "error"
             stats["dropped_rows"] = self.image_report.rows_affected if dropping else 0
             stats["dropped_rows_by_reason"] = self.image_report.rows_by_reason() if dropping else {}
+            if self._shards is not None and self._shards.reader is not None:
+                stats["chat_import"] = self._shards.reader.counts  # rows read, what was not parsed (by reason)
             return stats
         path = os.path.join(self._cache_dir, _REPORT_FILE)
         if os.path.exists(path):
@@ -234,7 +247,8 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         image_type = self.info.features["image"].pa_type
         for file_idx, path in enumerate(files):
             for batch_idx, table in enumerate(
-                iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config)
+                iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config,
+                             reader=shards.reader)
             ):
                 image_paths = self._image_paths(table)
                 keep = pc.is_valid(image_paths)

@@ -6,7 +6,9 @@ Layout of a folder or repo (``DATA_DIR`` = ``data``)::
     data/<task>/*.parquet     shards in the Arrow schema of ``schema.FEATURES``
     data/<task>/*.jsonl       (alternative) one row per line, same columns
 
-``annotations`` may also be one ``.parquet`` / ``.jsonl`` file or a glob of them. Shards come in a
+``annotations`` may also be one ``.parquet`` / ``.jsonl`` file or a glob of them, or training files in a
+chat shape (LLaVA / Qwen-VL ``.json``, InternVL meta ``.json`` or ``.jsonl``, LLaMA-Factory, ms-swift,
+messages ``.jsonl``): format ``chat``, read into rows by ``processing.training.parse.ChatReader``. Shards come in a
 stable order: tasks in ``TASKS`` order, then file names sorted. Readers stream in record batches, so
 memory stays flat in the number of rows; paths may be local or ``hf://`` URLs (read via ``xopen``).
 """
@@ -26,6 +28,7 @@ from .schema import ALL_CONFIG, COLUMNS, DATA_DIR, TASKS
 logger = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "jsonl")
+CHAT = "chat"  # a bare .json / .jsonl file whose records are chat samples, not schema rows
 _REPO_ID = re.compile(r"^(?:hf://datasets/)?([A-Za-z0-9][\w.-]*(?:/[\w.-]+)?)(?:@([\w./-]+))?$")
 
 
@@ -41,6 +44,7 @@ class AnnotationShards:
     revision: str | None = None
     tasks: list[str] = field(default_factory=list)
     mixed: bool = False  # files may hold rows of several tasks (a bare file or glob): filter by task
+    reader: object | None = None  # format "chat": the ChatReader that turns samples into rows
 
     @property
     def task_filter(self) -> list[str] | None:
@@ -88,8 +92,28 @@ def is_repo_id(annotations: str) -> bool:
     return bool(_REPO_ID.match(annotations)) and not annotations.endswith((".parquet", ".jsonl"))
 
 
-def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None = None, token=None) -> AnnotationShards:
-    """Find the shard files of ``task`` in a local folder, a file/glob, or a Hub dataset repo."""
+def _is_chat_file(path: str) -> bool:
+    """A ``.json`` file, or a ``.jsonl`` whose first record is a chat sample rather than a row."""
+    if path.endswith(".json"):
+        return True
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(rec, dict) and ("conversations" in rec or "messages" in rec) and "task" not in rec
+    return False
+
+
+def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None = None, token=None,
+                  chat_options: dict | None = None) -> AnnotationShards:
+    """Find the shard files of ``task`` in a local folder, a file/glob, or a Hub dataset repo.
+
+    ``chat_options`` (``image_dirs``, ``media_root``, ``model_family``) configure the reader of
+    chat-shaped files.
+    """
     tasks = _tasks_for(task)
     if not isinstance(annotations, (str, os.PathLike)):
         raise ValueError(f"annotations must be a path or a Hub repo id, got {annotations!r}")
@@ -109,6 +133,14 @@ def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None
         fmts = {os.path.splitext(p)[1].lstrip(".") for p in files}
         if not files:
             raise FileNotFoundError(f"no annotation files match {annotations!r}")
+        chat = {p for p in files if p.endswith((".json", ".jsonl")) and _is_chat_file(p)}
+        if chat:
+            if len(chat) != len(files):
+                raise ValueError(f"annotation files must all be chat files or all schema rows, got {sorted(set(files) - chat)[:3]} besides chat files")
+            from spatialforge.processing.training.parse import ChatReader
+
+            reader = ChatReader(**(chat_options or {}))
+            return AnnotationShards(files, CHAT, annotations, _local_fingerprint(files), tasks=tasks, mixed=True, reader=reader)
         if len(fmts) != 1 or not fmts <= set(FORMATS):
             raise ValueError(f"annotation files must all be .parquet or all .jsonl, got extensions {sorted(fmts)}")
         # A bare file holds rows of any task: the reader filters by task when a task is chosen.
@@ -143,13 +175,14 @@ def iter_batches(
     batch_size: int = 1024,
     tasks: list[str] | None = None,
     download_config=None,
+    reader=None,
 ):
     """Yield ``pyarrow.Table`` batches of at most ``batch_size`` rows of one shard, in file order.
 
     Columns are ``columns`` (default: every schema column) in that order, typed as in
     ``schema.arrow_schema()``; missing ones come back null. Parquet is read in record batches with
-    only the needed columns; JSONL in chunks of lines. If ``tasks`` is given, rows of other tasks
-    are left out (for files that mix tasks).
+    only the needed columns; JSONL in chunks of lines; chat files through ``reader`` (a
+    ``ChatReader``). If ``tasks`` is given, rows of other tasks are left out (for files that mix tasks).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -166,6 +199,20 @@ def iter_batches(
             table = table.filter(pc.is_in(table.column("task"), value_set=pa.array(tasks, pa.string())))
         return table.select(cols)
 
+    if fmt == CHAT:
+        if reader is None:
+            from spatialforge.processing.training.parse import ChatReader
+
+            reader = ChatReader()
+        rows = []
+        for row in reader.read(path):
+            rows.append(row)
+            if len(rows) >= batch_size:
+                yield finish(pa.Table.from_pylist(rows, schema=schema))
+                rows = []
+        if rows:
+            yield finish(pa.Table.from_pylist(rows, schema=schema))
+        return
     with _open(path, download_config) as f:
         if fmt == "parquet":
             import pyarrow.parquet as pq

@@ -117,7 +117,8 @@ def scan_images(
     seen: dict[tuple[str, str], list] = {}
     for path in shards.files:
         for batch in iter_batches(
-            path, shards.format, _KEY_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config
+            path, shards.format, _KEY_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config,
+            reader=shards.reader,
         ):
             # Rows of one image are mostly adjacent: count them per batch in Arrow, then merge the
             # (far fewer) groups in Python. use_threads=False keeps "first" the first row's value.

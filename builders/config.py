@@ -48,6 +48,10 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     check_threads: int = 8
     # Folder of the persistent image indexes; None = $SPATIALFORGE_CACHE/index (~/.cache/spatialforge/index).
     index_dir: str | None = None
+    # Chat-format annotations (LLaVA / InternVL / LLaMA-Factory / ms-swift / Qwen-VL files): the folder
+    # their relative image paths are under, and the model family whose box values their text holds.
+    media_root: str | None = None
+    model_family: str = "qwen3-vl"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,5 +77,9 @@ class SpatialForgeConfig(datasets.BuilderConfig):
             raise ValueError(f"max_image_pixels must be a positive int or None, got {self.max_image_pixels!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.media_root is not None and not os.path.isdir(self.media_root):
+            raise ValueError(f"media_root must be an existing folder, got {self.media_root!r}")
+        if not isinstance(self.model_family, str) or not self.model_family:
+            raise ValueError(f"model_family must be a model family name such as 'qwen3-vl', got {self.model_family!r}")
         if not isinstance(self.check_threads, int) or self.check_threads <= 0:
             raise ValueError(f"check_threads must be a positive int, got {self.check_threads!r}")

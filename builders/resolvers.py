@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import struct
 import tempfile
@@ -226,6 +227,9 @@ class Resolver:
     """
 
     kind = "generic"
+    # The shape of this source's image ids (full match of a file's key), for telling a file's source
+    # from its name alone (chat-format annotations name image files, not sources); None: any name.
+    id_pattern: str | None = None
     extensions: frozenset[str] = IMAGE_EXTS
     allow_no_extension = True  # ``{image_id}.*`` or a bare ``{image_id}``
     skip_dirs: frozenset[str] = frozenset({".git", "__pycache__", ".cache"})
@@ -271,6 +275,15 @@ class Resolver:
         """The preferred key of a file name (its first of :meth:`keys_for`), or ``None``."""
         keys = self.keys_for(name)
         return keys[0] if keys else None
+
+    @classmethod
+    def id_from_name(cls, name: str) -> str | None:
+        """The image id a file named ``name`` has in this source's layout (``id_pattern``), or None."""
+        if cls.id_pattern is None:
+            return None
+        stem, ext = os.path.splitext(name)
+        key = stem if ext.lower() in cls.extensions else (name if cls.allow_no_extension else None)
+        return key if key is not None and re.fullmatch(cls.id_pattern, key) else None
 
     # -- index -------------------------------------------------------------------------------
     def is_fresh(self) -> bool:
@@ -551,6 +564,7 @@ class Objects365Resolver(Resolver):
     """Objects365 v1/v2: ``{train,val}/patch*/objects365_v2_00908726.jpg``; image_id = file stem."""
 
     kind = "objects365"
+    id_pattern = r"objects365_v\d+_\d+"
     allow_no_extension = False
 
 
@@ -558,6 +572,7 @@ class OpenImagesResolver(Resolver):
     """OpenImages: ``<split>/<ImageID>.jpg``, FiftyOne ``open-images-v7/<split>/data/<ImageID>.jpg`` or flat."""
 
     kind = "openimages"
+    id_pattern = r"[0-9a-f]{16}"  # ImageID
     allow_no_extension = False
     skip_dirs = Resolver.skip_dirs | {"labels", "metadata"}  # FiftyOne zoo side folders (CSV/JSON)
 
@@ -566,6 +581,7 @@ class PixmoResolver(Resolver):
     """Pixmo: files named by the image's sha256, with any image extension or none."""
 
     kind = "pixmo"
+    id_pattern = r"[0-9a-f]{64}"  # sha256 of the image bytes
     allow_no_extension = True
 
 
@@ -575,6 +591,20 @@ RESOLVERS: dict[str, type[Resolver]] = {
     "pixmo": PixmoResolver,
 }
 """Resolver class per known source; any other source name uses :class:`Resolver` (``{image_id}.*``)."""
+
+
+def source_of_file(name: str) -> tuple[str, str] | None:
+    """``(source, image_id)`` of a file name in a known source's layout, e.g.
+    ``objects365_v2_00908726.jpg`` -> ``("objects365", "objects365_v2_00908726")``; None if no layout fits.
+
+    >>> source_of_file("000a1249af2bc5f0.jpg")
+    ('openimages', '000a1249af2bc5f0')
+    """
+    for source, cls in RESOLVERS.items():
+        image_id = cls.id_from_name(name)
+        if image_id is not None:
+            return source, image_id
+    return None
 
 
 def get_resolver(source: str, root: str, cache_dir: str | None = None) -> Resolver:

@@ -28,11 +28,12 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def _register() -> None:
-    from . import demo, loader, pipeline
+    from . import demo, loader, pipeline, train
 
     loader.register(app)
     pipeline.register(app)
     demo.register(app)
+    train.register(app)
 
 
 def main() -> None:
