@@ -346,7 +346,7 @@ def check_requirements(cfg: GenerateConfig) -> None:
 def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` (resuming a killed run in ``cfg.out``); return the merged stats.
 
-    Writes ``data/<task>/shard-*.parquet``, ``README.md`` (card) and ``stats.json`` in ``cfg.out``.
+    Writes ``data/<task>/train-*.parquet``, ``README.md`` (card) and ``stats.json`` in ``cfg.out``.
     ``build`` (a picklable callable returning steps) replaces :func:`build_steps` for custom pipelines.
     """
     from ..builders.card import write_card
