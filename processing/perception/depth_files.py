@@ -100,6 +100,7 @@ class DepthFromFiles(Step):
         self.kind = kind
         self.on_bad_input = on_bad_input
         self.notes: Counter = Counter()
+        self.inputs_used: set[str] = set()  # depth files read, and the ones looked up before them (absent)
 
     def find(self, record: Record) -> Path | None:
         """The depth file of ``record``, or None; raises PathOutsideRoot for an id that would leave ``depth_dir``."""
@@ -109,6 +110,7 @@ class DepthFromFiles(Step):
         for stem in dict.fromkeys(stems):
             for ext in (".npy", ".png"):
                 candidate = self.depth_dir / f"{stem}{ext}"
+                self.inputs_used.add(str(candidate))  # absent ones too: a file added later changes the answer
                 if candidate.is_file():
                     return candidate
         return None

@@ -152,6 +152,7 @@ class Reader(Step):
         self._load_drops: Counter = Counter()  # image-level problems found at parse time
         self._load_object_drops: Counter = Counter()
         self._logged: Counter = Counter()
+        self.inputs_used: set[str] = set()  # image files read (the executor records them per shard)
 
     # -- policy ------------------------------------------------------------------------------
     def _bad(self, reason: str, message: str, counter: Counter, n: int = 1) -> None:
@@ -234,6 +235,7 @@ class Reader(Step):
         if path is None:
             self.bad_image("missing_image", f"image {raw.image_id!r} ({raw.relpath or raw.path or 'by id'}) not found under {self.images.root}")
             return None
+        self.inputs_used.add(path)
         try:
             header = read_header(path)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for broken files
