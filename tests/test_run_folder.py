@@ -316,3 +316,42 @@ def test_input_change_trusts_stat_only_when_nothing_touched_the_file(tmp_path, m
     assert run_folder.input_change(str(path), recorded, later) is None  # same bytes: same file
     assert run_folder.input_change(str(tmp_path / "gone.npy"), recorded, later) == "removed"
     assert run_folder.input_change(str(path), None, later) == "appeared"
+
+
+def test_a_depth_file_rewritten_between_kill_and_resume_redoes_its_shard(tmp_path, caplog):
+    """SIGKILL after shard 0's marker, rewrite the depth of an image of shard 0 in place (same size and
+    mtime), resume: shard 0 is redone with the new depth and the folder equals a lone run on it."""
+    scene = make_coco_scene(tmp_path / "in", 6)
+    out = tmp_path / "o"
+    script = (
+        "import time\n"
+        "from spatialforge.processing.base import Step\n"
+        "from spatialforge.processing.pipeline import GenerateConfig, build_steps, generate\n"
+        "class Slow(Step):\n"
+        "    name = 'slow'\n"
+        "    def process(self, record):\n"
+        "        time.sleep(0.5)\n"
+        "        return record\n"
+        f"cfg = GenerateConfig(source='objects365', annotations={str(scene['annotations'])!r}, images={str(scene['images'])!r},\n"
+        f"                     depth_dir={str(scene['depth'])!r}, out={str(out)!r}, num_shards=3, progress=False)\n"
+        "generate(cfg, build=lambda: [*build_steps(cfg)[:-1], Slow(), build_steps(cfg)[-1]])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    marker = out / ".spatialforge" / "markers" / "shard-00000.json"
+    try:
+        _wait_for(lambda: marker.is_file() or proc.poll() is not None, "shard 0's marker")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert not (out / ".spatialforge" / "markers" / "shard-00002.json").exists(), "the run ended before the kill"
+    near_far = out / "data" / "near_far" / "train-00000-of-00003.parquet"
+    old_rows = near_far.read_bytes()
+    _rewrite_depth_keep_stat(scene["depth"] / "objects365_v2_00000001.npy")
+    with caplog.at_level(logging.WARNING, logger="spatialforge.processing.executors.local"):
+        generate(_scene_cfg(scene, out))
+    assert [r.message.split(":")[0] for r in caplog.records if "is redone" in r.message] == ["shard 0 is redone"]
+    assert "objects365_v2_00000001.npy changed (content changed)" in caplog.text
+    generate(_scene_cfg(scene, tmp_path / "lone"))
+    assert _files(out) == _files(tmp_path / "lone")
+    assert near_far.read_bytes() != old_rows  # the new depth changed shard 0's near/far rows
