@@ -173,3 +173,39 @@ def test_one_rule_for_generator_and_loader(tmp_path, name, escapes):
         check_image_id(name, root)
     wording = f"image_id {name!r} would escape the image root {root!r}"
     assert str(gen.value) == wording and str(load.value).startswith(wording + "; refused under every")
+
+
+def test_hf_ids_never_name_depth_files_outside_the_depth_folder(tmp_path):
+    """source=hf: ids come from the dataset's column; the depth lookup by id refuses one that escapes."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    outside = _plant(tmp_path)
+    depth = tmp_path / "depth"
+    depth.mkdir()
+    ids = ["a", "b", "../outside/evil"]
+    for image_id in ids[:2]:
+        np.save(depth / f"{image_id}.npy", np.ones((20, 30), np.float32))
+
+    def jpeg() -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (30, 20), "red").save(buf, "JPEG")
+        return buf.getvalue()
+
+    features = datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_dict({"image_id": ids, "image": [{"bytes": jpeg(), "path": None} for _ in ids]},
+                               features=features).save_to_disk(tmp_path / "ds")
+    log = str(tmp_path / "opens.log")
+    cfg = GenerateConfig(source="hf", annotations=str(tmp_path / "ds"), depth_dir=str(depth), out=str(tmp_path / "out"),
+                         num_shards=1, progress=False)
+    _audit.watch([str(outside)], log)
+    try:
+        stats = generate(cfg, build=partial(_audit.build_audited, cfg, [str(outside)], log))
+    finally:
+        _audit.stop()
+    assert _audit.seen(log) == []
+    assert [s["name"] for s in stats["steps"]][:2] == ["reader", "depth_files"]
+    assert stats["steps"][1]["dropped"] == {"path_outside_root": 1}
+    assert stats["steps"][1]["records_out"] == 2
