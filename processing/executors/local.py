@@ -42,7 +42,7 @@ import queue as queue_mod
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -320,12 +320,8 @@ class LocalExecutor:
         if not run_file.is_file():
             return set()
         num_shards = json.loads(run_file.read_text(encoding="utf-8")).get("num_shards")
-        names = {shard_name(s, num_shards) for s in range(num_shards)} if isinstance(num_shards, int) else set()
-        out = set()
-        for rel in self.folder.data_files():
-            base = Path(rel).name.split(".parquet")[0]
-            if base in names and (rel.endswith(".parquet") or TMP_SUFFIX in rel):
-                out.add(rel)
+        shards = range(num_shards) if isinstance(num_shards, int) else range(0)
+        out = {p.relative_to(self.out_dir).as_posix() for p in self._shard_files(shards, num_shards)}
         markers = self.out_dir / STATE_DIR / MARKERS_DIR
         for path in sorted(markers.glob("shard-*.json")) if markers.is_dir() else ():
             out.update(json.loads(path.read_text(encoding="utf-8")).get("files", []))
@@ -346,15 +342,19 @@ class LocalExecutor:
         inputs.unlink(missing_ok=True)
         return False
 
+    def _shard_files(self, shards: Iterable[int], num_shards: int) -> list[Path]:
+        """Files under ``data/<task>/`` named after ``shards`` of ``num_shards`` (Parquet or tmp files)."""
+        data = self.out_dir / "data"
+        names = {shard_name(s, num_shards) for s in shards}
+        if not names or not data.is_dir():
+            return []
+        return [path for path in sorted(data.glob("*/*")) if path.name.split(".parquet")[0] in names
+                and (path.name.endswith(".parquet") or TMP_SUFFIX in path.name)]
+
     def _clean(self, shards: list[int]) -> None:
         """Remove files of unfinished shards (tmp files, or renamed files of a shard killed before its marker)."""
-        data = self.out_dir / "data"
-        names = {shard_name(s, self.num_shards) for s in shards}
-        if data.is_dir():
-            for path in sorted(data.glob("*/*")):
-                base = path.name.split(".parquet")[0]
-                if base in names and (path.name.endswith(".parquet") or TMP_SUFFIX in path.name):
-                    path.unlink()
+        for path in self._shard_files(shards, self.num_shards):
+            path.unlink()
         markers = self.out_dir / STATE_DIR / MARKERS_DIR
         if markers.is_dir():
             for path in markers.glob("*.tmp-*"):
