@@ -350,6 +350,8 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
 
     Writes ``data/<task>/train-*.parquet``, ``README.md`` (card) and ``stats.json`` in ``cfg.out``.
     ``build`` (a picklable callable returning steps) replaces :func:`build_steps` for custom pipelines.
+    Raises :class:`~.output.run_folder.OutputFolderError` when another run holds ``cfg.out`` or the
+    folder holds files that are not this run's to replace (see ``allow_existing`` / ``overwrite``).
     """
     from ..builders.card import write_card
     from .executors.local import LocalExecutor

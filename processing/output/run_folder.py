@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -331,7 +330,3 @@ def changed_inputs(inputs: Mapping[str, Any]) -> list[tuple[str, str]]:
 def record_inputs(paths: Iterable[str], started_ns: int) -> dict[str, Any]:
     """The identities of ``paths`` (see :func:`file_identity`), as stored in ``inputs/shard-*.json``."""
     return {"recorded_at_ns": started_ns, "files": {p: file_identity(p) for p in sorted(set(paths))}}
-
-
-def now_ns() -> int:
-    return time.time_ns()
