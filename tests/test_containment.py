@@ -91,6 +91,17 @@ def _plant(tmp_path: Path) -> Path:
     return outside
 
 
+def _generate_audited(cfg: GenerateConfig, outside: Path, log: Path) -> dict:
+    """``generate(cfg)`` with every open under ``outside`` logged, here and in the workers; asserts there was none."""
+    _audit.watch([str(outside)], str(log))
+    try:
+        stats = generate(cfg, build=partial(_audit.build_audited, cfg, [str(outside)], str(log)))
+    finally:
+        _audit.stop()
+    assert _audit.seen(str(log)) == []
+    return stats
+
+
 @pytest.mark.parametrize(("kind", "bad"), CASES)
 def test_generate_counts_a_path_outside_the_images_and_never_opens_it(tmp_path, kind, bad):
     outside = _plant(tmp_path)
@@ -99,14 +110,8 @@ def test_generate_counts_a_path_outside_the_images_and_never_opens_it(tmp_path, 
     ref = GenerateConfig(out=str(tmp_path / "ref"), progress=False, num_shards=2, **make(tmp_path / "r", None))
     generate(ref)
     inputs = make(tmp_path, bad)
-    log = str(tmp_path / "opens.log")
     cfg = GenerateConfig(out=str(tmp_path / "out"), progress=False, num_shards=2, **inputs)
-    _audit.watch([str(outside)], log)
-    try:
-        stats = generate(cfg, build=partial(_audit.build_audited, cfg, [str(outside)], log))
-    finally:
-        _audit.stop()
-    assert _audit.seen(log) == []
+    stats = _generate_audited(cfg, outside, tmp_path / "opens.log")
     reader = stats["steps"][0]
     assert reader["dropped"].get("path_outside_root") == 1
     assert {k: v for k, v in reader["dropped"].items() if k != "path_outside_root"} == \
@@ -197,15 +202,9 @@ def test_hf_ids_never_name_depth_files_outside_the_depth_folder(tmp_path):
     features = datasets.Features({"image_id": datasets.Value("string"), "image": datasets.Image()})
     datasets.Dataset.from_dict({"image_id": ids, "image": [{"bytes": jpeg(), "path": None} for _ in ids]},
                                features=features).save_to_disk(tmp_path / "ds")
-    log = str(tmp_path / "opens.log")
     cfg = GenerateConfig(source="hf", annotations=str(tmp_path / "ds"), depth_dir=str(depth), out=str(tmp_path / "out"),
                          num_shards=1, progress=False)
-    _audit.watch([str(outside)], log)
-    try:
-        stats = generate(cfg, build=partial(_audit.build_audited, cfg, [str(outside)], log))
-    finally:
-        _audit.stop()
-    assert _audit.seen(log) == []
+    stats = _generate_audited(cfg, outside, tmp_path / "opens.log")
     assert [s["name"] for s in stats["steps"]][:2] == ["reader", "depth_files"]
     assert stats["steps"][1]["dropped"] == {"path_outside_root": 1}
     assert stats["steps"][1]["records_out"] == 2
