@@ -70,6 +70,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .paths import contained
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS: frozenset[str] = frozenset(
@@ -102,15 +104,7 @@ def check_image_id(image_id: str, root: str) -> None:
     """Raise ``ValueError`` if ``image_id`` could name a file outside ``root`` (absolute, ``..``, NUL)."""
     if not isinstance(image_id, str) or not image_id:
         raise ValueError(f"image_id must be a non-empty string, got {image_id!r} (root {root!r})")
-    parts = image_id.replace("\\", "/").split("/")
-    if (
-        "\x00" in image_id
-        or os.path.isabs(image_id)
-        or image_id.startswith(("/", "\\"))
-        or (len(image_id) > 1 and image_id[1] == ":")  # Windows drive, e.g. C:foo
-        or ".." in parts
-    ):
-        raise ValueError(f"image_id {image_id!r} would escape the image root {root!r}; {REFUSED}")
+    contained(image_id, root, note=REFUSED)  # the rule the generator applies too
 
 
 def _inside(path: str, root_real: str) -> bool:

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SHARDS = 8
 # may change between a killed run and its resume (`out` too: a run folder may be moved)
-_RUN_FIELDS = ("out", "workers", "progress", "overwrite")
+_RUN_FIELDS = ("out", "workers", "progress", "overwrite", "allow_existing")
 _PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir")
 _MODEL_FIELDS = ("depth_model", "detector", "pose_model", "second_depth_model")
 _DTYPES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # as depth_models.DTYPES (no torch import here)
@@ -56,7 +56,7 @@ _DTYPES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # 
 class GenerateConfig:
     """Everything ``spatialforge generate`` needs; the same object drives :func:`generate`.
 
-    Only ``workers``, ``progress`` and ``overwrite`` may change between a killed run and its resume
+    Only ``workers``, ``progress``, ``overwrite`` and ``allow_existing`` may change between a killed run and its resume
     (and ``out``, if the folder was moved): the rest, with the identity of the input files
     (:func:`input_identity`), is recorded in ``<out>/.spatialforge/run.json`` and checked.
     """
@@ -88,7 +88,8 @@ class GenerateConfig:
     device: str = "auto"  # model device: auto | cpu | cuda | cuda:N | mps
     on_bad_input: str = "skip"  # malformed annotations / missing files: skip (counted) | warn | error
     on_size_mismatch: str = "rescale"  # annotation size != image size: rescale (same aspect) | drop
-    overwrite: bool = False  # delete a previous run in `out` instead of resuming it
+    overwrite: bool = False  # delete a previous run's files in `out` (only those) instead of resuming it
+    allow_existing: bool = False  # write into a non-empty `out` that holds no run (its files are never replaced)
     progress: bool = True  # tqdm progress bars
     synthetic: bool = False  # the images are synthetic (the dataset card gets the `synthetic` tag)
 
@@ -188,19 +189,22 @@ def make_reader(cfg: GenerateConfig) -> Reader:
     return HFDatasetReader(cfg.annotations, cfg.cache_dir, split=cfg.hf_split, **common)
 
 
-def _file_identity(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _file_identity(path: Path) -> dict[str, Any]:
+    from .output.run_folder import file_identity
+
+    size, mtime_ns, _, digest = file_identity(path)  # not the ctime: a copied annotation file is the same input
+    return {"size": size, "mtime_ns": mtime_ns, "sha256_ends": digest}
 
 
 def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
     """What the inputs of ``cfg`` are, beyond their names: recorded with a run, so a rerun on changed
     inputs refuses to resume (its finished shards were built from the old ones).
 
-    Annotation files (every file of an annotation folder), class descriptions and image labels: size
-    and modification time. The depth folder: its modification time (files added or removed). A
-    folder of images without annotations (``source="folder"``): the number and a hash of the image
-    ids, which decide what each shard holds.
+    Annotation files (every file of an annotation folder), class descriptions and image labels: size,
+    modification time and a hash of their ends (:func:`~.output.run_folder.file_identity`). A folder
+    of images without annotations (``source="folder"``): the number and a hash of the image ids,
+    which decide what each shard holds. Images and depth files are checked per shard instead (the
+    executor records each file a shard read), so a changed one redoes only the shards that read it.
     """
     out: dict[str, Any] = {}
     for name in ("annotations", "class_descriptions", "image_labels"):
@@ -214,8 +218,6 @@ def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
             out[name] = {f.relative_to(path).as_posix(): _file_identity(f) for f in files}
         else:
             out[name] = _file_identity(path)
-    if cfg.depth_dir:
-        out["depth_dir"] = {"mtime_ns": Path(cfg.depth_dir).resolve().stat().st_mtime_ns}
     if cfg.source == "folder":
         ids = make_reader(cfg).items()
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
@@ -346,8 +348,10 @@ def check_requirements(cfg: GenerateConfig) -> None:
 def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` (resuming a killed run in ``cfg.out``); return the merged stats.
 
-    Writes ``data/<task>/shard-*.parquet``, ``README.md`` (card) and ``stats.json`` in ``cfg.out``.
+    Writes ``data/<task>/train-*.parquet``, ``README.md`` (card) and ``stats.json`` in ``cfg.out``.
     ``build`` (a picklable callable returning steps) replaces :func:`build_steps` for custom pipelines.
+    Raises :class:`~.output.run_folder.OutputFolderError` when another run holds ``cfg.out`` or the
+    folder holds files that are not this run's to replace (see ``allow_existing`` / ``overwrite``).
     """
     from ..builders.card import write_card
     from .executors.local import LocalExecutor
@@ -360,6 +364,7 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         workers=cfg.workers,
         fingerprint={**cfg.fingerprint(), "inputs": input_identity(cfg)},
         overwrite=cfg.overwrite,
+        allow_existing=cfg.allow_existing,
         finalize=partial(write_card, synthetic=cfg.synthetic),
         progress=cfg.progress,
         prepare=partial(prepare_inputs, cfg),

@@ -13,8 +13,8 @@ from spatialforge.processing.synth.demo import run_demo
 
 SCENES, SEED = 24, 0
 PINNED = {
-    "exact": "46f2bebcfd2ec5bafbab5c7a1306c9f5d77c97b7e243fc31e5c77b42118bc4b4",
-    "mono": "a16eda948c5cd24f042c9bacebc0cb0702de92ff0067bbffe8b61422dcfb758c",
+    "exact": "f03cfa21a5fdba2e9e3d4b5ebbb4f55fc47e6e0f3ad7b338e980078cb3263a8a",
+    "mono": "1a4994f5e4f3087190bfab26c49b5ad6751e63450f3cb48ff0fdd32be68ed44e",
 }
 
 

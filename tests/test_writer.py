@@ -42,7 +42,7 @@ def test_writer_sorted_rows_declared_schema_and_counts(tmp_path):
     bad["objects"][0]["bbox"] = [10, 20, 5, 40]  # x1 > x2
     r3 = Record("t", "img3", 64, 48, rows=[bad])
     writer = _write(tmp_path, [r1, r2, r3])
-    path = tmp_path / "data" / "near_far" / "shard-00000-of-00002.parquet"
+    path = tmp_path / "data" / "near_far" / "train-00000-of-00002.parquet"
     table = pq.read_table(path)
     assert table.schema.equals(schema.arrow_schema())
     assert table.schema.metadata == schema.arrow_schema().metadata  # the datasets features travel along
@@ -51,7 +51,7 @@ def test_writer_sorted_rows_declared_schema_and_counts(tmp_path):
     assert writer.candidate_drops == {"near_far:margin_small": 3}
     assert writer.stats.dropped == {"duplicate_row_id": 1, "invalid_row": 1}
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
-        ["data", "near_far", "counting", "shard-00000-of-00002.parquet", "shard-00000-of-00002.parquet"]
+        ["data", "near_far", "counting", "train-00000-of-00002.parquet", "train-00000-of-00002.parquet"]
     )  # no tmp files left
 
 
@@ -104,8 +104,8 @@ def test_requested_task_without_rows_gets_an_empty_loadable_config(tmp_path):
         list(writer.run(records, rank=rank, world_size=2))
         assert writer.rows_per_task["perspective"] == 0
     files = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "data").rglob("*.parquet"))
-    assert files == [f"data/{t}/shard-0000{k}-of-00002.parquet" for t in tasks for k in (0, 1)]
-    empty = pq.read_table(tmp_path / "data" / "perspective" / "shard-00000-of-00002.parquet")
+    assert files == [f"data/{t}/train-0000{k}-of-00002.parquet" for t in tasks for k in (0, 1)]
+    empty = pq.read_table(tmp_path / "data" / "perspective" / "train-00000-of-00002.parquet")
     assert empty.num_rows == 0 and empty.schema.equals(schema.arrow_schema())
     write_card(tmp_path, {"rows_per_task": {"near_far": 1, "perspective": 0}, "config": {"tasks": list(tasks)}})
     meta = yaml.safe_load((tmp_path / "README.md").read_text().split("---")[1])

@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     def generate_cmd(
         ctx: typer.Context,
         source: str = typer.Option(..., "--source", help="Input kind: objects365 | openimages | pixmo | folder | hf."),
-        out: str = typer.Option(..., "--out", help="Dataset folder to write (data/<task>/*.parquet, README.md, stats.json). A killed run resumes when rerun with the same options."),
+        out: str = typer.Option(..., "--out", help="Dataset folder to write (data/<task>/*.parquet, README.md, stats.json): empty, new, or a run's folder (one run at a time). A killed run resumes when rerun with the same options."),
         annotations: Optional[str] = typer.Option(None, "--annotations", help="COCO-style JSON (objects365), box CSV (openimages), JSONL/Parquet rows or a folder of them (pixmo), or a saved / local Hugging Face dataset folder (hf)."),
         images: Optional[str] = typer.Option(None, "--images", help="Root folder of the image files (found by relative path or by file stem)."),
         source_name: Optional[str] = typer.Option(None, "--source-name", help="Name written in the rows' `source` column (default: the --source value); name your own images here."),
@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="Model device: auto | cpu | cuda | cuda:N | mps."),
         on_bad_input: str = typer.Option("skip", "--on-bad-input", help="Malformed annotations, missing files: skip (counted) | warn (counted and logged) | error."),
         on_size_mismatch: str = typer.Option("rescale", "--on-size-mismatch", help="Annotation size differs from the image: rescale (same aspect ratio) | drop."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run in --out instead of resuming it."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run's files in --out (only those its manifest lists) instead of resuming it."),
+        allow_existing: bool = typer.Option(False, "--allow-existing", help="Write into a non-empty --out that holds no run; its files are never replaced (README.md, stats.json or data/ there are refused)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
         verbose: bool = typer.Option(False, "--verbose", help="Show the traceback of an error (also `spatialforge -v generate`)."),
     ) -> None:
@@ -106,6 +107,7 @@ def register(app: typer.Typer) -> None:
                 tasks=_split(tasks) or GenerateConfig.__dataclass_fields__["tasks"].default,
                 workers=workers, seed=seed, num_shards=num_shards, batch_size=batch_size, device=device,
                 on_bad_input=on_bad_input, on_size_mismatch=on_size_mismatch, overwrite=overwrite, progress=progress,
+                allow_existing=allow_existing,
             )
         except ValueError as err:
             raise typer.BadParameter(str(err)) from err

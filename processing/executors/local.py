@@ -5,12 +5,19 @@ holds the same items and is written to files named after it, whatever the number
 the output bytes do not depend on ``workers``. Each shard's run ends with a completion marker::
 
     out/.spatialforge/run.json                  what was run (a rerun must match it)
-    out/.spatialforge/markers/shard-00003.json  that shard's stats; written after its Parquet files
+    out/.spatialforge/inputs/shard-00003.json   the input files that shard read (size, mtime, cheap hash)
+    out/.spatialforge/markers/shard-00003.json  that shard's stats and files; written after its Parquet files
 
-A killed run is rerun with the same command: shards with a marker are skipped, files of shards
-without one (half-written ``*.tmp*`` files, or Parquet files renamed before the kill) are removed
-and those shards run again. At the end, the markers' stats are merged into ``stats.json`` and the
-dataset card.
+A killed run is rerun with the same command: shards with a marker are skipped, unless an input file
+they read changed since (a depth map rewritten in place, an image replaced: those shards are redone,
+each named in the log), files of shards without one (half-written ``*.tmp*`` files, or Parquet files
+renamed before the kill) are removed and those shards run again. At the end, ``data/`` is checked to
+hold exactly the files the markers list, and the markers' stats are merged into ``stats.json`` and
+the dataset card. One run at a time holds the folder's lock, and a folder holding no run is written
+only when empty (see :mod:`~..output.run_folder`).
+
+Steps tell which files they read through a set attribute ``inputs_used`` (paths; a path looked up
+and not found is recorded as absent, so a file added later redoes the shard too).
 
 Workers are processes started with ``spawn`` (safe with torch and threads) in a
 ``ProcessPoolExecutor``; ``workers=1`` runs in
@@ -32,22 +39,21 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
-import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..base import Step, StepStats, run_pipeline, steady_gc
 from ..output.parquet import TMP_SUFFIX, shard_name
+from ..output.run_folder import RUN_FILE, STATE_DIR, RunFolder, atomic_json, changed_inputs, record_inputs
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = ".spatialforge"
 MARKERS_DIR = "markers"
-RUN_FILE = "run.json"
+INPUTS_DIR = "inputs"
 _COUNTERS = ("objects_dropped", "notes", "rows_per_task", "candidate_drops")  # per-shard counters of steps
 _PROGRESS_EVERY = 0.5  # seconds between progress messages from a worker
 
@@ -64,6 +70,10 @@ def marker_path(out_dir: str | os.PathLike, shard: int) -> Path:
     return Path(out_dir) / STATE_DIR / MARKERS_DIR / f"shard-{shard:05d}.json"
 
 
+def inputs_path(out_dir: str | os.PathLike, shard: int) -> Path:
+    return Path(out_dir) / STATE_DIR / INPUTS_DIR / f"shard-{shard:05d}.json"
+
+
 def _reset(step: Step) -> None:
     step.stats = StepStats(step.name)
     for attr in _COUNTERS:
@@ -71,6 +81,8 @@ def _reset(step: Step) -> None:
             setattr(step, attr, Counter())
     if isinstance(getattr(step, "written", None), list):
         step.written = []
+    if isinstance(getattr(step, "inputs_used", None), set):
+        step.inputs_used = set()
 
 
 def step_report(step: Step) -> dict[str, Any]:
@@ -84,9 +96,10 @@ def step_report(step: Step) -> dict[str, Any]:
 
 
 def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_shards: int, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run ``steps`` on one shard, write its marker, return its stats."""
+    """Run ``steps`` on one shard, write its inputs and marker, return its stats."""
     for step in steps:
         _reset(step)
+    started_ns = time.time_ns()
     start = time.perf_counter()
     n = 0
     no_objects = 0
@@ -114,9 +127,20 @@ def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_sha
         "candidate_drops": dict(sorted(drops.items())),
         "steps": [step_report(s) for s in steps],
         "seconds": round(time.perf_counter() - start, 6),
+        "files": sorted({_relative(p, out_dir) for s in steps for p in getattr(s, "written", None) or ()}),
     }
-    _atomic_json(marker_path(out_dir, shard), stats)
+    used = {os.path.abspath(p) for s in steps for p in getattr(s, "inputs_used", None) or ()}
+    atomic_json(inputs_path(out_dir, shard), record_inputs(used, started_ns))
+    atomic_json(marker_path(out_dir, shard), stats)
     return stats
+
+
+def _relative(path: str | os.PathLike, out_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``out_dir`` (posix), for a file a step wrote inside it."""
+    rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir)))
+    if rel.parts and rel.parts[0] == "..":
+        raise ValueError(f"a step wrote {str(path)!r}, outside the output folder {str(out_dir)!r}")
+    return rel.as_posix()
 
 
 def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -176,13 +200,6 @@ def _diff(old: Any, new: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     return [] if old == new else [(key, old, new)]
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # -- worker processes ----------------------------------------------------------------------------
 
 _worker: dict[str, Any] = {}
@@ -230,7 +247,8 @@ class LocalExecutor:
         workers: processes; 1 runs in this process.
         fingerprint: JSON-able description of the run (e.g. the config); a rerun into the same
             ``out_dir`` must match it, or fail instead of mixing two different runs.
-        overwrite: start from scratch, deleting a previous run's output in ``out_dir``.
+        overwrite: start from scratch, deleting a previous run's files in ``out_dir`` (only those).
+        allow_existing: write into a non-empty folder that holds no run (never replacing its files).
         finalize: callable ``(out_dir, merged_stats) -> None`` run at the end (e.g. ``write_card``).
         progress: show tqdm progress bars.
         prepare: callable run once in this process before any shard, when shards are left to do
@@ -249,6 +267,7 @@ class LocalExecutor:
         progress: bool = True,
         start_method: str = "spawn",
         prepare: Callable[[], None] | None = None,
+        allow_existing: bool = False,
     ) -> None:
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
@@ -264,6 +283,8 @@ class LocalExecutor:
         self.progress = progress
         self.start_method = start_method
         self.prepare = prepare
+        self.allow_existing = allow_existing
+        self.folder = RunFolder(self.out_dir)
 
     # -- state -----------------------------------------------------------------------------------
     def _prepare(self) -> list[int]:
@@ -271,11 +292,7 @@ class LocalExecutor:
         state = self.out_dir / STATE_DIR
         run_file = state / RUN_FILE
         want = {"num_shards": self.num_shards, "fingerprint": self.fingerprint}
-        if self.overwrite:
-            for name in ("data", STATE_DIR):
-                shutil.rmtree(self.out_dir / name, ignore_errors=True)
-            for name in ("README.md", "stats.json"):
-                (self.out_dir / name).unlink(missing_ok=True)
+        self.folder.check_start(self.overwrite, self.allow_existing, self._run_files())
         if run_file.is_file():
             have = json.loads(run_file.read_text(encoding="utf-8"))
             want_json = json.loads(json.dumps(want))
@@ -289,23 +306,55 @@ class LocalExecutor:
                     "again, or use another output folder."
                 )
         else:
-            _atomic_json(run_file, want)
-        done = {s for s in range(self.num_shards) if marker_path(self.out_dir, s).is_file()}
+            atomic_json(run_file, want)
+        done = {s for s in range(self.num_shards) if self._still_done(s)}
         todo = [s for s in range(self.num_shards) if s not in done]
         if done:
             logger.info("resuming: %d of %d shards already done", len(done), self.num_shards)
         self._clean(todo)
         return todo
 
+    def _run_files(self) -> set[str]:
+        """Files of the run in ``out_dir`` by its own record: its markers' lists and its shards' names."""
+        run_file = self.out_dir / STATE_DIR / RUN_FILE
+        if not run_file.is_file():
+            return set()
+        num_shards = json.loads(run_file.read_text(encoding="utf-8")).get("num_shards")
+        shards = range(num_shards) if isinstance(num_shards, int) else range(0)
+        out = {p.relative_to(self.out_dir).as_posix() for p in self._shard_files(shards, num_shards)}
+        markers = self.out_dir / STATE_DIR / MARKERS_DIR
+        for path in sorted(markers.glob("shard-*.json")) if markers.is_dir() else ():
+            out.update(json.loads(path.read_text(encoding="utf-8")).get("files", []))
+        return out
+
+    def _still_done(self, shard: int) -> bool:
+        """A marker, with its file list and its inputs as recorded; a shard whose inputs changed is redone."""
+        marker, inputs = marker_path(self.out_dir, shard), inputs_path(self.out_dir, shard)
+        if not marker.is_file():
+            return False
+        if "files" in json.loads(marker.read_text(encoding="utf-8")) and inputs.is_file():
+            changed = changed_inputs(json.loads(inputs.read_text(encoding="utf-8")))
+            if not changed:
+                return True
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            logger.warning("shard %d is redone: its input %s changed (%s)%s", shard, changed[0][0], changed[0][1], more)
+        marker.unlink()
+        inputs.unlink(missing_ok=True)
+        return False
+
+    def _shard_files(self, shards: Iterable[int], num_shards: int) -> list[Path]:
+        """Files under ``data/<task>/`` named after ``shards`` of ``num_shards`` (Parquet or tmp files)."""
+        data = self.out_dir / "data"
+        names = {shard_name(s, num_shards) for s in shards}
+        if not names or not data.is_dir():
+            return []
+        return [path for path in sorted(data.glob("*/*")) if path.name.split(".parquet")[0] in names
+                and (path.name.endswith(".parquet") or TMP_SUFFIX in path.name)]
+
     def _clean(self, shards: list[int]) -> None:
         """Remove files of unfinished shards (tmp files, or renamed files of a shard killed before its marker)."""
-        data = self.out_dir / "data"
-        names = {shard_name(s, self.num_shards) for s in shards}
-        if data.is_dir():
-            for path in sorted(data.glob("*/*")):
-                base = path.name.split(".parquet")[0]
-                if base in names and (path.name.endswith(".parquet") or TMP_SUFFIX in path.name):
-                    path.unlink()
+        for path in self._shard_files(shards, self.num_shards):
+            path.unlink()
         markers = self.out_dir / STATE_DIR / MARKERS_DIR
         if markers.is_dir():
             for path in markers.glob("*.tmp-*"):
@@ -321,7 +370,15 @@ class LocalExecutor:
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Run the shards that are not done; return the merged stats of all shards."""
+        """Run the shards that are not done; return the merged stats of all shards.
+
+        Holds the folder's lock throughout; raises :class:`~..output.run_folder.OutputFolderError`
+        when another run holds it or the folder is not this run's to write.
+        """
+        with self.folder:
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
         todo = self._prepare()
         if todo:
             from tqdm.auto import tqdm
@@ -338,7 +395,9 @@ class LocalExecutor:
             finally:
                 record_bar.close()
                 shard_bar.close()
-        stats = merge_stats(self.shard_stats())
+        shards = self.shard_stats()
+        self.folder.check_finish({f for s in shards for f in s["files"]})
+        stats = merge_stats(shards)
         if self.fingerprint:
             stats["config"] = self.fingerprint
         if self.finalize is not None:

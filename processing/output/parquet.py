@@ -6,8 +6,8 @@ The layout is the one the dataset card's ``configs:`` point at (one folder per t
       README.md                 dataset card (builders/card.py)
       stats.json
       data/
-        near_far/shard-00000-of-00004.parquet
-        counting/shard-00000-of-00004.parquet
+        near_far/train-00000-of-00004.parquet
+        counting/train-00000-of-00004.parquet
         ...
 
 Files are written with the declared schema (:func:`spatialforge.builders.schema.arrow_schema`,
@@ -38,9 +38,13 @@ step that made them (the task step), so the writer does not check them twice. A 
 rows after that must lower it (or delete it)."""
 
 
+SPLIT = "train"  # the split every shard belongs to (the card's data_files say the same)
+
+
 def shard_name(shard: int, num_shards: int) -> str:
-    """``shard-00003-of-00016``: sorts in shard order, names every file of the shard."""
-    return f"shard-{shard:05d}-of-{num_shards:05d}"
+    """``train-00003-of-00016``: split, shard and count, as ``datasets`` names the shards it writes
+    (``push_to_hub``, ``save_to_disk``); sorts in shard order and names every file of the shard."""
+    return f"{SPLIT}-{shard:05d}-of-{num_shards:05d}"
 
 
 def task_path(out_dir: str | os.PathLike, task: str, name: str) -> Path:
@@ -83,7 +87,7 @@ class ParquetWriter(Step):
         >>> writer = ParquetWriter("out/")                                  # doctest: +SKIP
         >>> list(writer.run(records, rank=0, world_size=4))                 # doctest: +SKIP
         >>> writer.written                                                  # doctest: +SKIP
-        ['out/data/near_far/shard-00000-of-00004.parquet', ...]
+        ['out/data/near_far/train-00000-of-00004.parquet', ...]
     """
 
     name = "writer"

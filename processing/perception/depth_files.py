@@ -14,7 +14,9 @@ A map whose size differs from the record's (EXIF-transposed) grid is resized wit
 sampling (holes stay holes, no invented depth between objects; note ``depth_resized``) when the
 aspect ratio agrees within 2 %; otherwise the record is dropped (``depth_aspect_mismatch``): a
 transposed or cropped map would give wrong depth for every box. A missing file drops the record
-(``missing_depth``). Every drop is counted in ``step.stats.dropped``.
+(``missing_depth``); an image id that would name a file outside ``depth_dir`` (``../x``, an absolute
+path) drops it too (``path_outside_root``, :func:`spatialforge.builders.paths.contained`). Every
+drop is counted in ``step.stats.dropped``.
 
 Example:
     >>> step = DepthFromFiles("depth/", kind="depth")   # doctest: +SKIP
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...builders.paths import PATH_OUTSIDE_ROOT, PathOutsideRoot, contained
 from ..base import Step
 from ..readers import ASPECT_TOLERANCE, POLICIES, BadInputError, Policy
 from ..records import DepthKind, DepthMap, Record
@@ -97,14 +100,17 @@ class DepthFromFiles(Step):
         self.kind = kind
         self.on_bad_input = on_bad_input
         self.notes: Counter = Counter()
+        self.inputs_used: set[str] = set()  # depth files read, and the ones looked up before them (absent)
 
     def find(self, record: Record) -> Path | None:
-        stems = [record.image_id]
+        """The depth file of ``record``, or None; raises PathOutsideRoot for an id that would leave ``depth_dir``."""
+        stems = [contained(record.image_id, self.depth_dir, kind="depth")]
         if record.image_path:
             stems.append(Path(record.image_path).stem)
         for stem in dict.fromkeys(stems):
             for ext in (".npy", ".png"):
                 candidate = self.depth_dir / f"{stem}{ext}"
+                self.inputs_used.add(str(candidate))  # absent ones too: a file added later changes the answer
                 if candidate.is_file():
                     return candidate
         return None
@@ -117,7 +123,11 @@ class DepthFromFiles(Step):
             logger.warning("%s [%s]", message, reason)
 
     def process(self, record: Record) -> Record | None:
-        path = self.find(record)
+        try:
+            path = self.find(record)
+        except PathOutsideRoot as err:
+            self._drop(PATH_OUTSIDE_ROOT, f"{record.key}: {err}")
+            return None
         if path is None:
             self._drop("missing_depth", f"{record.key}: no {record.image_id}.npy/.png in {str(self.depth_dir)!r}")
             return None

@@ -33,7 +33,8 @@ grid, as the dataset contract states.
 files (unparseable JSON, CSVs without the required columns) always raise. Counts:
 
 * ``reader.stats.dropped``: images dropped whole (``missing_image``, ``unreadable_image``,
-  ``size_mismatch``, ``duplicate_image_id``, ``malformed_line``, ...);
+  ``size_mismatch``, ``duplicate_image_id``, ``malformed_line``, ``path_outside_root`` for a
+  ``file_name`` / id that would name a file outside ``images``: see :mod:`spatialforge.builders.paths`, ...);
 * ``reader.objects_dropped``: boxes / points dropped (``bbox_not_finite``, ``bbox_zero_area``,
   ``bbox_outside_image``, ``unknown_category``, ...);
 * ``reader.notes``: fixes applied without a drop (``bbox_clipped``, ``size_rescaled``, ...).
@@ -53,6 +54,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ...builders.paths import PATH_OUTSIDE_ROOT, PathOutsideRoot, contained
 from ..base import Step
 from ..records import NUM_KEYPOINTS, Detections, Record
 from .images import (
@@ -125,6 +127,8 @@ class Reader(Step):
 
     name = "reader"
     default_source = "unknown"
+    id_field = "image_id"  # the input field image ids come from, and relative paths (named when one is refused)
+    path_field = "file_name"
 
     def __init__(
         self,
@@ -148,6 +152,7 @@ class Reader(Step):
         self._load_drops: Counter = Counter()  # image-level problems found at parse time
         self._load_object_drops: Counter = Counter()
         self._logged: Counter = Counter()
+        self.inputs_used: set[str] = set()  # image files read (the executor records them per shard)
 
     # -- policy ------------------------------------------------------------------------------
     def _bad(self, reason: str, message: str, counter: Counter, n: int = 1) -> None:
@@ -215,13 +220,22 @@ class Reader(Step):
     def _resolve(self, raw: _Raw) -> str | None:
         if raw.path is not None:
             return raw.path if os.path.isfile(raw.path) else None
+        # values of the input name files under the images root: never outside it (raises PathOutsideRoot)
+        if raw.relpath:
+            contained(raw.relpath, self.images.root, what=self.path_field)
+        contained(raw.image_id, self.images.root, what=self.id_field)
         return self.images.find(raw.relpath, raw.image_id)
 
     def _make_record(self, raw: _Raw) -> Record | None:
-        path = self._resolve(raw)
+        try:
+            path = self._resolve(raw)
+        except PathOutsideRoot as err:
+            self.bad_image(PATH_OUTSIDE_ROOT, str(err))
+            return None
         if path is None:
             self.bad_image("missing_image", f"image {raw.image_id!r} ({raw.relpath or raw.path or 'by id'}) not found under {self.images.root}")
             return None
+        self.inputs_used.add(path)
         try:
             header = read_header(path)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for broken files

@@ -39,6 +39,7 @@ class CocoReader(TableReader):
     """
 
     default_source = "objects365"
+    id_field = "file_name"  # the id is the stem of file_name
     kind = "coco"
 
     def __init__(self, annotations: str | os.PathLike, images: str | os.PathLike | None = None, **kwargs) -> None:

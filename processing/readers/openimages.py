@@ -62,6 +62,7 @@ class OpenImagesReader(TableReader):
     """
 
     default_source = "openimages"
+    id_field = "ImageID"
     kind = "openimages"
 
     def __init__(

@@ -85,6 +85,7 @@ class PixmoReader(TableReader):
     """
 
     default_source = "pixmo"
+    id_field = "image_sha256"
     kind = "pixmo"
 
     def __init__(self, annotations: str | os.PathLike, images: str | os.PathLike | None = None, **kwargs) -> None:
