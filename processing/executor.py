@@ -272,7 +272,7 @@ class LocalExecutor:
         run_file = state / RUN_FILE
         want = {"num_shards": self.num_shards, "fingerprint": self.fingerprint}
         if self.overwrite:
-            for name in ("data", STATE_DIR):
+            for name in ("data", "drops", "previews", STATE_DIR):
                 shutil.rmtree(self.out_dir / name, ignore_errors=True)
             for name in ("README.md", "stats.json"):
                 (self.out_dir / name).unlink(missing_ok=True)
