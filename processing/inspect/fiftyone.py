@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -297,8 +298,7 @@ class FiftyOneReader(Reader):
                 if box is None or len(box) != 4:
                     _issue(raw, "bbox_malformed")
                     continue
-                x, y, w, h = (float(v) for v in box)
-                raw.boxes.append(([x, y, x + w, y + h], str(det.label)))
+                raw.boxes.append(([float(v) for v in box], str(det.label)))  # relative xywh: see _objects
                 flags = {key: any(bool(det.get_field(a)) for a in names if det.has_field(a))
                          for key, names in _FLAG_ATTRIBUTES.items()}
                 flags["score"] = float(det.confidence) if det.confidence is not None else 1.0
@@ -306,3 +306,17 @@ class FiftyOneReader(Reader):
             out[image_id] = raw
         logger.info("FiftyOne dataset %r: %d samples, boxes from %r", self.dataset_name, len(out), field)
         return out
+
+    def _objects(self, raw: _Raw, header, fn):
+        """Relative ``[x, y, w, h]`` -> pixel ``xyxy`` on the image's grid: ``x * W`` and ``x * W + w * W``
+        (not ``(x + w) * W``), snapped to integers within 1e-6 px, so boxes that were whole pixels
+        (COCO, Open Images) come back as the same whole pixels."""
+        W, H = header.width, header.height
+        boxes = [([_snap(x * W), _snap(y * H), _snap(x * W + w * W), _snap(y * H + h * H)], label)
+                 for (x, y, w, h), label in raw.boxes or []]
+        return super()._objects(dataclasses.replace(raw, boxes=boxes, relative=False), header, None)
+
+
+def _snap(v: float) -> float:
+    r = round(v)
+    return float(r) if abs(v - r) < 1e-6 else v
