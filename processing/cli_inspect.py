@@ -28,7 +28,9 @@ def _run(ctx: typer.Context, fn):
     except (ValueError, FileNotFoundError, ImportError) as err:
         if ctx.find_root().params.get("verbose"):
             raise
-        code = EXIT_FAILED if isinstance(err, ValueError) and str(err).startswith("no row of") else EXIT_USAGE
+        from .inspect.rows import NoImagesFound
+
+        code = EXIT_FAILED if isinstance(err, NoImagesFound) else EXIT_USAGE
         _fail(f"{err} (-v shows the traceback)", code)
 
 
@@ -59,9 +61,7 @@ def register(app: typer.Typer) -> None:
 
         def export():
             qa = load_qa(dataset, dirs, task)
-            if not qa.images:
-                raise ValueError(f"no row of {dataset!r} (task {task}) has its image under the given --image-dir folders "
-                                 f"({qa.rows} rows; {qa.describe_missing() or 'none'})")
+            qa.require_images(dataset, task)
             drops = read_drops(dataset) if Path(dataset).is_dir() else {}
             return qa, export_qa(qa, ds_name, overwrite=overwrite, drops=drops, progress=True)
 
@@ -72,7 +72,17 @@ def register(app: typer.Typer) -> None:
         if not launch:
             typer.echo(f"open it with: fiftyone app launch {ds_name}")
             return
-        session = _run(ctx, lambda: launch_app(ds_name, port=port, address=address))
+
+        def serve():
+            try:
+                return launch_app(ds_name, port=port, address=address)
+            except Exception as err:  # FiftyOne's service errors (port taken, server too slow to start)
+                if ctx.find_root().params.get("verbose"):
+                    raise
+                _fail(f"could not serve the FiftyOne App on {address}:{port}: {type(err).__name__}: {err} "
+                      f"(the dataset {ds_name!r} is kept: `fiftyone app launch {ds_name}`)")
+
+        session = serve()
         typer.echo(f"FiftyOne App: {session.url} (Ctrl-C stops it)")
         try:
             session.wait()
@@ -100,7 +110,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {len(report.files)} previews to {report.out}"
                    + (f"; the card {report.card} embeds the first ones" if report.card else ""))
         if report.missing:
-            typer.echo(f"rows left out (image not found): " + ", ".join(f"{r}: {k}" for r, k in sorted(report.missing.items())))
+            typer.echo("rows left out (image not found): " + ", ".join(f"{r}: {k}" for r, k in sorted(report.missing.items())))
 
-
-__all__ = ["register", "EXIT_FAILED", "EXIT_USAGE"]

@@ -211,11 +211,25 @@ def import_qa(name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def launch_app(name: str, port: int = 5151, address: str = "127.0.0.1"):
+def launch_app(name: str, port: int = 5151, address: str = "127.0.0.1", attempts: int = 2):
     """Serve the FiftyOne App on ``address:port`` showing dataset ``name``; returns the session
-    (``session.url``; ``session.wait()`` blocks until interrupted, ``session.close()`` stops it)."""
+    (``session.url``; ``session.wait()`` blocks until interrupted, ``session.close()`` stops it).
+
+    FiftyOne gives its server process 60 s to listen; on a busy machine its start (imports) can take
+    longer, so a timeout is retried up to ``attempts`` times in all.
+    """
     fo = _fo()
-    return fo.launch_app(load_fiftyone_dataset(name), port=port, address=address, remote=True, auto=False)
+    from fiftyone.core.service import ServiceListenTimeout
+
+    dataset = load_fiftyone_dataset(name)
+    for attempt in range(1, attempts + 1):
+        try:
+            return fo.launch_app(dataset, port=port, address=address, remote=True, auto=False)
+        except ServiceListenTimeout:
+            if attempt == attempts:
+                raise
+            logger.warning("the FiftyOne App server did not listen on %s:%d in time (attempt %d of %d); starting it again",
+                           address, port, attempt, attempts)
 
 
 # ---------------------------------------------------------------------------------------------

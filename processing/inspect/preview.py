@@ -185,10 +185,8 @@ def write_previews(
         out = Path(dataset) / PREVIEWS_DIR
     out = Path(out)
     qa = qa if qa is not None else load_qa(dataset, image_dirs, task)
+    qa.require_images(dataset, task)
     chosen = pick(qa.images, n, seed)
-    if not chosen:
-        raise ValueError(f"no row of {dataset!r} (task {task}) has its image under the given --image-dir folders "
-                         f"({qa.rows} rows; {qa.describe_missing() or 'none'})")
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / PREVIEW_MANIFEST
     if manifest.is_file():

@@ -24,6 +24,10 @@ NO_IMAGE_DIR = "no_image_dir"  # the row's source has no --image-dir
 MISSING_IMAGE = "missing_image"  # the resolver found no file for the row's image id
 
 
+class NoImagesFound(ValueError):
+    """No row of the dataset has its image under the given folders: there is nothing to show."""
+
+
 @dataclass
 class QAImage:
     """One image and its QA rows (in the dataset's row order)."""
@@ -47,6 +51,12 @@ class QAImages:
 
     def describe_missing(self) -> str:
         return ", ".join(f"{n} rows ({self.missing_images[r]} images): {r}" for r, n in sorted(self.missing.items()))
+
+    def require_images(self, dataset: str, task: str = ALL_CONFIG) -> None:
+        """Raise :class:`NoImagesFound` (naming the dataset and what was missing) when no image was found."""
+        if not self.images:
+            raise NoImagesFound(f"no row of {dataset!r} (task {task}) has its image under the given --image-dir "
+                                f"folders ({self.rows} rows; {self.describe_missing() or 'none'})")
 
 
 def read_rows(dataset: str, task: str = ALL_CONFIG, revision: str | None = None) -> list[dict[str, Any]]:
