@@ -15,7 +15,9 @@ code:
 
 The body gives rows per task, acceptance rates, every reason an image or object was dropped
 before questions were asked (reading, perception) and the most frequent candidate drop reasons of
-each task. It holds no timings or dates, so the same rows always give the same card.
+each task. It holds no timings or dates, so the same rows always give the same card. Preview images
+in the folder (``previews/previews.json``, written by ``spatialforge preview``) are embedded, the first
+:data:`CARD_PREVIEWS` of them.
 
 Example:
     >>> write_card("out/", stats)    # doctest: +SKIP
