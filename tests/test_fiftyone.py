@@ -122,7 +122,7 @@ def test_round_trip_keeps_counts_boxes_and_rows(fo, generated):
 
 def test_fiftyone_source_gives_the_same_rows_as_the_coco_reader(fo, generated, tmp_path):
     """FiftyOne's own COCO importer (as its zoo uses) -> --source fiftyone: the same Parquet bytes as
-    reading the COCO file with the objects365 reader."""
+    reading the COCO file with the objects365 reader (whose run also kept its drops: data/ is unchanged by that)."""
     name = _name("coco")
     fo.Dataset.from_dir(dataset_type=fo.types.COCODetectionDataset, data_path=str(generated["root"] / "o365"),
                         labels_path=str(generated["annotations"]), label_types=["detections"], name=name, persistent=True)
@@ -180,6 +180,14 @@ def test_reader_flags_problems_and_fields(fo, tmp_path):
         FiftyOneReader(_name("absent")).items()
     with pytest.raises(ValueError, match="needs fiftyone_dataset"):
         GenerateConfig(source="fiftyone", out=str(tmp_path / "x"))
+
+    from spatialforge.processing.cli import _register, app
+
+    _register()
+    absent = _name("absent")
+    result = CliRunner().invoke(app, ["generate", "--source", "fiftyone", "--fiftyone-dataset", absent, "--out", str(tmp_path / "g")])
+    assert result.exit_code == 1 and f"no FiftyOne dataset named {absent!r}" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_cli_fiftyone(fo, generated):
