@@ -102,8 +102,8 @@ def main() -> None:
     args = parser.parse_args()
 
     quiet_torch(args.threads)
-    from spatialforge.processing.detection import DetectionStep
-    from spatialforge.processing.objects365_labels import OBJECTS365_PROMPTS
+    from spatialforge.processing.perception.detection import DetectionStep
+    from spatialforge.processing.perception.objects365_labels import OBJECTS365_PROMPTS
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

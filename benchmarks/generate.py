@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from spatialforge.processing.base import Step  # noqa: E402
 from spatialforge.processing.records import DepthMap, Record  # noqa: E402
-from spatialforge.processing.synth import SceneConfig, make_scene, scene_record  # noqa: E402
+from spatialforge.processing.synth.scenes import SceneConfig, make_scene, scene_record  # noqa: E402
 
 SIZE = 518
 OBJECTS = 10
@@ -121,12 +121,12 @@ class _FileRecords(Step):
 
 
 def run_generate(inputs, n: int, out_dir: Path) -> tuple[float, int, dict[str, float]]:
-    """The shard loop of ``spatialforge generate`` (:func:`~spatialforge.processing.executor.run_shard`)."""
-    from spatialforge.processing.executor import run_shard
-    from spatialforge.processing.facing import FacingFromKeypoints
-    from spatialforge.processing.tasks import TaskStep
-    from spatialforge.processing.verify import VerifyConfig
-    from spatialforge.processing.writer import ParquetWriter
+    """The shard loop of ``spatialforge generate`` (:func:`~spatialforge.processing.executors.local.run_shard`)."""
+    from spatialforge.processing.executors.local import run_shard
+    from spatialforge.processing.perception.facing import FacingFromKeypoints
+    from spatialforge.processing.tasks.step import TaskStep
+    from spatialforge.processing.tasks.verify import VerifyConfig
+    from spatialforge.processing.output.parquet import ParquetWriter
 
     steps = [_FileRecords(inputs, n), FacingFromKeypoints(), TaskStep(tasks=RELATIONS, seed=0, config=VerifyConfig()),
              ParquetWriter(out_dir)]

@@ -136,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
 
     quiet_torch(args.threads)
-    from spatialforge.processing.depth_models import DepthModelStep
+    from spatialforge.processing.perception.depth_models import DepthModelStep
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -240,26 +240,21 @@ def prepare_inputs(cfg: GenerateConfig) -> None:
 
 
 def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:
-    try:
-        from .facing import FacingFromKeypoints
-    except ModuleNotFoundError as err:
-        if err.name != f"{__package__}.facing":
-            raise
-        logger.info("processing.facing is not available: person facing stays 'unknown'")
-        return None
+    from .perception.facing import FacingFromKeypoints
+
     return FacingFromKeypoints(person_labels=person_labels)
 
 
 def verify_config(cfg: GenerateConfig) -> Any:
     """The :class:`~.verify.VerifyConfig` of ``cfg``."""
-    from .verify import VerifyConfig
+    from .tasks.verify import VerifyConfig
 
     return VerifyConfig(ground_contact=cfg.ground_contact)
 
 
 def task_step(cfg: GenerateConfig) -> Step:
     """The task generator + verifier step."""
-    from .tasks import TaskStep
+    from .tasks.step import TaskStep
 
     return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=verify_config(cfg))
 
@@ -269,31 +264,31 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
 
     ``tasks`` replaces the task step (for custom generators).
     """
-    from .writer import ParquetWriter
+    from .output.parquet import ParquetWriter
 
     steps: list[Step] = [make_reader(cfg)]
     if cfg.detector:
-        from .detection import DetectionStep
+        from .perception.detection import DetectionStep
 
         labels = list(cfg.detector_labels) if cfg.detector_labels else None
         steps.append(DetectionStep(cfg.detector, labels=labels, threshold=cfg.detector_threshold,
                                    batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
     if cfg.depth_dir:
-        from .depth import DepthFromFiles
+        from .perception.depth_files import DepthFromFiles
 
         steps.append(DepthFromFiles(cfg.depth_dir, kind=cfg.depth_kind, on_bad_input=cfg.on_bad_input))
     elif cfg.depth_model:
-        from .depth_models import DepthModelStep
+        from .perception.depth_models import DepthModelStep
 
         steps.append(DepthModelStep(cfg.depth_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
                                     flip_tta=cfg.depth_flip_tta))
     if cfg.second_depth_model:
-        from .depth_models import DepthModelStep
+        from .perception.depth_models import DepthModelStep
 
         steps.append(DepthModelStep(cfg.second_depth_model, batch_size=cfg.batch_size, device=cfg.device,
                                     dtype=cfg.dtype, target="alt"))
     if cfg.pose_model:
-        from .pose import PoseStep
+        from .perception.pose import PoseStep
 
         # pose for every box the perspective task treats as a person (one definition: VerifyConfig's)
         steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
@@ -307,7 +302,7 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
         step.keep_image = True
     steps.append(tasks if tasks is not None else task_step(cfg))
     if cfg.source == "pixmo" and "counting" in cfg.tasks:
-        from .task_point_counting import PointCounting
+        from .tasks.point_counting import PointCounting
 
         # Pixmo points are exhaustive counts: counting questions without boxes
         steps.append(PointCounting(seed=cfg.seed, config=verify_config(cfg)))
@@ -364,7 +359,7 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     ``build`` (a picklable callable returning steps) replaces :func:`build_steps` for custom pipelines.
     """
     from ..builders.card import write_card
-    from .executor import LocalExecutor
+    from .executors.local import LocalExecutor
 
     check_requirements(cfg)
     executor = LocalExecutor(

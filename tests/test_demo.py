@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spatialforge.processing.demo import read_rows, run_demo
+from spatialforge.processing.synth.demo import read_rows, run_demo
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spatialforge.processing.depth import DepthFromFiles, resize_nearest
+from spatialforge.processing.perception.depth_files import DepthFromFiles, resize_nearest
 from spatialforge.processing.readers import BadInputError
 from spatialforge.processing.records import Record
 

@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("scipy")  # OWLv2's image processor
 
-from spatialforge.processing import detection  # noqa: E402
-from spatialforge.processing.detection import (  # noqa: E402
+from spatialforge.processing.perception import detection  # noqa: E402
+from spatialforge.processing.perception.detection import (  # noqa: E402
     DetectionStep,
     owl_cache_support,
     owl_detect,
@@ -141,7 +141,7 @@ def test_falls_back_to_the_forward_with_a_note(tiny_models, tmp_path, monkeypatc
         assert "has no image_embedder, class_predictor, box_predictor, get_text_features" in owl_cache_support(step.model)
     else:
         monkeypatch.setitem(detection.OWL_CHECK_ATOL, "fp32", -1.0)  # any difference fails the check
-    with caplog.at_level(logging.INFO, logger="spatialforge.processing.detection"):
+    with caplog.at_level(logging.INFO, logger="spatialforge.processing.perception.detection"):
         out = list(step.run([Record(r.source, r.image_id, r.width, r.height, image_path=r.image_path) for r in records]))
     assert step._owl_queries[1] is None
     notes = [m for m in caplog.messages if "re-encoded with every batch" in m]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from spatialforge.processing.facing import FacingFromKeypoints, facing_from_keypoints, keypoint_scores
+from spatialforge.processing.perception.facing import FacingFromKeypoints, facing_from_keypoints, keypoint_scores
 from spatialforge.processing.records import Detections, Record
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from spatialforge.processing.base import steady_gc
 from spatialforge.processing.records import DepthMap
-from spatialforge.processing.verify import _grid_bounds, _Samples
+from spatialforge.processing.tasks.verify import _grid_bounds, _Samples
 
 
 def test_samples_equal_plain_strided_reads():
@@ -72,7 +72,7 @@ def _relation_record(labels: list[str]):
 
 def test_relation_rows_checked_as_validate_row_checks_them():
     from spatialforge.builders.schema import validate_row
-    from spatialforge.processing.tasks import TaskStep
+    from spatialforge.processing.tasks.step import TaskStep
 
     tasks = ("near_far", "left_right")
     uncapped = dict.fromkeys(tasks, None)

@@ -15,7 +15,7 @@ from _tiny_models import LABELS, TinyModels
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from spatialforge.processing.depth_models import (  # noqa: E402
+from spatialforge.processing.perception.depth_models import (  # noqa: E402
     DepthModelStep,
     depth_convention,
     DepthProPreprocessor,
@@ -24,7 +24,7 @@ from spatialforge.processing.depth_models import (  # noqa: E402
     group_by_shape,
     resolve_dtype,
 )
-from spatialforge.processing.detection import (  # noqa: E402
+from spatialforge.processing.perception.detection import (  # noqa: E402
     DetectionStep,
     box_iou,
     center_to_corners,
@@ -35,7 +35,7 @@ from spatialforge.processing.detection import (  # noqa: E402
     nms,
     pack_prompts,
 )
-from spatialforge.processing.pose import PoseStep, keypoints_from_pose_result, xyxy_to_coco  # noqa: E402
+from spatialforge.processing.perception.pose import PoseStep, keypoints_from_pose_result, xyxy_to_coco  # noqa: E402
 from spatialforge.processing.records import FACINGS, Detections, Record  # noqa: E402
 
 
@@ -290,7 +290,7 @@ def test_depth_pro_step_without_torchvision_gives_meters(tiny_models, tmp_path):
 
 
 def test_processor_needing_torchvision_names_it(monkeypatch):
-    from spatialforge.processing import depth_models
+    from spatialforge.processing.perception import depth_models
 
     def unavailable(*args, **kwargs):
         raise ValueError("None of these classes could be imported. Missing optional dependencies: torchvision.")
@@ -556,7 +556,7 @@ def test_detection_step_structure(tiny_models, tmp_path, factory):
 
 
 def test_open_vocabulary_defaults_to_objects365(tiny_models):
-    from spatialforge.processing.objects365_labels import OBJECTS365_CATEGORIES, OBJECTS365_PROMPTS, prompt_name
+    from spatialforge.processing.perception.objects365_labels import OBJECTS365_CATEGORIES, OBJECTS365_PROMPTS, prompt_name
 
     assert len(OBJECTS365_CATEGORIES) == len(set(OBJECTS365_PROMPTS)) == 365
     assert prompt_name("Moniter/TV") == "monitor" and prompt_name("Cabinet/shelf") == "cabinet"
@@ -621,8 +621,8 @@ def test_pose_step_keypoints_on_grid_and_facing(tiny_models, tmp_path):
 
 
 def test_pose_person_labels_are_the_perspective_tasks():
-    from spatialforge.processing.facing import FacingFromKeypoints
-    from spatialforge.processing.verify import VerifyConfig
+    from spatialforge.processing.perception.facing import FacingFromKeypoints
+    from spatialforge.processing.tasks.verify import VerifyConfig
 
     det = Detections(np.array([[0, 0, 40, 90]] * 7, float), ["Man", "Woman", "Boy", "Girl", "Person", "child", "cup"])
     record = Record("openimages", "x", 100, 100, objects=det)

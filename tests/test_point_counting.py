@@ -12,8 +12,8 @@ from _pipeline_fixtures import make_folder, save_image
 from spatialforge.builders.schema import validate_row
 from spatialforge.processing.pipeline import GenerateConfig, build_steps, generate
 from spatialforge.processing.records import Record
-from spatialforge.processing.task_point_counting import PointCounting
-from spatialforge.processing.verify import VerifyConfig
+from spatialforge.processing.tasks.point_counting import PointCounting
+from spatialforge.processing.tasks.verify import VerifyConfig
 
 
 def _record(counts: dict[str, int]) -> Record:

@@ -24,14 +24,14 @@ from collections import Counter
 import pytest
 
 from spatialforge.builders.schema import TASKS, validate_row
-from spatialforge.processing.evaluate import evaluate, format_report
-from spatialforge.processing.facing import FacingFromKeypoints
-from spatialforge.processing.synth import SceneConfig, corrupt_depth, make_scenes, scene_record, scene_rng, truth_of
+from spatialforge.processing.synth.evaluate import evaluate, format_report
+from spatialforge.processing.perception.facing import FacingFromKeypoints
+from spatialforge.processing.synth.scenes import SceneConfig, corrupt_depth, make_scenes, scene_record, scene_rng, truth_of
 
 pytestmark = pytest.mark.slow  # about 15 s: 440 scenes through the task step (exact and monocular-like depth)
 
-tasks_mod = pytest.importorskip("spatialforge.processing.tasks")
-verify_mod = pytest.importorskip("spatialforge.processing.verify")
+tasks_mod = pytest.importorskip("spatialforge.processing.tasks.step")
+verify_mod = pytest.importorskip("spatialforge.processing.tasks.verify")
 
 N_SCENES = 240
 MIN_FILL = 0.3  # objects covering less of their box than this are outside what box depth can measure

@@ -14,7 +14,7 @@ from spatialforge.builders.card import CARD_PREVIEWS, write_card
 from spatialforge.builders.schema import validate_row
 from spatialforge.processing.cli import _register, app
 from spatialforge.processing.inspect.preview import PALETTE, line_width, write_previews
-from spatialforge.processing.writer import task_path, write_parquet
+from spatialforge.processing.output.parquet import task_path, write_parquet
 
 GRAY = (128, 128, 128)
 

@@ -21,11 +21,10 @@ from spatialforge.processing.readers import (
     HFDatasetReader,
     OpenImagesReader,
     PixmoReader,
-    exif_transform_points,
     read_header,
     shard_slice,
-    transform_boxes,
 )
+from spatialforge.processing.readers.images import exif_transform_points, transform_boxes
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -506,7 +505,7 @@ def test_coco_key_order_does_not_change_records_or_counts(tmp_path, order):
 def test_json_stream_matches_json_load_at_any_chunk_size(chunk):
     import io
 
-    from spatialforge.processing.readers import _JsonStream
+    from spatialforge.processing.readers.json_stream import _JsonStream
 
     doc = {"a": [1, -2.5e-3, 12345678901234567890, 0.1, True, None, "x\u00e9\\\"y", {"k": [1.0, []]}, [], float("nan")],
            "b": 17, "c": [], "d": [{"bbox": [1e10, 2.25, 3, 4]}, 1234.5678e2, "\ud83d\ude00"]}
@@ -521,7 +520,7 @@ def test_json_stream_matches_json_load_at_any_chunk_size(chunk):
 def test_json_stream_rejects_broken_documents(text):
     import io
 
-    from spatialforge.processing.readers import _JsonStream
+    from spatialforge.processing.readers.json_stream import _JsonStream
 
     with pytest.raises(BadInputError, match="not valid JSON"):
         _JsonStream(io.StringIO(text), "doc", chunk_chars=2).walk_object(lambda key: None)

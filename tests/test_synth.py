@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from spatialforge.processing.facing import facing_from_keypoints
-from spatialforge.processing.synth import (
+from spatialforge.processing.perception.facing import facing_from_keypoints
+from spatialforge.processing.synth.scenes import (
     PERSON,
     SKY,
     corrupt_depth,
@@ -171,7 +171,7 @@ def _row(scene, task, objs, fact=None, count=None):
 
 
 def test_evaluate_catches_every_kind_of_wrong_answer(scenes):
-    from spatialforge.processing.evaluate import evaluate
+    from spatialforge.processing.synth.evaluate import evaluate
 
     s = next(s for s in scenes if sum(o.category == PERSON for o in s.annotated) >= 1 and len(s.annotated) >= 4)
     truth = {s.image_id: s.truth()}

@@ -10,8 +10,8 @@ import pytest
 
 from spatialforge.builders.schema import TASKS, normalize_bbox, validate_row
 from spatialforge.processing.records import DepthMap, Detections, Record
-from spatialforge.processing.tasks import DEFAULT_MAX_PER_TASK, TaskStep, task_rng
-from spatialforge.processing.verify import VerifyConfig, object_depth
+from spatialforge.processing.tasks.step import DEFAULT_MAX_PER_TASK, TaskStep, task_rng
+from spatialforge.processing.tasks.verify import VerifyConfig, object_depth
 
 UNCAPPED = dict.fromkeys(TASKS, None)
 

@@ -11,7 +11,7 @@ import yaml
 from spatialforge.builders import schema
 from spatialforge.builders.card import acceptance, card_yaml, write_card
 from spatialforge.processing.records import Record
-from spatialforge.processing.writer import ParquetWriter
+from spatialforge.processing.output.parquet import ParquetWriter
 
 
 def _row(image_id: str, task: str, k: int = 0) -> dict:

@@ -47,7 +47,7 @@ from typing import Any
 
 from ...builders import schema
 from ..readers import Reader, _issue, _Raw
-from ..writer import DROPS_DIR
+from ..output.parquet import DROPS_DIR
 from .rows import QAImages
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .records import Record
-from .tasks import Candidate, Generated
+from ..records import Record
+from .step import Candidate, Generated
 from .verify import VerifyConfig, label_groups, left_to_right, scene_for
 
 

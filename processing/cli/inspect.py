@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from .cli_loader import EXIT_FAILED, EXIT_USAGE, _fail, _parse_image_dirs
+from .loader import EXIT_FAILED, EXIT_USAGE, _fail, _parse_image_dirs
 
 _DATASET_HELP = "Generated dataset: a folder (data/<task>/*.parquet), a .parquet/.jsonl file or glob, or a Hub repo id."
 _IMAGE_DIR_HELP = "SOURCE=DIR: where the images of rows with that `source` are (repeatable)."
@@ -28,7 +28,7 @@ def _run(ctx: typer.Context, fn):
     except (ValueError, FileNotFoundError, ImportError) as err:
         if ctx.find_root().params.get("verbose"):
             raise
-        from .inspect.rows import NoImagesFound
+        from ..inspect.rows import NoImagesFound
 
         code = EXIT_FAILED if isinstance(err, NoImagesFound) else EXIT_USAGE
         _fail(f"{err} (-v shows the traceback)", code)
@@ -53,8 +53,8 @@ def register(app: typer.Typer) -> None:
         and verification evidence; images of a run with --keep-drops get their candidate drop
         reasons as `drop:<reason>` tags. Open it with `fiftyone app launch NAME` or --launch.
         """
-        from .inspect.fiftyone import export_qa, launch_app, read_drops
-        from .inspect.rows import load_qa
+        from ..inspect.fiftyone import export_qa, launch_app, read_drops
+        from ..inspect.rows import load_qa
 
         dirs = _parse_image_dirs(image_dir)
         ds_name = name or f"spatialforge-{Path(dataset.rstrip('/')).name or 'dataset'}"
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         max_size: int = typer.Option(1024, "--max-size", min=16, help="Longest image side in pixels; larger images are downscaled."),
     ) -> None:
         """Draw QA pairs on their images (boxes, labels, question and answer) as PNG files."""
-        from .inspect.preview import write_previews
+        from ..inspect.preview import write_previews
 
         dirs = _parse_image_dirs(image_dir)
         report = _run(ctx, lambda: write_previews(dataset, dirs, out=out, n=n, seed=seed, task=task, max_size=max_size))

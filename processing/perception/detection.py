@@ -36,9 +36,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .base import BatchStep, require
+from ..base import BatchStep, require
 from .depth_models import DTYPES, OnError, load_record_images, model_name, release_images, resolve_device, resolve_dtype
-from .records import Detections, Record
+from ..records import Detections, Record
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def _register() -> None:
-    from . import cli_demo, cli_inspect, cli_loader, cli_pipeline
+    from . import demo, inspect, loader, pipeline
 
-    cli_loader.register(app)
-    cli_pipeline.register(app)
-    cli_demo.register(app)
-    cli_inspect.register(app)
+    loader.register(app)
+    pipeline.register(app)
+    demo.register(app)
+    inspect.register(app)
 
 
 def main() -> None:

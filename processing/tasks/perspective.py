@@ -26,8 +26,8 @@ from collections import Counter
 
 import numpy as np
 
-from .records import Record
-from .tasks import Candidates, Generated
+from ..records import Record
+from .step import Candidates, Generated
 from .verify import Sieve, VerifyConfig, scene_for
 
 

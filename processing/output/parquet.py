@@ -25,9 +25,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..builders import schema
-from .base import Step
-from .records import Record
+from ...builders import schema
+from ..base import Step
+from ..records import Record
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         with exact depth files, turned into QA by `generate`, judged against the truth from the
         rows' structured answers, and loaded back through the dataset builder.
         """
-        from .demo import run_demo
+        from ..synth.demo import run_demo
 
         passes = ("exact", "mono") if mono else ("exact",)
         result = run_demo(out, scenes=scenes, seed=seed, workers=workers, width=width, height=height,

@@ -48,8 +48,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ..builders.schema import BBOX_SCALE
-from .records import DepthMap, Record
+from ...builders.schema import BBOX_SCALE
+from ..records import DepthMap, Record
 from .templates import display_label
 
 CHECKS = (

@@ -22,10 +22,10 @@ Example:
 
 from __future__ import annotations
 
-from ..builders.schema import VERIFICATION, make_id
-from .base import Step
-from .records import Record
-from .tasks import DEFAULT_MAX_PER_TASK, task_rng
+from ...builders.schema import VERIFICATION, make_id
+from ..base import Step
+from ..records import Record
+from .step import DEFAULT_MAX_PER_TASK, task_rng
 from .templates import TEMPLATES, display_label, plural, sentence
 from .verify import VerifyConfig
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .records import Record
-from .tasks import Candidates, Generated
+from ..records import Record
+from .step import Candidates, Generated
 from .verify import Sieve, VerifyConfig, pairs, scene_for
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..builders.schema import TASKS, normalize_bbox
+from ...builders.schema import TASKS, normalize_bbox
 
 MIN_IOU = 0.9
 AMBIGUOUS_LATERAL = 0.2  # meters: perspective pairs closer than this to the person's axis are ambiguous

@@ -733,7 +733,7 @@ def write_objects365_layout(
     paths = LayoutPaths(root, root / "images", root / "annotations" / f"zhiyuan_objv2_{split}.json", root / "depth", root / "truth.json")
     paths.depth.mkdir(parents=True, exist_ok=True)
     paths.annotations.parent.mkdir(parents=True, exist_ok=True)
-    from .objects365_labels import OBJECTS365_CATEGORIES
+    from ..perception.objects365_labels import OBJECTS365_CATEGORIES
 
     # The real Objects365 v2 ids (id = index + 1), so a user's label maps work on these files too.
     cat_ids = {name: OBJECTS365_CATEGORIES.index(name) + 1 for name in CATEGORIES}
@@ -797,7 +797,7 @@ def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | N
     ``depth`` defaults to the exact metric depth (holes where the sky is); pass a corrupted map and
     ``depth_kind="inverse_depth"`` to feed a monocular-like signal instead.
     """
-    from .records import DepthMap, Detections, Record
+    from ..records import DepthMap, Detections, Record
 
     annotated = scene.annotated
     kps = np.stack([o.keypoints if o.keypoints is not None else np.full((17, 3), np.nan, np.float32) for o in annotated]) if annotated else None

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .evaluate import TaskReport, evaluate, format_report
-from .synth import corrupt_depth, load_truth, make_scenes, scene_rng, write_objects365_layout
+from .scenes import corrupt_depth, load_truth, make_scenes, scene_rng, write_objects365_layout
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def read_rows(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """Every row of a dataset folder's ``data/<task>/*.parquet`` shards (sorted by path)."""
     import pyarrow.parquet as pq
 
-    from ..builders.schema import DATA_DIR
+    from ...builders.schema import DATA_DIR
 
     rows: list[dict[str, Any]] = []
     for path in sorted(Path(dataset_dir, DATA_DIR).glob("*/*.parquet")):
@@ -129,7 +129,7 @@ def run_demo(
     progress: bool = False,
 ) -> DemoResult:
     """Run the demo into ``out`` (overwriting a previous demo there) and return what it measured."""
-    from .pipeline import GenerateConfig, generate
+    from ..pipeline import GenerateConfig, generate
 
     unknown = [p for p in passes if p not in PASSES]
     if unknown:

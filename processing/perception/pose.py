@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import BatchStep, require
+from ..base import BatchStep, require
 from .depth_models import DTYPES, OnError, load_record_images, model_name, release_images, resolve_device, resolve_dtype
 from .facing import apply_facing, person_labels_of
-from .records import NUM_KEYPOINTS, Record
+from ..records import NUM_KEYPOINTS, Record
 
 logger = logging.getLogger(__name__)
 

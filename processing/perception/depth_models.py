@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .base import BatchStep, require
-from .records import DepthKind, DepthMap, Record
+from ..base import BatchStep, require
+from ..records import DepthKind, DepthMap, Record
 
 logger = logging.getLogger(__name__)
 

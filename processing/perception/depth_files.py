@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Step
-from .readers import ASPECT_TOLERANCE, POLICIES, BadInputError, Policy
-from .records import DepthKind, DepthMap, Record
+from ..base import Step
+from ..readers import ASPECT_TOLERANCE, POLICIES, BadInputError, Policy
+from ..records import DepthKind, DepthMap, Record
 
 logger = logging.getLogger(__name__)
 

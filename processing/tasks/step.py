@@ -50,12 +50,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..builders.schema import PREDICATES, RELATION_TASKS, TASKS, VERIFICATION, make_id, validate_row
-from .base import Step
-from .records import Record
+from ...builders.schema import PREDICATES, RELATION_TASKS, TASKS, VERIFICATION, make_id, validate_row
+from ..base import Step
+from ..records import Record
 from .templates import OPPOSITE, SIDE_WORDS, TEMPLATES, Template, display_label, plural, sentence
 from .verify import Scene, Sieve, VerifyConfig, box_text, scene_for
-from .writer import VALIDATED_ROWS
+from ..output.parquet import VALIDATED_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def generator(task: str) -> Generator:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if task not in _GENERATORS:
-        _GENERATORS[task] = importlib.import_module(f"{__package__}.task_{task}").generate
+        _GENERATORS[task] = importlib.import_module(f"{__package__}.{task}").generate
     return _GENERATORS[task]
 
 

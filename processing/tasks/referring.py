@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .records import Record
-from .tasks import Candidate, Generated
+from ..records import Record
+from .step import Candidate, Generated
 from .verify import Sieve, VerifyConfig, scene_for
 
 

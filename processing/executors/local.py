@@ -40,8 +40,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import Step, StepStats, run_pipeline, steady_gc
-from .writer import TMP_SUFFIX, shard_name
+from ..base import Step, StepStats, run_pipeline, steady_gc
+from ..output.parquet import TMP_SUFFIX, shard_name
 
 logger = logging.getLogger(__name__)
 

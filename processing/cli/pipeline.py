@@ -16,8 +16,8 @@ def _split(value: Optional[str]) -> Optional[tuple[str, ...]]:
 def summary_lines(stats: dict) -> list[str]:
     """A plain-text summary: rows and acceptance per task, images, every reading / perception drop,
     then the most frequent candidate drop reasons."""
-    from ..builders import schema
-    from ..builders.card import NO_OBJECTS, acceptance, input_drops, input_entries
+    from ...builders import schema
+    from ...builders.card import NO_OBJECTS, acceptance, input_drops, input_entries
 
     rows = stats.get("rows_per_task", {})
     acc = acceptance(stats)
@@ -45,8 +45,8 @@ def summary_lines(stats: dict) -> list[str]:
 def expected_error(err: BaseException) -> str | None:
     """A one-paragraph message for errors of the input or settings (bad annotations, missing files,
     a run folder of other inputs), or None for anything else (a bug: show the traceback)."""
-    from .executor import ShardFailed
-    from .readers import BadInputError
+    from ..executors.local import ShardFailed
+    from ..readers import BadInputError
 
     prefix = ""
     if isinstance(err, ShardFailed) and err.__cause__ is not None:
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", help="Show the traceback of an error (also `spatialforge -v generate`)."),
     ) -> None:
         """Generate spatial QA (six tasks, verified) from images and annotations into a Hub-ready dataset folder."""
-        from .pipeline import GenerateConfig, generate
+        from ..pipeline import GenerateConfig, generate
 
         try:
             cfg = GenerateConfig(

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Step
-from .records import NUM_KEYPOINTS, Record
+from ..base import Step
+from ..records import NUM_KEYPOINTS, Record
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def person_labels_of(labels: Sequence[str] | None = None) -> frozenset[str]:
     (:attr:`~.verify.VerifyConfig.person_labels`: person, man, woman, boy, girl, child), so that
     every box that task may ask about gets a facing."""
     if labels is None:
-        from .verify import VerifyConfig
+        from ..tasks.verify import VerifyConfig
 
         labels = VerifyConfig().person_labels
     return frozenset(label.lower() for label in labels)
