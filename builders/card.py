@@ -15,7 +15,9 @@ code:
 
 The body gives rows per task, acceptance rates, every reason an image or object was dropped
 before questions were asked (reading, perception) and the most frequent candidate drop reasons of
-each task. It holds no timings or dates, so the same rows always give the same card.
+each task. It holds no timings or dates, so the same rows always give the same card. Preview images
+in the folder (``previews/previews.json``, written by ``spatialforge preview``) are embedded, the first
+:data:`CARD_PREVIEWS` of them.
 
 Example:
     >>> write_card("out/", stats)    # doctest: +SKIP
@@ -46,6 +48,9 @@ CITATION = """@article{liu2026spatialforge,
 TOP_REASONS = 5  # candidate drop reasons shown per task (every reason is in stats.json)
 NO_OBJECTS = "no_objects"  # images that reached the end of the pipeline without a single box
 NOT_REJECTED = frozenset({"over_cap"})  # candidates that passed verification but exceeded the per-image cap
+PREVIEWS_DIR = "previews"  # preview images in a dataset folder (``spatialforge preview``), uploaded with it
+PREVIEW_MANIFEST = "previews.json"  # in PREVIEWS_DIR: file, id, task, question, answer of each preview, in order
+CARD_PREVIEWS = 4  # previews the card embeds (the first of the manifest)
 
 
 def size_category(n: int) -> str:
@@ -176,7 +181,17 @@ def card_yaml(stats: Mapping[str, Any], pretty_name: str = "SpatialForge", synth
     return card.to_yaml()
 
 
-def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> str:
+def previews_of(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The first :data:`CARD_PREVIEWS` entries of ``<out_dir>/previews/previews.json`` whose file exists."""
+    manifest = Path(out_dir) / PREVIEWS_DIR / PREVIEW_MANIFEST
+    if not manifest.is_file():
+        return []
+    entries = json.loads(manifest.read_text(encoding="utf-8"))
+    return [e for e in entries if (manifest.parent / e["file"]).is_file()][:CARD_PREVIEWS]
+
+
+def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
+              previews: list[dict[str, Any]] | None = None) -> str:
     rows = Counter({t: int(n) for t, n in stats.get("rows_per_task", {}).items()})
     total = sum(rows.values())
     acc = acceptance(stats)
@@ -261,6 +276,14 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge") -> st
             lines.append(f"\n{more} more reasons in `stats.json`.")
     else:
         lines.append("No candidate was dropped.")
+    if previews:
+        lines += ["", "## Previews", "",
+                  "QA pairs drawn on their images (`spatialforge preview`); boxes are numbered in the order the",
+                  "question mentions the objects.", ""]
+        for e in previews:
+            alt = re.sub(r"[\[\]\n]", " ", e["question"])
+            lines += [f"![{alt}]({PREVIEWS_DIR}/{e['file']})", "",
+                      f"*{e['task']}*: {e['question']} **{e['answer']}**", ""]
     lines += [
         "",
         "## License",
@@ -286,10 +309,21 @@ def write_card(out_dir: str | os.PathLike, stats: Mapping[str, Any], pretty_name
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = f"---\n{card_yaml(stats, pretty_name, synthetic)}\n---\n\n{card_body(stats, pretty_name)}"
+    body = card_body(stats, pretty_name, previews_of(out))
+    text = f"---\n{card_yaml(stats, pretty_name, synthetic)}\n---\n\n{body}"
     _atomic_write(out / "README.md", text)
     _atomic_write(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return out / "README.md"
+
+
+def refresh_card(out_dir: str | os.PathLike) -> Path | None:
+    """Rewrite the card of a dataset folder from its ``stats.json`` (e.g. after previews were added);
+    ``None`` when the folder has no ``stats.json``."""
+    stats_path = Path(out_dir) / "stats.json"
+    if not stats_path.is_file():
+        return None
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    return write_card(out_dir, stats, synthetic=bool((stats.get("config") or {}).get("synthetic")))
 
 
 def _atomic_write(path: Path, text: str) -> None:

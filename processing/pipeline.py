@@ -61,7 +61,7 @@ class GenerateConfig:
     (:func:`input_identity`), is recorded in ``<out>/.spatialforge/run.json`` and checked.
     """
 
-    source: str  # objects365 | openimages | pixmo | folder | hf: which reader parses the input
+    source: str  # objects365 | openimages | pixmo | folder | hf | fiftyone: which reader parses the input
     out: str  # dataset folder to write (data/<task>/*.parquet, README.md, stats.json)
     annotations: str | None = None  # COCO JSON | OpenImages box CSV | Pixmo JSONL/Parquet (file or folder) | HF dataset folder
     images: str | None = None  # root folder of the image files (not used by source=hf)
@@ -69,6 +69,8 @@ class GenerateConfig:
     class_descriptions: str | None = None  # OpenImages: class descriptions CSV (MID,name); required there
     image_labels: str | None = None  # OpenImages: human-verified image-level labels CSV (enables counting)
     hf_split: str = "train"  # source=hf: split to read
+    fiftyone_dataset: str | None = None  # source=fiftyone: name of the FiftyOne dataset to read
+    fiftyone_label_field: str | None = None  # source=fiftyone: its Detections field (default: ground_truth or the only one)
     depth_dir: str | None = None  # folder of <image stem>.npy (float) / .png (16-bit mm) depth files
     depth_kind: str = "depth"  # depth files hold "depth" (larger=farther) or "inverse_depth" (larger=nearer)
     depth_model: str | None = None  # HF depth model id or folder (exclusive with depth_dir)
@@ -92,6 +94,7 @@ class GenerateConfig:
     allow_existing: bool = False  # write into a non-empty `out` that holds no run (its files are never replaced)
     progress: bool = True  # tqdm progress bars
     synthetic: bool = False  # the images are synthetic (the dataset card gets the `synthetic` tag)
+    keep_drops: bool = False  # also write each image's candidate drops (drops/<shard>.parquet; FiftyOne tags)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -102,11 +105,13 @@ class GenerateConfig:
                 setattr(self, name, os.fspath(value))
         if not self.out:
             raise ValueError("out must be a folder path, got an empty value")
-        if self.source != "folder" and not self.annotations:
+        if self.source == "fiftyone" and not self.fiftyone_dataset:
+            raise ValueError("source='fiftyone' needs fiftyone_dataset (--fiftyone-dataset NAME), got None")
+        if self.source not in ("folder", "fiftyone") and not self.annotations:
             raise ValueError(f"source={self.source!r} needs annotations, got {self.annotations!r}")
         if self.annotations and not Path(self.annotations).exists():
             raise ValueError(f"annotations {self.annotations!r} do not exist")
-        if self.source != "hf":
+        if self.source not in ("hf", "fiftyone"):
             if not self.images or not Path(self.images).is_dir():
                 raise ValueError(f"source={self.source!r} needs images to be a folder, got {self.images!r}")
         if self.source == "openimages":
@@ -186,6 +191,10 @@ def make_reader(cfg: GenerateConfig) -> Reader:
         return PixmoReader(cfg.annotations, cfg.images, **cache, **common)
     if cfg.source == "folder":
         return FolderReader(cfg.images, **common)
+    if cfg.source == "fiftyone":
+        from .inspect.fiftyone import FiftyOneReader
+
+        return FiftyOneReader(cfg.fiftyone_dataset, cfg.fiftyone_label_field, **common)
     return HFDatasetReader(cfg.annotations, cfg.cache_dir, split=cfg.hf_split, **common)
 
 
@@ -202,7 +211,7 @@ def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
 
     Annotation files (every file of an annotation folder), class descriptions and image labels: size,
     modification time and a hash of their ends (:func:`~.output.run_folder.file_identity`). A folder
-    of images without annotations (``source="folder"``): the number and a hash of the image ids,
+    of images without annotations (``source="folder"``) or a FiftyOne dataset (``source="fiftyone"``): the number and a hash of the image ids,
     which decide what each shard holds. Images and depth files are checked per shard instead (the
     executor records each file a shard read), so a changed one redoes only the shards that read it.
     """
@@ -218,7 +227,7 @@ def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
             out[name] = {f.relative_to(path).as_posix(): _file_identity(f) for f in files}
         else:
             out[name] = _file_identity(path)
-    if cfg.source == "folder":
+    if cfg.source in ("folder", "fiftyone"):
         ids = make_reader(cfg).items()
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
         out["images"] = {"image_ids": len(ids), "sha256": digest}
@@ -299,7 +308,7 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
 
         # Pixmo points are exhaustive counts: counting questions without boxes
         steps.append(PointCounting(seed=cfg.seed, config=verify_config(cfg)))
-    steps.append(ParquetWriter(cfg.out, tasks=cfg.tasks))
+    steps.append(ParquetWriter(cfg.out, tasks=cfg.tasks, keep_drops=cfg.keep_drops))
     return steps
 
 

@@ -5,6 +5,7 @@ import ast
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 import zipfile
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_a_regular_wheel_holds_every_module_under_spatialforge_and_nothing_gener
 
 def test_the_imports_the_readme_shows_resolve():
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = [textwrap.dedent(b) for _, b in re.findall(r"^( *)```python\n(.*?)^\1```", text, flags=re.S | re.M)]
     assert blocks
     seen = 0
     for block in blocks:

@@ -28,12 +28,13 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def _register() -> None:
-    from . import demo, loader, pipeline, train
+    from . import demo, inspect, loader, pipeline, train
 
     loader.register(app)
     pipeline.register(app)
     demo.register(app)
     train.register(app)
+    inspect.register(app)
 
 
 def main() -> None:

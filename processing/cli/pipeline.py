@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
         ctx: typer.Context,
-        source: str = typer.Option(..., "--source", help="Input kind: objects365 | openimages | pixmo | folder | hf."),
+        source: str = typer.Option(..., "--source", help="Input kind: objects365 | openimages | pixmo | folder | hf | fiftyone."),
         out: str = typer.Option(..., "--out", help="Dataset folder to write (data/<task>/*.parquet, README.md, stats.json): empty, new, or a run's folder (one run at a time). A killed run resumes when rerun with the same options."),
         annotations: Optional[str] = typer.Option(None, "--annotations", help="COCO-style JSON (objects365), box CSV (openimages), JSONL/Parquet rows or a folder of them (pixmo), or a saved / local Hugging Face dataset folder (hf)."),
         images: Optional[str] = typer.Option(None, "--images", help="Root folder of the image files (found by relative path or by file stem)."),
@@ -70,6 +70,8 @@ def register(app: typer.Typer) -> None:
         class_descriptions: Optional[str] = typer.Option(None, "--class-descriptions", help="OpenImages: class descriptions CSV (MID,name)."),
         image_labels: Optional[str] = typer.Option(None, "--image-labels", help="OpenImages: human-verified image-level labels CSV; without it no counting questions are asked (boxes are not exhaustive)."),
         hf_split: str = typer.Option("train", "--hf-split", help="source=hf: the split to read."),
+        fiftyone_dataset: Optional[str] = typer.Option(None, "--fiftyone-dataset", help="source=fiftyone: name of the FiftyOne dataset to read images and boxes from (e.g. one the FiftyOne zoo made)."),
+        fiftyone_label_field: Optional[str] = typer.Option(None, "--fiftyone-label-field", help="source=fiftyone: its Detections field (default: ground_truth, or the only Detections field)."),
         depth_dir: Optional[str] = typer.Option(None, "--depth-dir", help="Folder of depth files <image stem>.npy (float) or .png (16-bit millimeters, 0 = hole)."),
         depth_kind: str = typer.Option("depth", "--depth-kind", help="What depth files hold: depth (larger = farther) or inverse_depth (larger = nearer)."),
         depth_model: Optional[str] = typer.Option(None, "--depth-model", help="Hugging Face depth model id or local folder (instead of --depth-dir)."),
@@ -91,6 +93,7 @@ def register(app: typer.Typer) -> None:
         on_size_mismatch: str = typer.Option("rescale", "--on-size-mismatch", help="Annotation size differs from the image: rescale (same aspect ratio) | drop."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run's files in --out (only those its manifest lists) instead of resuming it."),
         allow_existing: bool = typer.Option(False, "--allow-existing", help="Write into a non-empty --out that holds no run; its files are never replaced (README.md, stats.json or data/ there are refused)."),
+        keep_drops: bool = typer.Option(False, "--keep-drops", help="Also write each image's candidate drop reasons to drops/<shard>.parquet (shown as tags by `spatialforge fiftyone`)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
         verbose: bool = typer.Option(False, "--verbose", help="Show the traceback of an error (also `spatialforge -v generate`)."),
     ) -> None:
@@ -101,6 +104,7 @@ def register(app: typer.Typer) -> None:
             cfg = GenerateConfig(
                 source=source, out=out, annotations=annotations, images=images, source_name=source_name,
                 class_descriptions=class_descriptions, image_labels=image_labels, hf_split=hf_split,
+                fiftyone_dataset=fiftyone_dataset, fiftyone_label_field=fiftyone_label_field, keep_drops=keep_drops,
                 depth_dir=depth_dir, depth_kind=depth_kind, depth_model=depth_model, detector=detector,
                 detector_labels=_split(detector_labels), pose_model=pose_model, detector_threshold=detector_threshold,
                 depth_flip_tta=depth_flip_tta, second_depth_model=second_depth_model, ground_contact=ground_contact, dtype=dtype,

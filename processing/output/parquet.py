@@ -72,6 +72,27 @@ def write_parquet(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Pa
     return path
 
 
+DROPS_DIR = "drops"
+"""Per-image candidate drops of a run that keeps them (``keep_drops``): ``drops/<shard name>.parquet``
+with columns source, image_id, reason, count (outside ``data/``: not part of any config)."""
+
+
+def write_drops(drops: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write per-image candidate drops (sorted, so the bytes do not depend on batching), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = pa.schema([("source", pa.string()), ("image_id", pa.string()), ("reason", pa.string()), ("count", pa.int64())])
+    rows = sorted(drops, key=lambda d: (d["source"], d["image_id"], d["reason"]))
+    table = pa.Table.from_pylist(rows, schema=fields)
+    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 class ParquetWriter(Step):
     """Last step: gather ``record.rows`` of a shard and write one Parquet file per task.
 
@@ -92,11 +113,13 @@ class ParquetWriter(Step):
 
     name = "writer"
 
-    def __init__(self, out_dir: str | os.PathLike, validate: bool = True, tasks: Sequence[str] = ()) -> None:
+    def __init__(self, out_dir: str | os.PathLike, validate: bool = True, tasks: Sequence[str] = (),
+                 keep_drops: bool = False) -> None:
         super().__init__()
         self.out_dir = Path(out_dir)
         self.validate = validate
         self.tasks = tuple(tasks)
+        self.keep_drops = keep_drops  # also write each image's candidate drops to drops/<shard>.parquet
         self.rows_per_task: Counter = Counter()
         self.candidate_drops: Counter = Counter()
         self.written: list[str] = []
@@ -105,10 +128,14 @@ class ParquetWriter(Step):
         import time
 
         by_task: dict[str, dict[str, dict[str, Any]]] = {}
+        drops: list[dict[str, Any]] = []
         for record in records:
             start = time.perf_counter()
             self.stats.records_in += 1
             self.candidate_drops.update(record.drops)
+            if self.keep_drops:
+                drops += [{"source": record.source, "image_id": record.image_id, "reason": reason, "count": int(n)}
+                          for reason, n in record.drops.items() if n]
             validated = record.meta.get(VALIDATED_ROWS, 0)
             for k, row in enumerate(record.rows):
                 self._add(by_task, row, check=k >= validated)
@@ -121,6 +148,8 @@ class ParquetWriter(Step):
             rows = [by_task[task][rid] for rid in sorted(by_task.get(task, ()))]
             self.written.append(str(write_parquet(rows, task_path(self.out_dir, task, name))))
             self.rows_per_task[task] += len(rows)
+        if self.keep_drops:
+            self.written.append(str(write_drops(drops, self.out_dir / DROPS_DIR / f"{name}.parquet")))
         self.stats.seconds += time.perf_counter() - start
 
     def _add(self, by_task: dict[str, dict[str, dict[str, Any]]], row: dict[str, Any], check: bool = True) -> None:

@@ -294,7 +294,8 @@ class RunFolder:
         """
         want = set(shard_files)
         have = self.data_files()
-        extra, missing = have - want, want - have
+        want_data = {f for f in want if f.startswith(f"{schema.DATA_DIR}/")}  # drops/ files are the run's too
+        extra, missing = have - want_data, want_data - have
         if extra or missing:
             parts = []
             if extra:

@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 Policy = Literal["error", "warn", "skip"]
 POLICIES: tuple[str, ...] = ("error", "warn", "skip")
 SizePolicy = Literal["rescale", "drop"]
-SOURCES: tuple[str, ...] = ("objects365", "openimages", "pixmo", "folder", "hf")
+SOURCES: tuple[str, ...] = ("objects365", "openimages", "pixmo", "folder", "hf", "fiftyone")
 _MAX_LOGGED_PER_REASON = 5  # "warn" logs the first few cases of each reason, then only counts
 
 
