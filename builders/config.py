@@ -40,6 +40,13 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     # dropped (and counted) under "skip". If every row is dropped, the split is empty (both modes).
     # Ids that would escape their image root are refused whatever the policy.
     on_missing_image: str = "error"
+    # Rows that break the schema (see builders/validate.py: task other than their data/<task>/
+    # folder, a box outside 0..1000, width/height <= 0, a null question, ...), found by the pre-scan:
+    #   "error": fail before yielding any row, naming the count by reason, the files and first ids;
+    #   "warn":  log the same and drop those rows;   "skip": drop them (counted in image_stats).
+    # Files that cannot be served at all (corrupt Parquet, not UTF-8, a column absent or of another
+    # type) are refused whatever the policy, naming the file and the column.
+    on_invalid_row: str = "error"
     # Decompression-bomb limit in pixels (width * height); None = PIL's Image.MAX_IMAGE_PIXELS.
     max_image_pixels: int | None = None
     # Rows per Parquet record batch / JSONL chunk while reading (memory is flat in the row count).
@@ -69,6 +76,8 @@ class SpatialForgeConfig(datasets.BuilderConfig):
                     raise ValueError(f"image_dirs keys must be source names, got {source!r}")
                 if not isinstance(root, (str, os.PathLike)) or not os.path.isdir(root):
                     raise ValueError(f"image_dirs[{source!r}] must be an existing folder, got {root!r}")
+        if self.on_invalid_row not in POLICIES:
+            raise ValueError(f"on_invalid_row must be one of {POLICIES}, got {self.on_invalid_row!r}")
         if self.max_image_pixels is not None and (not isinstance(self.max_image_pixels, int) or self.max_image_pixels <= 0):
             raise ValueError(f"max_image_pixels must be a positive int or None, got {self.max_image_pixels!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
