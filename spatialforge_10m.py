@@ -129,6 +129,7 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             max_pixels=cfg.max_image_pixels,
             threads=cfg.check_threads,
             download_config=self._download_config,
+            decode=cfg.image_check == "decode",
         )
         self.image_report = report
         if report.invalid_rows:
@@ -212,6 +213,24 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
     def dropped_rows(self) -> int:
         """Rows left out because their image is missing or unreadable (``skip`` / ``warn``)."""
         return int(self.image_stats.get("dropped_rows", 0))
+
+    def as_dataset(self, split=None, *args, **kwargs):
+        """The prepared split(s). When the Arrow cache was reused (prepared by an earlier run), the
+        images are checked again first (one ``stat()`` per unchanged file): an image truncated or
+        removed since then is handled by ``on_missing_image`` (its rows dropped and counted, or an
+        error naming it) instead of failing later in the middle of an epoch."""
+        recheck = self.image_report is None and self.config.annotations is not None
+        if recheck:
+            shards = self._setup_inputs()
+            if shards.repo_id is None:  # Hub shards were checked when downloaded; their local copies are cached
+                self._download_config = None
+                self._prescan(shards, streaming=False)
+        ds = super().as_dataset(split, *args, **kwargs)
+        if recheck and self._bad_keys:
+            bad = self._bad_keys
+            ds = ds.filter(lambda s, i: [(a, b) not in bad for a, b in zip(s, i)], input_columns=["source", "image_id"],
+                           batched=True, desc="Dropping rows of images that changed")
+        return ds
 
     def _as_dataset(self, split=datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
         """The prepared split; an empty ``Dataset`` with the full features when it has no rows.

@@ -124,8 +124,10 @@ def scan_images(
     threads: int = 8,
     download_config=None,
     progress: bool = False,
+    decode: bool = True,
 ) -> ImageReport:
-    """Check every image referenced by ``shards`` against the resolvers' roots.
+    """Check every image referenced by ``shards`` against the resolvers' roots (``decode=False``:
+    header and trailer only, see :func:`~.resolvers.inspect_image`).
 
     Raises ``ValueError`` if an ``image_id`` would escape its root (whatever the policy).
     """
@@ -178,7 +180,7 @@ def scan_images(
         rep = report.sources[source]
         resolver = resolvers.get(source)
         paths = resolver.resolve_many(ids) if resolver is not None else {}
-        statuses = resolver.check_many(paths, max_pixels, threads=threads, progress=progress) if paths else iter(())
+        statuses = resolver.check_many(paths, max_pixels, threads=threads, progress=progress, decode=decode) if paths else iter(())
         absent = ((image_id, ImageStatus(MISSING)) for image_id in ids if image_id not in paths)
         for image_id, status in chain(statuses, absent):
             key = (source, image_id)

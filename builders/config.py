@@ -51,8 +51,12 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     max_image_pixels: int | None = None
     # Rows per Parquet record batch / JSONL chunk while reading (memory is flat in the row count).
     batch_size: int = 1024
-    # Threads for the per-image header checks of the pre-scan (I/O bound).
+    # Threads for the per-image checks of the pre-scan (I/O and decoding, which releases the GIL).
     check_threads: int = 8
+    # How the pre-scan checks each image: "decode" (default: every pixel is decoded once, so corrupt
+    # scan data is found before training; the outcome is stored in the index, a later run only
+    # stat()-s unchanged files) or "header" (header and end marker only; faster on a first run).
+    image_check: str = "decode"
     # Folder of the persistent image indexes; None = $SPATIALFORGE_CACHE/index (~/.cache/spatialforge/index).
     index_dir: str | None = None
 
@@ -82,5 +86,7 @@ class SpatialForgeConfig(datasets.BuilderConfig):
             raise ValueError(f"max_image_pixels must be a positive int or None, got {self.max_image_pixels!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if self.image_check not in ("decode", "header"):
+            raise ValueError(f"image_check must be 'decode' or 'header', got {self.image_check!r}")
         if not isinstance(self.check_threads, int) or self.check_threads <= 0:
             raise ValueError(f"check_threads must be a positive int, got {self.check_threads!r}")

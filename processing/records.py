@@ -224,4 +224,23 @@ class Record:
         if self.image_path is None:
             raise ValueError(f"{self.key}: no image path")
         with Image.open(self.image_path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(im))
+
+
+def to_rgb(im: Any) -> Any:
+    """An 8-bit RGB copy of a PIL image for models. High bit depth (16-bit PNG ``I;16*``, 32-bit
+    ``I`` / ``F``) is scaled to 0..255 by its type's range, where PIL's own ``convert("RGB")``
+    clips every value above 255 to white."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and values.max(initial=0) <= 65535) else max(
+            float(values.max(initial=0)), 1.0)
+        if im.mode == "F":
+            top = max(float(np.nanmax(values, initial=0)), 1e-12) if values.size else 1.0
+        gray = np.clip(np.rint(np.nan_to_num(values) / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    return im.convert("RGB")

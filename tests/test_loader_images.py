@@ -300,9 +300,9 @@ def count_inspections(monkeypatch):
     calls: list[str] = []
     real = resolvers.inspect_image
 
-    def counting(path, max_pixels=None):
+    def counting(path, max_pixels=None, decode=True):
         calls.append(path)
-        return real(path, max_pixels)
+        return real(path, max_pixels, decode)
 
     monkeypatch.setattr(resolvers, "inspect_image", counting)
     return calls
