@@ -229,11 +229,13 @@ def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
     return out
 
 
-def prepare_inputs(cfg: GenerateConfig) -> None:
-    """Convert the annotations of ``cfg`` once, in this process, before workers start (no-op when cached)."""
+def prepare_inputs(cfg: GenerateConfig) -> int:
+    """Convert the annotations of ``cfg`` once, in this process, before workers start (no-op when
+    cached); return the number of images to read (the progress bar's total)."""
     reader = make_reader(cfg)
     if isinstance(reader, TableReader):
         reader.prepare()
+    return len(reader.items())
 
 
 def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:

@@ -19,10 +19,10 @@ from .common import EXIT_FAILED, EXIT_USAGE, deprecated, fail, parse_image_dirs,
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("index")
+    @app.command("index", short_help="Build or refresh the image index of a folder.")
     def index(
         source: str = typer.Option(..., "--source", "-s", help="Image source: objects365, openimages, pixmo or any name."),
-        image_dir: str | None = typer.Option(None, "--image-dir", "-i", help="Folder holding that source's images."),
+        image_dir: str | None = typer.Option(None, "--image-dir", "-i", metavar="DIR", help="Folder holding that source's images."),
         root: str | None = typer.Option(None, "--root", "-r", hidden=True, help="Deprecated spelling of --image-dir."),
         force: bool = typer.Option(False, "--force", help="Rebuild even if the index is up to date."),
     ) -> None:
@@ -51,16 +51,17 @@ def register(app: typer.Typer) -> None:
             f"{stats.checks_kept} image checks kept) -> {resolver.index_path}"
         )
 
-    @app.command("check-images")
+    @app.command("check-images", short_help="Report the images a dataset needs.")
     def check_images_cmd(
         dataset: str | None = typer.Argument(None, metavar="DATASET", help="SpatialForge dataset: a folder, a .parquet/.jsonl glob or a Hub repo id.", show_default=False),
         annotations: str | None = typer.Option(None, "--annotations", "-a", hidden=True, help="Deprecated spelling of DATASET."),
-        image_dir: list[str] = typer.Option([], "--image-dir", "-i", help="SOURCE=DIR (e.g. objects365=/data/o365), once per source."),
+        image_dir: list[str] = typer.Option([], "--image-dir", "-i", metavar="SOURCE=DIR", help="SOURCE=DIR (e.g. objects365=/data/o365), once per source."),
         task: str = typer.Option("all", "--task", "-t", help="Task to check: grounding | referring | counting | near_far | left_right | perspective | all."),
         revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) when DATASET is a repo id."),
         missing_out: str | None = typer.Option(None, "--missing-out", help="Write missing 'source<TAB>image_id' lines to this file."),
         max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, help="Decompression-bomb limit in pixels (default: PIL's, about 89 million)."),
-        threads: int = typer.Option(8, "--threads", min=1, help="Threads for the per-image header checks (the loader's check_threads)."),
+        threads: int = typer.Option(8, "--threads", min=1, help="Threads for the per-image checks (the loader's check_threads)."),
+        image_check: str = typer.Option("decode", "--image-check", help="decode (every image decoded once; results kept in the index) | header (header and end marker only)."),
         strict: bool = typer.Option(False, "--strict", help="Also fail (exit 1) when an image differs in size from the recorded width/height."),
     ) -> None:
         """Count, per source, the images the annotations need: found, missing, unreadable, resized.
@@ -74,6 +75,8 @@ def register(app: typer.Typer) -> None:
         2: bad input (bad --task, an --image-dir that is not a folder or names a source the dataset
         does not have, DATASET not found, rows that break the schema).
         """
+        if image_check not in ("decode", "header"):
+            usage("--image-check", f"must be decode or header, got {image_check!r}")
         annotations = deprecated(dataset, annotations, "--annotations", "DATASET")
         if annotations is None:
             usage("DATASET", "the dataset to check is required (a folder, a .parquet/.jsonl glob or a Hub repo id)")
@@ -102,7 +105,8 @@ def register(app: typer.Typer) -> None:
         except (FileNotFoundError, ValueError) as err:
             usage("DATASET", str(err))
         try:
-            report = scan_images(shards, resolvers, max_pixels=max_pixels, threads=threads, progress=True)
+            report = scan_images(shards, resolvers, max_pixels=max_pixels, threads=threads, progress=True,
+                                 decode=image_check == "decode")
         except ShardError as err:
             fail(str(err), EXIT_USAGE)
         except ValueError as err:  # an image_id escaping its root: refused, whatever the options

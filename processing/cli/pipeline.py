@@ -39,7 +39,7 @@ def summary_lines(stats: dict) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate")
+    @app.command("generate", short_help="Generate verified spatial QA from images.")
     def generate_cmd(
         source: str = typer.Option(..., "--source", help="Input kind: objects365 | openimages | pixmo | folder | hf."),
         out: str = typer.Option(..., "--out", help="Dataset folder to write (data/<task>/*.parquet, README.md, stats.json). A killed run resumes when rerun with the same options."),
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         second_depth_model: Optional[str] = typer.Option(None, "--second-depth-model", help="A second Hugging Face depth model id or local folder: near/far pairs must be ordered the same way by it."),
         ground_contact: bool = typer.Option(False, "--ground-contact", help="near_far: also require the object whose box bottom is lower in the image to be the nearer one."),
         dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto (half precision on GPUs, fp32 on CPU) | fp32 | fp16 | bf16."),
-        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks, each once (default: all of grounding,referring,counting,near_far,left_right,perspective)."),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks, each once: grounding, referring, counting, near_far, left_right, perspective (default: all six)."),
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (1 runs in this process). Does not change the output."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random choice (with image id and task)."),
         num_shards: int = typer.Option(8, "--num-shards", min=1, help="Input shards = Parquet files per task; fixed for a dataset, independent of --workers."),
@@ -77,8 +77,8 @@ def register(app: typer.Typer) -> None:
 
         Models given as Hub ids are resolved once, before the run folder is created (offline:
         from the Hugging Face cache, or a one-line error). Exit status: 0 on success; 2 on bad
-        input (options, annotations, images under --on-bad-input error, models, an unwritable
-        --out). --verbose (or spatialforge -v generate) shows the traceback of an error.
+        input (options, annotations, missing images when bad input is an error, models, an
+        output folder that cannot be written). The verbose flag shows the traceback of an error.
         """
         from dataclasses import fields
 
