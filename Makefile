@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-# torch==2.13.0 first: it is a CPU build; a bare range would pull a multi-GB CUDA build.
+# torch==2.13.0 first: where pip finds a CPU wheel of it (a local wheel cache, the CPU index) that is what
+# installs; a bare range with no torch installed would pull the newest, multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0

@@ -20,9 +20,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.2x parses with its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer: click itself
+    from click import ClickException
+
+    NoArgsIsHelpError = ()  # type: ignore[assignment]
 
 logger = logging.getLogger("spatialforge.cli")
 
@@ -117,12 +123,15 @@ class SpatialForgeGroup(TyperGroup):
         verbose = any(x in ("-v", "--verbose") for x in argv)
         try:
             rv = super().main(argv, *a, standalone_mode=False, **kw)
-        except click.exceptions.Exit as e:  # raised before the command ran (e.g. --version)
+        except typer.Exit as e:  # raised before the command ran (e.g. --version)
             rv = e.exit_code
-        except click.Abort:
+        except typer.Abort:
             typer.echo("Aborted.", err=True)
             rv = 1
-        except click.ClickException as e:  # usage errors of click itself: one line, no usage block
+        except NoArgsIsHelpError as e:  # `spatialforge` alone: the help
+            e.show()
+            rv = e.exit_code
+        except ClickException as e:  # usage errors of click itself: one line, no usage block
             hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) is not None else ""
             typer.echo(f"Error: {e.format_message()}{hint}", err=True)
             rv = e.exit_code
