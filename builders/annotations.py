@@ -129,11 +129,11 @@ def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None
             raise ValueError(f"annotation files must all be .parquet or all .jsonl, got extensions {sorted(fmts)}")
         # A bare file holds rows of any task: the reader filters by task when a task is chosen.
         return AnnotationShards(files, fmts.pop(), annotations, _local_fingerprint(files), tasks=tasks, mixed=True)
+    if looks_local(annotations):
+        raise FileNotFoundError(f"annotations folder {annotations!r} does not exist (a local path, not a Hub repo id)")
     m = _REPO_ID.match(annotations)
     if not m:
         raise FileNotFoundError(f"annotations {annotations!r} is neither an existing path nor a Hub repo id")
-    if looks_local(annotations):
-        raise FileNotFoundError(f"annotations folder {annotations!r} does not exist (a local path, not a Hub repo id)")
     repo_id, rev = m.group(1), revision or m.group(2)
     from huggingface_hub import HfApi, constants
 

@@ -97,7 +97,7 @@ def _load_npy(path: Path) -> np.ndarray:
         if dtype.kind != "f":
             raise BadInputError(
                 f"depth file {str(path)!r} holds {dtype} values; depth must be float (meters, or disparity for "
-                "--depth-kind inverse_depth); integer millimeters go into a 16-bit .png"
+                "--depth-kind inverse_depth); integer millimeters go into a uint16 .png"
             )
         if int(np.prod(shape, dtype=np.float64)) > MAX_DEPTH_ELEMENTS:
             raise BadInputError(f"depth file {str(path)!r} claims a {'x'.join(map(str, shape))} array, above "
