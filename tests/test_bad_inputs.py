@@ -650,3 +650,23 @@ def test_output_of_source_hf_loads_back_with_its_images(tmp_path):
     assert len(ids) > 0 and sorted(r["id"] for r in rows) == sorted(ids)  # every written row, none missing
     for row in rows:
         assert row["image"].size == sizes[row["image_id"]] == (row["width"], row["height"])
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_a_decompression_bomb_in_generate_is_counted_or_named(tmp_path, monkeypatch, policy):
+    from PIL import Image as PILImage
+
+    from spatialforge.processing.readers import BadInputError
+
+    scene = make_coco_scene(tmp_path, 3)
+    truth, _ = _records(scene["annotations"], scene["images"])
+    bomb = sorted(scene["images"].rglob("*.jpg"))[1]
+    PILImage.new("RGB", (960, 640), "gray").save(bomb)  # 10x the pixels of the others, same aspect
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100_000)  # 96x64 passes, 960x640 is a bomb
+    if policy == "error":
+        with pytest.raises(BadInputError, match=rf"{bomb.stem}.*(960x640|614400 pixels).*too_many_pixels"):
+            _records(scene["annotations"], scene["images"], policy)
+        return
+    got, reader = _records(scene["annotations"], scene["images"], policy)
+    assert got == {k: v for k, v in truth.items() if k != bomb.stem}
+    assert dict(reader.stats.dropped) == {"too_many_pixels": 1}
