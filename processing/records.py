@@ -228,19 +228,16 @@ class Record:
 
 
 def to_rgb(im: Any) -> Any:
-    """An 8-bit RGB copy of a PIL image for models. High bit depth (16-bit PNG ``I;16*``, 32-bit
-    ``I`` / ``F``) is scaled to 0..255 by its type's range, where PIL's own ``convert("RGB")``
-    clips every value above 255 to white."""
+    """An 8-bit RGB copy of a PIL image for models. 16-bit grey (``I;16*``, and ``I`` holding
+    values up to 65535, as PIL opens 16-bit PNGs) is scaled by 255/65535, float (``F``) and wider
+    ``I`` by 255/max; PIL's own ``convert("RGB")`` clips every value above 255 to white."""
     from PIL import Image
 
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        import numpy as np
-
-        values = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and values.max(initial=0) <= 65535) else max(
-            float(values.max(initial=0)), 1.0)
-        if im.mode == "F":
-            top = max(float(np.nanmax(values, initial=0)), 1e-12) if values.size else 1.0
-        gray = np.clip(np.rint(np.nan_to_num(values) / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
-    return im.convert("RGB")
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return im.convert("RGB")
+    values = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    top = float(values.max(initial=0.0))
+    if im.mode.startswith("I;16") or (im.mode == "I" and 0 <= values.min(initial=0.0) and top <= 65535):
+        top = 65535.0
+    gray = np.clip(np.rint(values / max(top, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")

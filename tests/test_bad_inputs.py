@@ -34,31 +34,26 @@ from _pipeline_fixtures import make_coco_scene
 from spatialforge.builders.schema import DATA_DIR, TASKS, arrow_schema
 
 
-@dataclass
-class Refused:
-    code: int
-    names: tuple[str, ...]
+class Outcome:
+    """``Refused(code, *names)``, ``Raises(type, *names)``, ``Dropped(reason, *ids)``: ``head`` and ``names``."""
 
-    def __init__(self, code: int, *names: str) -> None:
-        self.code, self.names = code, names
+    def __init__(self, head: Any, *names: str) -> None:
+        self.head, self.names = head, names
 
-
-@dataclass
-class Raises:
-    type: type
-    names: tuple[str, ...]
-
-    def __init__(self, type_: type, *names: str) -> None:
-        self.type, self.names = type_, names
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{(self.head, *self.names)!r}"
 
 
-@dataclass
-class Dropped:
-    reason: str
-    ids: tuple[str, ...]
+class Refused(Outcome):
+    pass
 
-    def __init__(self, reason: str, *ids: str) -> None:
-        self.reason, self.ids = reason, ids
+
+class Raises(Outcome):
+    pass
+
+
+class Dropped(Outcome):
+    pass
 
 
 @dataclass
@@ -74,7 +69,7 @@ def _cli(args: list[str], env: dict | None = None):
 
 
 def _assert_refused(res, want: Refused, tmp: Path) -> None:
-    assert res.exit_code == want.code, res.output
+    assert res.exit_code == want.head, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     err = res.stderr.strip().splitlines()
     errors = [line for line in err if line.startswith("Error: ")]
@@ -255,7 +250,7 @@ def test_loaded_shards(tmp_path, case, setup, config, want, caplog):
               "cache_dir": str(tmp_path / "cache"), **config}
     task = kwargs["config_name"]
     if isinstance(want, Raises):
-        with pytest.raises(want.type) as err:
+        with pytest.raises(want.head) as err:
             _rows_of(SpatialForge10M(**kwargs))
         for name in want.names:
             assert name.format(**named) in str(err.value), (name, str(err.value))
@@ -263,14 +258,14 @@ def test_loaded_shards(tmp_path, case, setup, config, want, caplog):
     builder = SpatialForge10M(**kwargs)
     with caplog.at_level(logging.WARNING):
         rows = _rows_of(builder)
-    dropped = {name.format(**named) for name in want.ids} if isinstance(want, Dropped) else set()
+    dropped = {name.format(**named) for name in want.names} if isinstance(want, Dropped) else set()
     expected = [r for r in fx.rows_of(task) if r["id"] not in dropped]
     assert sorted(rows, key=lambda r: r["id"]) == sorted(expected, key=lambda r: r["id"])
     stats = builder.image_stats
     if isinstance(want, Dropped):
-        assert stats["invalid_rows_by_reason"] == {want.reason: len(dropped)}
-        assert stats["dropped_rows"] == len(dropped) and stats["dropped_rows_by_reason"] == {want.reason: len(dropped)}
-        assert any(want.reason in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+        assert stats["invalid_rows_by_reason"] == {want.head: len(dropped)}
+        assert stats["dropped_rows"] == len(dropped) and stats["dropped_rows_by_reason"] == {want.head: len(dropped)}
+        assert any(want.head in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     else:
         assert stats["invalid_rows"] == 0 and stats["dropped_rows"] == 0
 
@@ -306,7 +301,7 @@ def test_loader_images_decoded_where_the_cheap_check_cannot_tell(tmp_path, case,
     kwargs = {"config_name": "counting", "annotations": fx.annotations, "image_dirs": fx.image_dirs,
               "on_missing_image": policy, "cache_dir": str(tmp_path / "cache")}
     if isinstance(want, Raises):
-        with pytest.raises(want.type) as err:
+        with pytest.raises(want.head) as err:
             _rows_of(SpatialForge10M(**kwargs))
         assert f"openimages/{victim.image_id}" in str(err.value) and "corrupt" in str(err.value)
         return
@@ -314,7 +309,7 @@ def test_loader_images_decoded_where_the_cheap_check_cannot_tell(tmp_path, case,
     rows = _rows_of(builder)
     gone = {victim.image_id} if isinstance(want, Dropped) else set()
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in fx.rows_of("counting") if r["image_id"] not in gone)
-    assert builder.image_stats["dropped_rows_by_reason"] == ({want.reason: 1} if gone else {})
+    assert builder.image_stats["dropped_rows_by_reason"] == ({want.head: 1} if gone else {})
 
 
 @pytest.mark.parametrize("policy", ["skip", "error"])
@@ -416,7 +411,7 @@ def test_depth_files(tmp_path, case, write, policy, want, detail, caplog):
         out = [step.process(r) for r in records]
     assert out[0] is not None and out[0].depth.values.tolist() == [[3.0] * 4] * 2  # the other record: unchanged
     if isinstance(want, Dropped):
-        assert out[1] is None and dict(step.stats.dropped) == {want.reason: 1}
+        assert out[1] is None and dict(step.stats.dropped) == {want.head: 1}
         if policy == "warn":
             assert any(detail in r.getMessage() and "bad.npy" in r.getMessage() for r in caplog.records)
     else:
@@ -488,15 +483,15 @@ def test_coco_annotations(tmp_path, case, edit, policy, want):
     assert len(truth) == 3
     named = {"id": edit(scene["annotations"]) or ""}
     if isinstance(want, Raises):
-        with pytest.raises(want.type) as err:
+        with pytest.raises(want.head) as err:
             _records(scene["annotations"], scene["images"], policy)
         for name in want.names:
             assert name.format(**named) in str(err.value), (name, str(err.value))
         return
     got, reader = _records(scene["annotations"], scene["images"], policy)
-    gone = {name.format(**named) for name in want.ids} if isinstance(want, Dropped) else set()
+    gone = {name.format(**named) for name in want.names} if isinstance(want, Dropped) else set()
     assert got == {k: v for k, v in truth.items() if k not in gone}
-    assert dict(reader.stats.dropped) == ({want.reason: len(gone)} if gone else {})
+    assert dict(reader.stats.dropped) == ({want.head: len(gone)} if gone else {})
     assert not reader.objects_dropped  # its annotations went with the image, not counted as unknown
 
 
@@ -611,29 +606,16 @@ def test_the_table_holds_at_least_sixty_inputs():
 def test_output_of_source_hf_loads_back_with_its_images(tmp_path):
     """Images stored as bytes in a Hugging Face dataset are extracted as <image_id>.<ext>, which the
     loader's resolver finds: every row of the output comes back with its image."""
-    import io
-
-    import datasets
+    from _pipeline_fixtures import hf_detection_dataset, jpeg_bytes
 
     from spatialforge_10m import SpatialForge10M
 
-    def jpeg(w: int, h: int, color: str) -> bytes:
-        buf = io.BytesIO()
-        Image.new("RGB", (w, h), color).save(buf, "JPEG")
-        return buf.getvalue()
-
-    features = datasets.Features({
-        "image_id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"), length=4),
-                                      "category": datasets.ClassLabel(names=["cup", "dog"])}),
-    })
     sizes = {"kitchen-01": (64, 48), "kitchen-02": (80, 40)}
-    ds = datasets.Dataset.from_dict({
+    ds = hf_detection_dataset({
         "image_id": list(sizes),
-        "image": [{"bytes": jpeg(*sizes[k], c), "path": None} for k, c in zip(sizes, ("red", "blue"))],
+        "image": [{"bytes": jpeg_bytes(*sizes[k], c), "path": None} for k, c in zip(sizes, ("red", "blue"))],
         "objects": [{"bbox": [[2, 2, 20, 20], [30, 4, 20, 30]], "category": [0, 1]}] * 2,
-    }, features=features)
+    }, names=["cup", "dog"])
     ds.save_to_disk(tmp_path / "ds")
     out = tmp_path / "out"
     res = _cli(["generate", "--source", "hf", "--annotations", str(tmp_path / "ds"), "--out", str(out), "--tasks",
