@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from .annotations import AnnotationShards, iter_batches, locate_shards
 from .resolvers import MISSING, OK, UNREADABLE, ImageStatus, Resolver, get_resolver
 from .schema import ALL_CONFIG
-from .validate import VALIDATED_COLUMNS, any_problem, file_tasks, first_ids, row_problems
+from .validate import COLUMN_OF, VALIDATED_COLUMNS, any_problem, file_tasks, first_ids, row_problems
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,9 @@ class ImageReport:
     invalid_rows: int = 0  # rows that break the schema (a row with two problems counts once here)
 
     def describe_invalid(self) -> str:
-        """``reason: n rows (first: file: id, ...)`` for every reason, one clause each."""
+        """``reason: n rows, column c (first: file: id, ...)`` for every reason, one clause each."""
         return "; ".join(
-            f"{reason}: {n} rows (first: {', '.join(self.invalid_first.get(reason, []))})"
+            f"{reason}: {n} rows, column {COLUMN_OF.get(reason, '?')} (first: {', '.join(self.invalid_first.get(reason, []))})"
             for reason, n in sorted(self.invalid.items())
         )
 

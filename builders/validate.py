@@ -7,7 +7,7 @@ Two kinds of problems, each named with the file, the column and the first row id
   would otherwise load as ``None`` in every row), a column whose type cannot be cast to the schema.
 * **Row problems** (:func:`row_problems`, counted by reason; the loader's ``on_invalid_row``
   decides: ``error`` by default, ``warn`` / ``skip`` drop the rows and count them):
-  ``missing_value`` (null id, source, image_id, task, question or answer), ``bad_size`` (width or
+  ``null_<column>`` (a null id, source, image_id, task, question or answer), ``bad_size`` (width or
   height null or <= 0), ``unknown_task``, ``task_mismatch`` (a row of ``near_far`` in
   ``data/grounding/``), ``bbox_out_of_range`` (a coordinate outside 0..1000, or x1 > x2 / y1 > y2,
   or not 4 values), ``bad_fact`` (a relation row without a fact, or its indices outside
@@ -35,10 +35,13 @@ from .schema import BBOX_SCALE, COLUMNS, DATA_DIR, RELATION_TASKS, TASKS
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "source", "image_id", "width", "height", "task", "question", "answer", "objects")
 """Columns a shard must have; ``fact``, ``count`` and ``verification`` may be absent (read as null)."""
-REASONS: tuple[str, ...] = (
-    "missing_value", "bad_size", "unknown_task", "task_mismatch", "bbox_out_of_range", "bad_fact", "bad_count",
-)
 _NOT_NULL = ("id", "source", "image_id", "task", "question", "answer")
+COLUMN_OF: dict[str, str] = {
+    **{f"null_{c}": c for c in _NOT_NULL},
+    "bad_size": "width/height", "unknown_task": "task", "task_mismatch": "task", "bbox_out_of_range": "objects.bbox",
+    "bad_fact": "fact", "bad_count": "count",
+}
+"""The reasons of :func:`row_problems` and the column each is about."""
 VALIDATED_COLUMNS: list[str] = [c for c in COLUMNS if c != "verification"]
 """The columns :func:`row_problems` reads."""
 
@@ -100,12 +103,7 @@ def row_problems(table: Any, expected_tasks: list[str] | None) -> dict[str, Any]
     def flag(mask: Any) -> Any:
         return pc.fill_null(mask, True)
 
-    masks: dict[str, Any] = {}
-    null = None
-    for name in _NOT_NULL:
-        m = pc.is_null(table.column(name))
-        null = m if null is None else pc.or_(null, m)
-    masks["missing_value"] = null
+    masks: dict[str, Any] = {f"null_{name}": pc.is_null(table.column(name)) for name in _NOT_NULL}
     width, height = table.column("width"), table.column("height")
     masks["bad_size"] = flag(pc.or_(pc.less_equal(width, 0), pc.less_equal(height, 0)))
     task = table.column("task")
