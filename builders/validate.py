@@ -18,12 +18,12 @@ reading; the same function runs in the pre-scan (counts, policy) and while servi
 
 Example:
     >>> import pyarrow as pa
+    >>> from spatialforge.builders.schema import arrow_schema
     >>> from spatialforge.builders.validate import row_problems
-    >>> t = pa.table({"id": ["a"], "source": ["s"], "image_id": ["i"], "width": [0], "height": [5],
-    ...               "task": ["counting"], "question": ["q"], "answer": ["1"], "count": [1],
-    ...               "objects": [[]], "fact": [None]})
-    >>> sorted(row_problems(t, ["counting"]))
-    ['bad_size']
+    >>> row = {"id": "a", "source": "s", "image_id": "i", "width": 0, "height": 5, "task": "counting",
+    ...        "question": "q", "answer": "1", "count": 1, "objects": [{"label": "cup", "bbox": [0, 0, 9, 1200]}]}
+    >>> sorted(row_problems(pa.Table.from_pylist([row], schema=arrow_schema()), ["counting"]))
+    ['bad_size', 'bbox_out_of_range']
 """
 
 from __future__ import annotations
