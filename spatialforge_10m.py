@@ -42,7 +42,7 @@ from spatialforge.builders.annotations import AnnotationShards, iter_batches, lo
 from spatialforge.builders.check import ImageReport, describe_bad, describe_roots, scan_images
 from spatialforge.builders.config import SpatialForgeConfig
 from spatialforge.builders.resolvers import MISSING, TOO_MANY_PIXELS, Resolver, get_resolver
-from spatialforge.builders.schema import ALL_CONFIG, COLUMNS, TASKS, features_with_image
+from spatialforge.builders.schema import ALL_CONFIG, COLUMNS, KNOWN_SOURCES, TASKS, features_with_image
 from spatialforge.builders.validate import any_problem, file_tasks, row_problems
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,10 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             decode=cfg.image_check == "decode",
         )
         self.image_report = report
+        unused = sorted(set(self._resolvers) - set(report.sources) - set(KNOWN_SOURCES))
+        if unused:  # e.g. "o365" for "objects365": its rows would all count as missing
+            logger.warning("image_dirs names source(s) %s that no row of %r has (its sources: %s)", unused,
+                           shards.origin, sorted(report.sources))
         if report.invalid_rows:
             message = (
                 f"{report.invalid_rows} rows of {shards.origin!r} break the schema ({report.describe_invalid()})"

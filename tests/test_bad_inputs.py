@@ -652,3 +652,17 @@ def test_a_decompression_bomb_in_generate_is_counted_or_named(tmp_path, monkeypa
     got, reader = _records(scene["annotations"], scene["images"], policy)
     assert got == {k: v for k, v in truth.items() if k != bomb.stem}
     assert dict(reader.stats.dropped) == {"too_many_pixels": 1}
+
+
+def test_the_loader_names_an_image_dir_of_a_source_no_row_has(tmp_path, caplog):
+    from spatialforge_10m import SpatialForge10M
+
+    fx = make_dataset(tmp_path, n_per_source=1, shards_per_task=1)
+    dirs = {("o365" if k == "objects365" else k): v for k, v in fx.image_dirs.items()}
+    with caplog.at_level(logging.WARNING):
+        builder = SpatialForge10M(config_name="counting", annotations=fx.annotations, image_dirs=dirs,
+                                  on_missing_image="skip", cache_dir=str(tmp_path / "cache"))
+        rows = _rows_of(builder)
+    assert any("['o365']" in r.getMessage() and "objects365" in r.getMessage() for r in caplog.records)
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in fx.rows_of("counting") if r["source"] != "objects365")
+    assert builder.image_stats["dropped_rows_by_reason"] == {"missing": 1}
