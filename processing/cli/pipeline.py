@@ -84,6 +84,8 @@ def register(app: typer.Typer) -> None:
 
         from ..pipeline import GenerateConfig, generate
 
+        del verbose  # read from the command line by the root command (cli.common.SpatialForgeGroup)
+
         images = deprecated(image_dir, images, "--images", "--image-dir")
         try:
             cfg = GenerateConfig(
