@@ -666,3 +666,27 @@ def test_the_loader_names_an_image_dir_of_a_source_no_row_has(tmp_path, caplog):
     assert any("['o365']" in r.getMessage() and "objects365" in r.getMessage() for r in caplog.records)
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in fx.rows_of("counting") if r["source"] != "objects365")
     assert builder.image_stats["dropped_rows_by_reason"] == {"missing": 1}
+
+
+def test_generate_old_images_flag_still_works_and_warns(tmp_path, caplog):
+    scene = make_coco_scene(tmp_path / "scene", 1)
+    with caplog.at_level(logging.WARNING):
+        res = _cli(["generate", "--source", "objects365", "--annotations", str(tmp_path / "nope.json"),
+                    "--images", str(scene["images"]), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "'--annotations'" in res.stderr  # the next problem, after the old flag was taken
+    assert "--images is deprecated, use --image-dir" in [r.getMessage() for r in caplog.records]
+
+
+def test_the_images_progress_bar_of_generate_has_a_total(tmp_path, capfd):
+    from functools import partial
+
+    from _pipeline_fixtures import build_toy, make_folder
+
+    from spatialforge.processing.pipeline import GenerateConfig, generate
+
+    images = make_folder(tmp_path / "imgs", 5)
+    cfg = GenerateConfig(source="folder", source_name="toy", images=str(images), out=str(tmp_path / "out"),
+                         num_shards=2, progress=True)
+    generate(cfg, build=partial(build_toy, cfg))
+    err = capfd.readouterr().err
+    assert "images: 100%" in err and "5/5" in err  # a total, so tqdm shows percent and ETA
