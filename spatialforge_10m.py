@@ -42,7 +42,8 @@ from spatialforge.builders.annotations import AnnotationShards, iter_batches, lo
 from spatialforge.builders.check import ImageReport, describe_bad, describe_roots, scan_images
 from spatialforge.builders.config import SpatialForgeConfig
 from spatialforge.builders.resolvers import MISSING, TOO_MANY_PIXELS, Resolver, get_resolver
-from spatialforge.builders.schema import ALL_CONFIG, COLUMNS, TASKS, features_with_image
+from spatialforge.builders.schema import ALL_CONFIG, COLUMNS, KNOWN_SOURCES, TASKS, features_with_image
+from spatialforge.builders.validate import any_problem, file_tasks, row_problems
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         self._prescan(local, streaming)
         # A LIST of files: datasets shards it across split_dataset_by_node ranks, DataLoader workers
         # and num_proc jobs, each reading disjoint files.
-        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files})]
+        expected = file_tasks(shards)  # from the original names: downloaded copies lose data/<task>/
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files, "file_tasks": expected})]
 
     def _prescan(self, shards: AnnotationShards, streaming: bool) -> None:
         """Check every referenced image once, apply the policy, and remember which rows to drop."""
@@ -138,8 +140,20 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             max_pixels=cfg.max_image_pixels,
             threads=cfg.check_threads,
             download_config=self._download_config,
+            decode=cfg.image_check == "decode",
         )
         self.image_report = report
+        unused = sorted(set(self._resolvers) - set(report.sources) - set(KNOWN_SOURCES))
+        if unused:  # e.g. "o365" for "objects365": its rows would all count as missing
+            logger.warning("image_dirs names source(s) %s that no row of %r has (its sources: %s)", unused,
+                           shards.origin, sorted(report.sources))
+        if report.invalid_rows:
+            message = (
+                f"{report.invalid_rows} rows of {shards.origin!r} break the schema ({report.describe_invalid()})"
+            )
+            if cfg.on_invalid_row == "error":
+                raise ValueError(f"{message}. Pass on_invalid_row='skip' or 'warn' to drop them.")
+            logger.warning("dropping %s", message)
         policy = cfg.on_missing_image
         bombs = {k: v for k, v in report.bad.items() if v.status == TOO_MANY_PIXELS}
         if report.bad and (policy == "error" or (bombs and policy == "warn")):
@@ -202,6 +216,9 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             stats["dropped_rows_by_reason"] = self.image_report.rows_by_reason() if dropping else {}
             if self._shards is not None and self._shards.reader is not None:
                 stats["chat_import"] = self._shards.reader.counts  # rows read, what was not parsed (by reason)
+            if self.config.on_invalid_row != "error" and self.image_report.invalid_rows:
+                stats["dropped_rows"] += self.image_report.invalid_rows
+                stats["dropped_rows_by_reason"].update(self.image_report.invalid)
             return stats
         path = os.path.join(self._cache_dir, _REPORT_FILE)
         if os.path.exists(path):
@@ -213,6 +230,24 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
     def dropped_rows(self) -> int:
         """Rows left out because their image is missing or unreadable (``skip`` / ``warn``)."""
         return int(self.image_stats.get("dropped_rows", 0))
+
+    def as_dataset(self, split=None, *args, **kwargs):
+        """The prepared split(s). When the Arrow cache was reused (prepared by an earlier run), the
+        images are checked again first (one ``stat()`` per unchanged file): an image truncated or
+        removed since then is handled by ``on_missing_image`` (its rows dropped and counted, or an
+        error naming it) instead of failing later in the middle of an epoch."""
+        recheck = self.image_report is None and self.config.annotations is not None
+        if recheck:
+            shards = self._setup_inputs()
+            if shards.repo_id is None:  # Hub shards were checked when downloaded; their local copies are cached
+                self._download_config = None
+                self._prescan(shards, streaming=False)
+        ds = super().as_dataset(split, *args, **kwargs)
+        if recheck and self._bad_keys:
+            bad = self._bad_keys
+            ds = ds.filter(lambda s, i: [(a, b) not in bad for a, b in zip(s, i)], input_columns=["source", "image_id"],
+                           batched=True, desc="Dropping rows of images that changed")
+        return ds
 
     def _as_dataset(self, split=datasets.Split.TRAIN, in_memory: bool = False) -> datasets.Dataset:
         """The prepared split; an empty ``Dataset`` with the full features when it has no rows.
@@ -239,17 +274,22 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             table, info=self.info.copy(), split=str(split), fingerprint=self._get_dataset_fingerprint(split)
         )
 
-    def _generate_tables(self, files: list[str]):
-        """Annotation record batches with the rows of bad images removed and an ``image`` column
+    def _generate_tables(self, files: list[str], file_tasks: list[list[str] | None] | None = None):
+        """Annotation record batches with the rows of bad images (and, under ``on_invalid_row``
+        ``warn`` / ``skip``, rows that break the schema) removed and an ``image`` column
         ``{"bytes": None, "path": <absolute path>}`` in front: the one reading path of both modes."""
         shards = self._shards
         download_config = getattr(self, "_download_config", None)
         image_type = self.info.features["image"].pa_type
         for file_idx, path in enumerate(files):
+            expected = file_tasks[file_idx] if file_tasks is not None else None
             for batch_idx, table in enumerate(
                 iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config,
                              reader=shards.reader)
             ):
+                problems = row_problems(table, expected)
+                if problems:  # counted by the pre-scan, which refused them under "error"
+                    table = table.filter(pc.invert(any_problem(problems)))
                 image_paths = self._image_paths(table)
                 keep = pc.is_valid(image_paths)
                 if image_paths.null_count:
@@ -299,9 +339,9 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
                 logger.warning("dropping row %r: image %s/%s disappeared", row_id, *key)
         return paths.combine_chunks() if isinstance(paths, pa.ChunkedArray) else paths
 
-    def _generate_examples(self, files: list[str]):
+    def _generate_examples(self, files: list[str], file_tasks: list[list[str] | None] | None = None):
         """Rows of :meth:`_generate_tables` (used by ``download_and_prepare``)."""
-        for key, table in self._generate_tables(files):
+        for key, table in self._generate_tables(files, file_tasks):
             for k, row in enumerate(table.to_pylist()):
                 yield Key(key.original_shard_id, key.item_or_batch_id * 10**9 + k), row
 

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from .schema import ALL_CONFIG, COLUMNS, DATA_DIR, TASKS
+from .validate import ShardError, cast_error, check_columns, unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _tasks_for(task: str) -> list[str]:
     return [task]
 
 
-def _pick(rel_files: list[str], tasks: list[str], origin: str) -> tuple[list[str], str]:
+def _pick(rel_files: list[str], tasks: list[str], origin: str, data_dirs: list[str] | None = None) -> tuple[list[str], str]:
     """Shards of ``tasks`` among relative file paths, in stable order, and their format."""
     for fmt in FORMATS:
         picked = []
@@ -70,9 +71,13 @@ def _pick(rel_files: list[str], tasks: list[str], origin: str) -> tuple[list[str
         if picked:
             return picked, fmt
     any_data = any(f.startswith(f"{DATA_DIR}/") for f in rel_files)
+    where = "" if any_data else f" (there is no {DATA_DIR}/ folder)"
+    if data_dirs is not None:  # a local folder with a data/ folder: name the empty or absent task folders
+        empty = [f"{DATA_DIR}/{t}/" for t in tasks if t in data_dirs]
+        where = (f" ({', '.join(empty)} holds no .parquet or .jsonl file)" if empty
+                 else f" ({DATA_DIR}/ has no folder for {', '.join(tasks)}; it has {data_dirs})")
     raise FileNotFoundError(
-        f"no annotation shards for task(s) {tasks} in {origin!r}: expected {DATA_DIR}/<task>/*.parquet or "
-        f"*.jsonl" + ("" if any_data else f" (there is no {DATA_DIR}/ folder)")
+        f"no annotation shards for task(s) {tasks} in {origin!r}: expected {DATA_DIR}/<task>/*.parquet or *.jsonl{where}"
     )
 
 
@@ -107,6 +112,15 @@ def _is_chat_file(path: str) -> bool:
     return False
 
 
+def looks_local(annotations: str) -> bool:
+    """True if ``annotations`` is meant as a local path: absolute, ``./`` / ``../`` / ``~``, or its
+    first folder exists here (``data/sf10n`` next to ``data/sf10m`` is a typo, not a Hub repo)."""
+    if annotations.startswith(("/", ".", "~")) or os.sep != "/" and os.sep in annotations:
+        return True
+    head = annotations.split("/", 1)[0]
+    return "/" in annotations and os.path.isdir(head)
+
+
 def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None = None, token=None,
                   chat_options: dict | None = None) -> AnnotationShards:
     """Find the shard files of ``task`` in a local folder, a file/glob, or a Hub dataset repo.
@@ -125,7 +139,9 @@ def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None
                 os.path.relpath(p, annotations).replace(os.sep, "/")
                 for p in glob.glob(os.path.join(annotations, DATA_DIR, "*", f"*.{fmt}"))
             ]
-        picked, fmt = _pick(rel, tasks, annotations)
+        data = os.path.join(annotations, DATA_DIR)
+        data_dirs = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d))) if os.path.isdir(data) else None
+        picked, fmt = _pick(rel, tasks, annotations, data_dirs)
         files = [os.path.abspath(os.path.join(annotations, p)) for p in picked]
         return AnnotationShards(files, fmt, annotations, _local_fingerprint(files), tasks=tasks)
     if os.path.isfile(annotations) or glob.has_magic(annotations):
@@ -145,14 +161,25 @@ def locate_shards(annotations: str, task: str = ALL_CONFIG, revision: str | None
             raise ValueError(f"annotation files must all be .parquet or all .jsonl, got extensions {sorted(fmts)}")
         # A bare file holds rows of any task: the reader filters by task when a task is chosen.
         return AnnotationShards(files, fmts.pop(), annotations, _local_fingerprint(files), tasks=tasks, mixed=True)
+    if looks_local(annotations):
+        raise FileNotFoundError(f"annotations folder {annotations!r} does not exist (a local path, not a Hub repo id)")
     m = _REPO_ID.match(annotations)
     if not m:
         raise FileNotFoundError(f"annotations {annotations!r} is neither an existing path nor a Hub repo id")
     repo_id, rev = m.group(1), revision or m.group(2)
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(
+            f"annotations {annotations!r} is not a local path, and HF_HUB_OFFLINE is set: the Hub repo {repo_id!r} cannot be read"
+        )
     api = HfApi(token=token)
-    info = api.dataset_info(repo_id, revision=rev)
+    try:
+        info = api.dataset_info(repo_id, revision=rev)
+    except OSError as err:  # requests' ConnectionError / HTTPError are OSErrors
+        raise FileNotFoundError(
+            f"annotations {annotations!r} is not a local path, and the Hub repo {repo_id!r} cannot be read: {err}"
+        ) from err
     sha = info.sha or rev or "main"
     rel = api.list_repo_files(repo_id, repo_type="dataset", revision=sha)
     picked, fmt = _pick(list(rel), tasks, annotations)
@@ -217,29 +244,61 @@ def iter_batches(
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(f)
+            try:
+                pf = pq.ParquetFile(f)
+            except (pa.ArrowException, OSError) as err:
+                raise unreadable(path, "Parquet", err) from err
+            check_columns(path, pf.schema_arrow.names, need)
             present = [c for c in need if c in pf.schema_arrow.names]
-            for rb in pf.iter_batches(batch_size=batch_size, columns=present):
+            batches = pf.iter_batches(batch_size=batch_size, columns=present)
+            while True:
+                try:
+                    rb = next(batches, None)
+                except (pa.ArrowException, OSError) as err:  # a damaged row group
+                    raise unreadable(path, "Parquet", err) from err
+                if rb is None:
+                    break
                 arrays = [
                     rb.column(c) if c in present else pa.nulls(rb.num_rows, schema.field(c).type) for c in need
                 ]
                 table = pa.Table.from_arrays(arrays, names=need)
                 if table.schema != schema:
-                    table = table.cast(schema)
+                    try:
+                        table = table.cast(schema)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as err:
+                        raise cast_error(path, table, schema, err) from err
                 yield finish(table)
         elif fmt == "jsonl":
             rows: list[dict] = []
+            keys: set[str] = set()
+
+            def table_of(rows: list[dict]) -> pa.Table:
+                check_columns(path, sorted(keys), need)
+                try:
+                    return pa.Table.from_pylist(rows, schema=schema)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                    loose = pa.Table.from_pylist([{k: r.get(k) for k in need} for r in rows])
+                    raise cast_error(path, loose, schema, err) from err
+
             for lineno, line in enumerate(f, 1):
+                if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                    line = line[3:]
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as err:
+                    raise ShardError(f"{path}:{lineno}: not UTF-8 text ({err})") from err
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{lineno}: not a JSON object ({err})") from err
+                    raise ShardError(f"{path}:{lineno}: not a JSON object ({err})") from err
+                if not isinstance(row, dict):
+                    raise ShardError(f"{path}:{lineno}: not a JSON object, got {type(row).__name__}")
+                rows.append(row)
+                keys.update(row)
                 if len(rows) >= batch_size:
-                    yield finish(pa.Table.from_pylist(rows, schema=schema))
+                    yield finish(table_of(rows))
                     rows = []
             if rows:
-                yield finish(pa.Table.from_pylist(rows, schema=schema))
+                yield finish(table_of(rows))
         else:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")

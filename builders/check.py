@@ -20,9 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 
+import pyarrow.compute as pc
+
 from .annotations import AnnotationShards, iter_batches, locate_shards
 from .resolvers import MISSING, OK, UNREADABLE, ImageStatus, Resolver, get_resolver
 from .schema import ALL_CONFIG
+from .validate import COLUMN_OF, VALIDATED_COLUMNS, any_problem, file_tasks, first_ids, row_problems
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,17 @@ class ImageReport:
     bad: dict[tuple[str, str], ImageStatus] = field(default_factory=dict)  # (source, image_id) -> status
     bad_rows: dict[tuple[str, str], int] = field(default_factory=dict)  # rows per bad image
     mismatched: dict[tuple[str, str], tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+    invalid: Counter = field(default_factory=Counter)  # rows that break the schema, by reason (validate.py)
+    invalid_first: dict[str, list[str]] = field(default_factory=dict)  # reason -> first "file: row id"
+
+    invalid_rows: int = 0  # rows that break the schema (a row with two problems counts once here)
+
+    def describe_invalid(self) -> str:
+        """``reason: n rows, column c (first: file: id, ...)`` for every reason, one clause each."""
+        return "; ".join(
+            f"{reason}: {n} rows, column {COLUMN_OF.get(reason, '?')} (first: {', '.join(self.invalid_first.get(reason, []))})"
+            for reason, n in sorted(self.invalid.items())
+        )
 
     @property
     def rows(self) -> int:
@@ -83,6 +97,8 @@ class ImageReport:
         return {
             "rows": self.rows,
             "rows_affected": self.rows_affected,
+            "invalid_rows": self.invalid_rows,
+            "invalid_rows_by_reason": dict(sorted(self.invalid.items())),
             "sources": {
                 name: {
                     "root": s.root,
@@ -108,18 +124,34 @@ def scan_images(
     threads: int = 8,
     download_config=None,
     progress: bool = False,
+    decode: bool = True,
 ) -> ImageReport:
-    """Check every image referenced by ``shards`` against the resolvers' roots.
+    """Check every image referenced by ``shards`` against the resolvers' roots (``decode=False``:
+    header and trailer only, see :func:`~.resolvers.inspect_image`).
 
     Raises ``ValueError`` if an ``image_id`` would escape its root (whatever the policy).
     """
-    # 1. unique images with their row counts and recorded size (first row wins)
+    # 1. rows that break the schema (counted by reason, left out of the image accounting), then
+    #    unique images with their row counts and recorded size (first row wins)
     seen: dict[tuple[str, str], list] = {}
-    for path in shards.files:
+    invalid: Counter = Counter()
+    invalid_first: dict[str, list[str]] = {}
+    invalid_rows = 0
+    for path, expected in zip(shards.files, file_tasks(shards)):
         for batch in iter_batches(
-            path, shards.format, _KEY_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config,
+            path, shards.format, VALIDATED_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config,
             reader=shards.reader,
         ):
+            problems = row_problems(batch, expected)
+            if problems:
+                for reason, mask in problems.items():
+                    invalid[reason] += pc.sum(mask).as_py()
+                    listed = invalid_first.setdefault(reason, [])
+                    listed += [f"{path}: {i}" for i in first_ids(batch, mask, 3 - len(listed))] if len(listed) < 3 else []
+                dropped = any_problem(problems)
+                invalid_rows += pc.sum(dropped).as_py()
+                batch = batch.filter(pc.invert(dropped))
+            batch = batch.select(_KEY_COLUMNS)
             # Rows of one image are mostly adjacent: count them per batch in Arrow, then merge the
             # (far fewer) groups in Python. use_threads=False keeps "first" the first row's value.
             groups = batch.group_by(["source", "image_id"], use_threads=False).aggregate(
@@ -132,7 +164,7 @@ def scan_images(
                     seen[(source, image_id)] = [n, w, h]
                 else:
                     entry[0] += n
-    report = ImageReport()
+    report = ImageReport(invalid=invalid, invalid_first=invalid_first, invalid_rows=invalid_rows)
     by_source: dict[str, list[str]] = {}
     for (source, image_id), (n, _, _) in seen.items():
         rep = report.sources.get(source)
@@ -149,7 +181,7 @@ def scan_images(
         rep = report.sources[source]
         resolver = resolvers.get(source)
         paths = resolver.resolve_many(ids) if resolver is not None else {}
-        statuses = resolver.check_many(paths, max_pixels, threads=threads, progress=progress) if paths else iter(())
+        statuses = resolver.check_many(paths, max_pixels, threads=threads, progress=progress, decode=decode) if paths else iter(())
         absent = ((image_id, ImageStatus(MISSING)) for image_id in ids if image_id not in paths)
         for image_id, status in chain(statuses, absent):
             key = (source, image_id)

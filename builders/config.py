@@ -40,12 +40,23 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     # dropped (and counted) under "skip". If every row is dropped, the split is empty (both modes).
     # Ids that would escape their image root are refused whatever the policy.
     on_missing_image: str = "error"
+    # Rows that break the schema (see builders/validate.py: task other than their data/<task>/
+    # folder, a box outside 0..1000, width/height <= 0, a null question, ...), found by the pre-scan:
+    #   "error": fail before yielding any row, naming the count by reason, the files and first ids;
+    #   "warn":  log the same and drop those rows;   "skip": drop them (counted in image_stats).
+    # Files that cannot be served at all (corrupt Parquet, not UTF-8, a column absent or of another
+    # type) are refused whatever the policy, naming the file and the column.
+    on_invalid_row: str = "error"
     # Decompression-bomb limit in pixels (width * height); None = PIL's Image.MAX_IMAGE_PIXELS.
     max_image_pixels: int | None = None
     # Rows per Parquet record batch / JSONL chunk while reading (memory is flat in the row count).
     batch_size: int = 1024
-    # Threads for the per-image header checks of the pre-scan (I/O bound).
+    # Threads for the per-image checks of the pre-scan (I/O and decoding, which releases the GIL).
     check_threads: int = 8
+    # How the pre-scan checks each image: "decode" (default: every pixel is decoded once, so corrupt
+    # scan data is found before training; the outcome is stored in the index, a later run only
+    # stat()-s unchanged files) or "header" (header and end marker only; faster on a first run).
+    image_check: str = "decode"
     # Folder of the persistent image indexes; None = $SPATIALFORGE_CACHE/index (~/.cache/spatialforge/index).
     index_dir: str | None = None
     # Chat-format annotations (LLaVA / InternVL / LLaMA-Factory / ms-swift / Qwen-VL files): the folder
@@ -73,6 +84,8 @@ class SpatialForgeConfig(datasets.BuilderConfig):
                     raise ValueError(f"image_dirs keys must be source names, got {source!r}")
                 if not isinstance(root, (str, os.PathLike)) or not os.path.isdir(root):
                     raise ValueError(f"image_dirs[{source!r}] must be an existing folder, got {root!r}")
+        if self.on_invalid_row not in POLICIES:
+            raise ValueError(f"on_invalid_row must be one of {POLICIES}, got {self.on_invalid_row!r}")
         if self.max_image_pixels is not None and (not isinstance(self.max_image_pixels, int) or self.max_image_pixels <= 0):
             raise ValueError(f"max_image_pixels must be a positive int or None, got {self.max_image_pixels!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
@@ -81,5 +94,7 @@ class SpatialForgeConfig(datasets.BuilderConfig):
             raise ValueError(f"media_root must be an existing folder, got {self.media_root!r}")
         if not isinstance(self.model_family, str) or not self.model_family:
             raise ValueError(f"model_family must be a model family name such as 'qwen3-vl', got {self.model_family!r}")
+        if self.image_check not in ("decode", "header"):
+            raise ValueError(f"image_check must be 'decode' or 'header', got {self.image_check!r}")
         if not isinstance(self.check_threads, int) or self.check_threads <= 0:
             raise ValueError(f"check_threads must be a positive int, got {self.check_threads!r}")

@@ -490,6 +490,7 @@ class Resolver:
         max_pixels: int | None = None,
         threads: int = 8,
         progress: bool = False,
+        decode: bool = True,
     ) -> Iterator[tuple[str, ImageStatus]]:
         """``(image_id, status)`` of :func:`inspect_image` for ``paths`` (``image_id -> path`` from
         :meth:`resolve_many`), in the order of ``paths``.
@@ -499,7 +500,7 @@ class Resolver:
         """
         from tqdm.auto import tqdm
 
-        limits = _limits_key(max_pixels)
+        limits = _limits_key(max_pixels, decode)
         prefix = len(self.root_real.rstrip(os.sep)) + 1
 
         def check_chunk(chunk: list[str], stored: dict[str, tuple]) -> list[tuple[ImageStatus, tuple | None]]:
@@ -516,7 +517,7 @@ class Resolver:
                 if prev is not None and prev[:3] == (st.st_size, st.st_mtime_ns, limits):
                     out.append((ImageStatus(*prev[3:]), None))
                     continue
-                status = inspect_image(path, max_pixels)
+                status = inspect_image(path, max_pixels, decode)
                 row = (rel, st.st_size, st.st_mtime_ns, limits, status.status, status.width, status.height, status.detail)
                 out.append((status, row if status.storable else None))
             return out
@@ -607,22 +608,23 @@ def get_resolver(source: str, root: str, cache_dir: str | None = None) -> Resolv
 
 
 # -- per-image checks ------------------------------------------------------------------------------
-OK, MISSING, ZERO_BYTE, NOT_IMAGE, TRUNCATED, TOO_MANY_PIXELS = (
+OK, MISSING, ZERO_BYTE, NOT_IMAGE, TRUNCATED, CORRUPT, TOO_MANY_PIXELS = (
     "ok",
     "missing",
     "zero_byte",
     "not_image",
     "truncated",
+    "corrupt",
     "too_many_pixels",
 )
-UNREADABLE: tuple[str, ...] = (ZERO_BYTE, NOT_IMAGE, TRUNCATED, TOO_MANY_PIXELS)
+UNREADABLE: tuple[str, ...] = (ZERO_BYTE, NOT_IMAGE, TRUNCATED, CORRUPT, TOO_MANY_PIXELS)
 
 
 @dataclass(frozen=True)
 class ImageStatus:
     """Outcome of the cheap check of one image file (header + trailer, no decode)."""
 
-    status: str  # ok | missing | zero_byte | not_image | truncated | too_many_pixels
+    status: str  # ok | missing | zero_byte | not_image | truncated | corrupt | too_many_pixels
     width: int | None = None  # EXIF-transposed size from the header (what datasets.Image decodes to)
     height: int | None = None
     detail: str = ""
@@ -631,18 +633,22 @@ class ImageStatus:
     storable: bool = field(default=True, compare=False, repr=False)
 
 
-def _limits_key(max_pixels: int | None) -> str:
-    """The pixel limits a check outcome depends on: ours and PIL's own (it raises above twice its)."""
+def _limits_key(max_pixels: int | None, decode: bool = True) -> str:
+    """What a check outcome depends on: the pixel limits, ours and PIL's own (it raises above twice
+    its), and whether the pixels were decoded."""
     from PIL import Image
 
-    return f"{Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels}/{Image.MAX_IMAGE_PIXELS}"
+    return f"{Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels}/{Image.MAX_IMAGE_PIXELS}" + ("/decode" if decode else "")
 
 
-def inspect_image(path: str | None, max_pixels: int | None = None) -> ImageStatus:
-    """Cheap validity check: file size, ``PIL.Image.open`` header, EXIF orientation, trailer bytes.
+def inspect_image(path: str | None, max_pixels: int | None = None, decode: bool = True) -> ImageStatus:
+    """Validity check: file size, ``PIL.Image.open`` header, EXIF orientation, trailer bytes, and
+    (``decode=True``, or when the trailer looks wrong) a full decode of the pixels.
 
-    ``max_pixels`` defaults to PIL's ``Image.MAX_IMAGE_PIXELS``; larger images are refused as
-    decompression bombs without being decoded.
+    The trailer alone cannot tell a file cut short from one with bytes after its end marker (common
+    from phones: the image decodes), nor see corrupt scan data (``corrupt``: the decoder fails in
+    the middle). ``max_pixels`` defaults to PIL's ``Image.MAX_IMAGE_PIXELS``; larger images are
+    refused as decompression bombs without being decoded.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -673,9 +679,25 @@ def inspect_image(path: str | None, max_pixels: int | None = None) -> ImageStatu
     if orientation in (5, 6, 7, 8):  # transposed orientations swap the axes
         w, h = h, w
     trailer = _trailer_problem(path, fmt, size)
-    if trailer:
-        return ImageStatus(TRUNCATED, w, h, detail=trailer)
+    if trailer or decode:
+        problem = _decode_problem(path)
+        if problem:
+            return ImageStatus(TRUNCATED if trailer else CORRUPT, w, h, detail=f"{trailer}; {problem}" if trailer else problem)
     return ImageStatus(OK, w, h)
+
+
+def _decode_problem(path: str) -> str:
+    """Empty string if every pixel of ``path`` decodes; else the decoder's complaint."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+    except (SyntaxError, struct.error, ValueError, OSError) as err:
+        return f"{type(err).__name__}: {err}"
+    return ""
 
 
 def _trailer_problem(path: str, fmt: str | None, size: int) -> str:

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SHARDS = 8
 # may change between a killed run and its resume (`out` too: a run folder may be moved)
-_RUN_FIELDS = ("out", "workers", "progress", "overwrite", "allow_existing")
+_RUN_FIELDS = ("out", "workers", "progress", "overwrite", "allow_existing", "model_ids")
 _PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir")
 _MODEL_FIELDS = ("depth_model", "detector", "pose_model", "second_depth_model")
 _DTYPES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # as depth_models.DTYPES (no torch import here)
@@ -95,6 +96,7 @@ class GenerateConfig:
     progress: bool = True  # tqdm progress bars
     synthetic: bool = False  # the images are synthetic (the dataset card gets the `synthetic` tag)
     keep_drops: bool = False  # also write each image's candidate drops (drops/<shard>.parquet; FiftyOne tags)
+    model_ids: dict[str, str] | None = None  # set by resolve_models: field -> Hub id of a model now given as its snapshot folder
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -141,6 +143,10 @@ class GenerateConfig:
         unknown = [t for t in self.tasks if t not in schema.TASKS]
         if not self.tasks or unknown:
             raise ValueError(f"tasks must be a non-empty subset of {schema.TASKS}, got {self.tasks!r}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must list each task once, got {self.tasks!r}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto | cpu | cuda | cuda:N | mps, got {self.device!r}")
         if self.detector_labels is not None:
             self.detector_labels = tuple(self.detector_labels)
         for name in ("num_shards", "workers", "batch_size"):
@@ -234,11 +240,13 @@ def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
     return out
 
 
-def prepare_inputs(cfg: GenerateConfig) -> None:
-    """Convert the annotations of ``cfg`` once, in this process, before workers start (no-op when cached)."""
+def prepare_inputs(cfg: GenerateConfig) -> int:
+    """Convert the annotations of ``cfg`` once, in this process, before workers start (no-op when
+    cached); return the number of images to read (the progress bar's total)."""
     reader = make_reader(cfg)
     if isinstance(reader, TableReader):
         reader.prepare()
+    return len(reader.items())
 
 
 def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:
@@ -261,6 +269,13 @@ def task_step(cfg: GenerateConfig) -> Step:
     return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=verify_config(cfg))
 
 
+def _named(step: Step, cfg: GenerateConfig, field: str) -> Step:
+    """A model step loading from a resolved snapshot folder keeps the Hub id in its rows' evidence."""
+    if cfg.model_ids and field in cfg.model_ids:
+        step.model_id = cfg.model_ids[field]
+    return step
+
+
 def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     """The steps of ``cfg`` in order (reader first, writer last). Built inside each worker.
 
@@ -273,8 +288,8 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
         from .perception.detection import DetectionStep
 
         labels = list(cfg.detector_labels) if cfg.detector_labels else None
-        steps.append(DetectionStep(cfg.detector, labels=labels, threshold=cfg.detector_threshold,
-                                   batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype))
+        steps.append(_named(DetectionStep(cfg.detector, labels=labels, threshold=cfg.detector_threshold,
+                                          batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype), cfg, "detector"))
     if cfg.depth_dir:
         from .perception.depth_files import DepthFromFiles
 
@@ -282,19 +297,19 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     elif cfg.depth_model:
         from .perception.depth_models import DepthModelStep
 
-        steps.append(DepthModelStep(cfg.depth_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
-                                    flip_tta=cfg.depth_flip_tta))
+        steps.append(_named(DepthModelStep(cfg.depth_model, batch_size=cfg.batch_size, device=cfg.device,
+                                           dtype=cfg.dtype, flip_tta=cfg.depth_flip_tta), cfg, "depth_model"))
     if cfg.second_depth_model:
         from .perception.depth_models import DepthModelStep
 
-        steps.append(DepthModelStep(cfg.second_depth_model, batch_size=cfg.batch_size, device=cfg.device,
-                                    dtype=cfg.dtype, target="alt"))
+        steps.append(_named(DepthModelStep(cfg.second_depth_model, batch_size=cfg.batch_size, device=cfg.device,
+                                           dtype=cfg.dtype, target="alt"), cfg, "second_depth_model"))
     if cfg.pose_model:
         from .perception.pose import PoseStep
 
         # pose for every box the perspective task treats as a person (one definition: VerifyConfig's)
-        steps.append(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
-                              person_labels=verify_config(cfg).person_labels))
+        steps.append(_named(PoseStep(cfg.pose_model, batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+                                     person_labels=verify_config(cfg).person_labels), cfg, "pose_model"))
     else:  # the pose step sets facing itself; without it, facing comes from keypoints in the annotations
         facing = _facing_step(verify_config(cfg).person_labels)
         if facing is not None:
@@ -354,6 +369,25 @@ def check_requirements(cfg: GenerateConfig) -> None:
             )
 
 
+def resolve_models(cfg: GenerateConfig) -> GenerateConfig:
+    """``cfg`` with every model resolved to a local folder and the device checked, in this process
+    (see :mod:`.perception.resolve`); the run's fingerprint keeps the names the user gave."""
+    models = {name: getattr(cfg, name) for name in _MODEL_FIELDS if getattr(cfg, name)}
+    if not models:
+        return cfg
+    from .perception.depth_models import resolve_device
+    from .perception.resolve import resolve_model
+
+    resolved = {name: resolve_model(value, "--" + name.replace("_", "-")) for name, value in models.items()}
+    hub = {name: value for name, value in models.items() if not Path(value).expanduser().is_dir()}
+    resolved = {name: resolved[name] for name in hub}  # local folders stay as given
+    try:
+        resolve_device(cfg.device)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
+    return dataclasses.replace(cfg, **resolved, model_ids=hub) if hub else cfg
+
+
 def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     """Run the pipeline of ``cfg`` (resuming a killed run in ``cfg.out``); return the merged stats.
 
@@ -366,8 +400,9 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     from .executors.local import LocalExecutor
 
     check_requirements(cfg)
+    run_cfg = resolve_models(cfg)  # before the run folder exists: a model that cannot be had fails here
     executor = LocalExecutor(
-        build if build is not None else partial(build_steps, cfg),
+        build if build is not None else partial(build_steps, run_cfg),
         out_dir=cfg.out,
         num_shards=cfg.num_shards,
         workers=cfg.workers,

@@ -224,4 +224,20 @@ class Record:
         if self.image_path is None:
             raise ValueError(f"{self.key}: no image path")
         with Image.open(self.image_path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(im))
+
+
+def to_rgb(im: Any) -> Any:
+    """An 8-bit RGB copy of a PIL image for models. 16-bit grey (``I;16*``, and ``I`` holding
+    values up to 65535, as PIL opens 16-bit PNGs) is scaled by 255/65535, float (``F``) and wider
+    ``I`` by 255/max; PIL's own ``convert("RGB")`` clips every value above 255 to white."""
+    from PIL import Image
+
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return im.convert("RGB")
+    values = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    top = float(values.max(initial=0.0))
+    if im.mode.startswith("I;16") or (im.mode == "I" and 0 <= values.min(initial=0.0) and top <= 65535):
+        top = 65535.0
+    gray = np.clip(np.rint(values / max(top, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")

@@ -44,6 +44,29 @@ def make_folder(root: Path, n: int, size: tuple[int, int] = (32, 24)) -> Path:
     return root
 
 
+def jpeg_bytes(width: int, height: int, color: str = "red") -> bytes:
+    """A solid JPEG, encoded in memory."""
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def hf_detection_dataset(columns: dict, names: list[str]):
+    """A Hugging Face ``Dataset`` with ``image_id``, ``image`` (bytes) and COCO-style ``objects``
+    (xywh ``bbox``, ``category`` as a ClassLabel of ``names``), the layout of the Hub's detection sets."""
+    import datasets
+
+    features = datasets.Features({
+        "image_id": datasets.Value("string"),
+        "image": datasets.Image(),
+        "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+                                      "category": datasets.ClassLabel(names=names)}),
+    })
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
 LABELS = ("cup", "chair", "bottle", "lamp", "book")
 
 

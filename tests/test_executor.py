@@ -112,7 +112,7 @@ def test_cli_generate_prints_summary(scene, tmp_path):
     _register()
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, [
-        "generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images",
+        "generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--image-dir",
         str(scene["images"]), "--depth-dir", str(scene["depth"]), "--out", str(out), "--num-shards", "2",
         "--tasks", "near_far,left_right", "--no-progress",
     ])
@@ -243,14 +243,14 @@ def test_cli_generate_bad_input_is_one_clean_error(tmp_path):
     data = json.loads(scene["annotations"].read_text())
     data["images"][1]["file_name"] = "images/v2/patch0/not_there.jpg"
     scene["annotations"].write_text(json.dumps(data))
-    args = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images", str(scene["images"]),
+    args = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--image-dir", str(scene["images"]),
             "--out", str(tmp_path / "o"), "--num-shards", "1", "--on-bad-input", "error", "--no-progress"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input
     assert "Error: shard 0: objects365: image 'not_there'" in result.stderr and "[missing_image]" in result.stderr
     assert "Traceback" not in result.output and result.stderr.count("\n") == 1
     verbose = CliRunner().invoke(app, [*args, "--verbose"])  # the traceback stays available
     assert verbose.exit_code == 1 and "BadInputError" in repr(verbose.exception.__cause__)
     other = CliRunner().invoke(app, ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]),
-                                     "--images", str(scene["images"]), "--out", str(tmp_path / "o"), "--seed", "3", "--no-progress"])
-    assert other.exit_code == 1 and "Error:" in other.stderr and "--overwrite" in other.stderr
+                                     "--image-dir", str(scene["images"]), "--out", str(tmp_path / "o"), "--seed", "3", "--no-progress"])
+    assert other.exit_code == 2 and "Error:" in other.stderr and "--overwrite" in other.stderr

@@ -186,7 +186,7 @@ def test_reader_flags_problems_and_fields(fo, tmp_path):
     _register()
     absent = _name("absent")
     result = CliRunner().invoke(app, ["generate", "--source", "fiftyone", "--fiftyone-dataset", absent, "--out", str(tmp_path / "g")])
-    assert result.exit_code == 1 and f"no FiftyOne dataset named {absent!r}" in result.output
+    assert result.exit_code == 2 and f"no FiftyOne dataset named {absent!r}" in result.output
     assert "Traceback" not in result.output
 
 

@@ -263,7 +263,7 @@ def test_check_images_counts_and_cli_output(damaged, tmp_path):
 
     _register()
     out = tmp_path / "missing.txt"
-    args = ["check-images", "--annotations", damaged.annotations, "--missing-out", str(out), "--task", "near_far"]
+    args = ["check-images", damaged.annotations, "--missing-out", str(out), "--task", "near_far"]
     for source, root in damaged.image_dirs.items():
         args += ["--image-dir", f"{source}={root}"]
     res = CliRunner().invoke(app, args)
@@ -282,12 +282,12 @@ def test_index_cli_builds_and_reuses(tmp_path):
     root = tmp_path / "o365"
     for k in range(3):
         make_jpeg(str(root / "train" / "patch0" / f"objects365_v2_{k:08d}.jpg"))
-    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(root)])
+    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--image-dir", str(root)])
     assert res.exit_code == 0, res.output
     assert "indexed 3 objects365 image files" in res.output
-    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(root)])
+    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--image-dir", str(root)])
     assert "is up to date" in res.output
-    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--root", str(tmp_path / "nope")])
+    res = CliRunner().invoke(app, ["index", "--source", "objects365", "--image-dir", str(tmp_path / "nope")])
     assert res.exit_code != 0 and "not a directory" in res.output
 
 
@@ -300,9 +300,9 @@ def count_inspections(monkeypatch):
     calls: list[str] = []
     real = resolvers.inspect_image
 
-    def counting(path, max_pixels=None):
+    def counting(path, max_pixels=None, decode=True):
         calls.append(path)
-        return real(path, max_pixels)
+        return real(path, max_pixels, decode)
 
     monkeypatch.setattr(resolvers, "inspect_image", counting)
     return calls
@@ -542,19 +542,19 @@ def _dir_args(image_dirs):
         ("missing_dir", "Error: Invalid value for '--image-dir': image root for source 'pixmo' is not a directory: '/nonexistent'"),
         ("bad_task", "Error: Invalid value for '--task': task must be one of"),
         ("bad_dir_syntax", "Error: Invalid value for '--image-dir': --image-dir must look like SOURCE=DIR, got 'pixmo'"),
-        ("no_annotations", "Error: Invalid value for '--annotations': annotations "),
-        ("bad_index_root", "Error: Invalid value for '--root': image root for source 'objects365' is not a directory: '/nonexistent'"),
+        ("no_annotations", "Error: Invalid value for 'DATASET': annotations "),
+        ("bad_index_root", "Error: Invalid value for '--image-dir': image root for source 'objects365' is not a directory: '/nonexistent'"),
     ],
 )
 def test_cli_usage_errors_are_one_line_on_stderr_with_exit_code_2(tmp_path, case, want):
     fx = make_dataset(tmp_path, n_per_source=1)
-    base = ["check-images", "--annotations", fx.annotations] + _dir_args(fx.image_dirs)
+    base = ["check-images", fx.annotations] + _dir_args(fx.image_dirs)
     args = {
-        "missing_dir": base + ["--image-dir", "pixmo=/nonexistent"],
+        "missing_dir": ["check-images", fx.annotations, "--image-dir", "pixmo=/nonexistent"],
         "bad_task": base + ["--task", "bogus"],
         "bad_dir_syntax": base + ["--image-dir", "pixmo"],
-        "no_annotations": ["check-images", "--annotations", str(tmp_path / "nope")] + _dir_args(fx.image_dirs),
-        "bad_index_root": ["index", "--source", "objects365", "--root", "/nonexistent"],
+        "no_annotations": ["check-images", str(tmp_path / "nope")] + _dir_args(fx.image_dirs),
+        "bad_index_root": ["index", "--source", "objects365", "--image-dir", "/nonexistent"],
     }[case]
     res = _cli(args)
     assert res.exit_code == 2, res.output
@@ -565,7 +565,7 @@ def test_cli_usage_errors_are_one_line_on_stderr_with_exit_code_2(tmp_path, case
 
 def test_cli_check_images_exit_code_gates_on_missing_unreadable_and_strict_size(tmp_path):
     fx = make_dataset(tmp_path, n_per_source=1)
-    args = ["check-images", "--annotations", fx.annotations, "--task", "counting"] + _dir_args(fx.image_dirs)
+    args = ["check-images", fx.annotations, "--task", "counting"] + _dir_args(fx.image_dirs)
     res = _cli(args)
     assert res.exit_code == 0, res.output  # everything found
     assert _cli(args + ["--strict"]).exit_code == 0
@@ -592,7 +592,7 @@ def test_cli_check_images_refuses_escaping_ids_with_a_clean_error(tmp_path):
     make_jpeg(str(root / "ok.jpg"))
     im = FixtureImage("mine", "../outside/secret", str(tmp_path / "x.jpg"), 64, 48, (1, 1, 5, 5))
     write_shards(str(tmp_path / "ann"), rows_for_image(im, ("counting",)))
-    res = _cli(["check-images", "--annotations", str(tmp_path / "ann"), "--image-dir", f"mine={root}"])
+    res = _cli(["check-images", str(tmp_path / "ann"), "--image-dir", f"mine={root}"])
     assert res.exit_code == 1, res.output
     assert res.stderr.startswith("Error: image_id '../outside/secret' would escape the image root")
     assert "refused under every on_missing_image policy" in res.stderr and "Traceback" not in res.output

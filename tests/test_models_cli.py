@@ -38,7 +38,7 @@ def test_generate_with_model_steps_offline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [
         sys.executable, "-m", "spatialforge.processing.cli", "generate", "--source", "folder",
-        "--images", str(images), "--out", str(out), "--source-name", "tiny",
+        "--image-dir", str(images), "--out", str(out), "--source-name", "tiny",
         "--depth-model", depth, "--detector", detector, "--detector-labels", "person,cup,dog,chair",
         "--pose-model", pose, "--batch-size", "2", "--device", "cpu", "--num-shards", "1", "--no-progress",
     ]
@@ -80,7 +80,7 @@ def test_model_flags_reach_the_steps(tmp_path, monkeypatch):
     scene = make_coco_scene(tmp_path / "scene", 1)
     seen = []
     monkeypatch.setattr(pipeline, "generate", lambda cfg: seen.append(cfg) or {"rows_per_task": {}})
-    base = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images", str(scene["images"]),
+    base = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--image-dir", str(scene["images"]),
             "--out", str(tmp_path / "o"), "--no-progress"]
     flags = ["--depth-model", "org/depth", "--depth-flip-tta", "--detector", "org/det", "--detector-threshold", "0.45",
              "--pose-model", "org/pose", "--ground-contact", "--dtype", "bf16"]
@@ -189,12 +189,12 @@ def test_missing_model_packages_fail_before_any_shard(tmp_path, module, flags, n
     (owl / "config.json").write_text(json.dumps({"model_type": "owlv2"}))
     flags = [str(owl) if f == "OWLV2" else f for f in flags]
     out = tmp_path / "out"
-    argv = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--images",
+    argv = ["generate", "--source", "objects365", "--annotations", str(scene["annotations"]), "--image-dir",
             str(scene["images"]), "--out", str(out), "--num-shards", "1", "--no-progress", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", _MISSING.format(module=module, argv=argv)], env=env,
                           capture_output=True, text=True, timeout=120)
-    assert "exit 1" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "exit 2" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "Traceback" not in proc.stderr
     assert f"{module!r} is needed by" in error[0] and named in error[0]

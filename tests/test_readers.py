@@ -302,26 +302,13 @@ def test_folder_reader(tmp_path):
 
 
 def test_hf_dataset_reader(tmp_path):
-    import io
+    from _pipeline_fixtures import hf_detection_dataset, jpeg_bytes as jpeg
 
-    import datasets
-
-    def jpeg(w, h):
-        buf = io.BytesIO()
-        Image.new("RGB", (w, h), "red").save(buf, "JPEG")
-        return buf.getvalue()
-
-    features = datasets.Features({
-        "image_id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"), length=4),
-                                      "category": datasets.ClassLabel(names=["cup", "dog"])}),
-    })
-    ds = datasets.Dataset.from_dict({
+    ds = hf_detection_dataset({
         "image_id": ["b", "a", "a"],
         "image": [{"bytes": jpeg(40, 20), "path": None}, {"bytes": jpeg(10, 10), "path": None}, {"bytes": jpeg(5, 5), "path": None}],
         "objects": [{"bbox": [[4, 2, 10, 6], [50, 50, 5, 5]], "category": [1, 0]}, {"bbox": [], "category": []}, {"bbox": [], "category": []}],
-    }, features=features)
+    }, names=["cup", "dog"])
     ds.save_to_disk(tmp_path / "ds")
     reader = HFDatasetReader(tmp_path / "ds", cache_dir=tmp_path / "cache", source="mydata")
     assert reader.items() == ["a", "b"]

@@ -67,7 +67,7 @@ def test_a_second_run_refuses_and_the_first_is_byte_identical_to_a_lone_run(tmp_
         second = CliRunner().invoke(app, ["generate", "--source", "folder", "--images", str(images), "--out", str(out),
                                           "--overwrite", "--seed", "1", "--num-shards", "4", "--no-progress"])
         holder = f"in use by another run (pid {first.pid} on host {socket.gethostname()}, started "
-        assert second.exit_code == 1 and holder in second.stderr and "Traceback" not in second.output
+        assert second.exit_code == 2 and holder in second.stderr and "Traceback" not in second.output
         with pytest.raises(OutputFolderError, match=r"in use by another run \(pid %d" % first.pid):
             toy_generate(str(out), str(images), num_shards=4)  # the same run, started twice, refuses too
         assert first.poll() is None  # both refusals came while the first run was running

@@ -6,7 +6,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    @app.command("demo", short_help="Run the pipeline on synthetic scenes.")
     def demo_cmd(
         out: str = typer.Option("demo-out", "--out", help="Folder to write the synthetic Objects365 layout, datasets and report.json into (overwritten)."),
         scenes: int = typer.Option(300, "--scenes", min=1, help="Synthetic scenes to render."),

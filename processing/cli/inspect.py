@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from .loader import EXIT_FAILED, EXIT_USAGE, _fail, _parse_image_dirs
+from .common import EXIT_FAILED, EXIT_USAGE, fail, parse_image_dirs
 
 _DATASET_HELP = "Generated dataset: a folder (data/<task>/*.parquet), a .parquet/.jsonl file or glob, or a Hub repo id."
 _IMAGE_DIR_HELP = "SOURCE=DIR: where the images of rows with that `source` are (repeatable)."
@@ -31,14 +31,14 @@ def _run(ctx: typer.Context, fn):
         from ..inspect.rows import NoImagesFound
 
         code = EXIT_FAILED if isinstance(err, NoImagesFound) else EXIT_USAGE
-        _fail(f"{err} (-v shows the traceback)", code)
+        fail(f"{err} (-v shows the traceback)", code)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("fiftyone")
+    @app.command("fiftyone", short_help="Load generated QA into a FiftyOne dataset.")
     def fiftyone_cmd(
         ctx: typer.Context,
-        dataset: str = typer.Argument(..., help=_DATASET_HELP),
+        dataset: str = typer.Argument(..., metavar="DATASET", help=_DATASET_HELP, show_default=False),
         image_dir: list[str] = typer.Option([], "--image-dir", "-i", help=_IMAGE_DIR_HELP),
         name: Optional[str] = typer.Option(None, "--name", "-n", help="Name of the FiftyOne dataset to create (default: spatialforge-<folder name>)."),
         task: str = typer.Option("all", "--task", "-t", help="Only the rows of this task (default: all)."),
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         from ..inspect.fiftyone import export_qa, launch_app, read_drops
         from ..inspect.rows import load_qa
 
-        dirs = _parse_image_dirs(image_dir)
+        dirs = parse_image_dirs(image_dir)
         ds_name = name or f"spatialforge-{Path(dataset.rstrip('/')).name or 'dataset'}"
 
         def export():
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             except Exception as err:  # FiftyOne's service errors (port taken, server too slow to start)
                 if ctx.find_root().params.get("verbose"):
                     raise
-                _fail(f"could not serve the FiftyOne App on {address}:{port}: {type(err).__name__}: {err} "
+                fail(f"could not serve the FiftyOne App on {address}:{port}: {type(err).__name__}: {err} "
                       f"(the dataset {ds_name!r} is kept: `fiftyone app launch {ds_name}`)")
 
         session = serve()
@@ -91,10 +91,10 @@ def register(app: typer.Typer) -> None:
         finally:
             session.close()
 
-    @app.command("preview")
+    @app.command("preview", short_help="Draw QA pairs on their images as PNGs.")
     def preview_cmd(
         ctx: typer.Context,
-        dataset: str = typer.Argument(..., help=_DATASET_HELP),
+        dataset: str = typer.Argument(..., metavar="DATASET", help=_DATASET_HELP, show_default=False),
         image_dir: list[str] = typer.Option([], "--image-dir", "-i", help=_IMAGE_DIR_HELP),
         n: int = typer.Option(16, "--n", min=1, help="Number of QA pairs to draw (tasks take turns)."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder of the PNGs (default: DATASET/previews, which the dataset card then embeds)."),
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         """Draw QA pairs on their images (boxes, labels, question and answer) as PNG files."""
         from ..inspect.preview import write_previews
 
-        dirs = _parse_image_dirs(image_dir)
+        dirs = parse_image_dirs(image_dir)
         report = _run(ctx, lambda: write_previews(dataset, dirs, out=out, n=n, seed=seed, task=task, max_size=max_size))
         typer.echo(f"wrote {len(report.files)} previews to {report.out}"
                    + (f"; the card {report.card} embeds the first ones" if report.card else ""))

@@ -6,11 +6,7 @@ from typing import Optional
 
 import typer
 
-
-def _split(value: Optional[str]) -> Optional[tuple[str, ...]]:
-    if value is None:
-        return None
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+from .common import deprecated, field_flag, split_list, usage
 
 
 def summary_lines(stats: dict) -> list[str]:
@@ -42,30 +38,14 @@ def summary_lines(stats: dict) -> list[str]:
     return lines
 
 
-def expected_error(err: BaseException) -> str | None:
-    """A one-paragraph message for errors of the input or settings (bad annotations, missing files,
-    a run folder of other inputs), or None for anything else (a bug: show the traceback)."""
-    from ..executors.local import ShardFailed
-    from ..readers import BadInputError
-
-    prefix = ""
-    if isinstance(err, ShardFailed) and err.__cause__ is not None:
-        prefix, err = f"shard {err.shard}: ", err.__cause__
-    if isinstance(err, (BadInputError, ValueError, FileNotFoundError)):
-        return prefix + (str(err) or type(err).__name__)
-    if isinstance(err, ImportError) and "pip install 'spatialforge[" in str(err):  # a missing extra
-        return prefix + str(err)
-    return None
-
-
 def register(app: typer.Typer) -> None:
-    @app.command("generate")
+    @app.command("generate", short_help="Generate verified spatial QA from images.")
     def generate_cmd(
-        ctx: typer.Context,
         source: str = typer.Option(..., "--source", help="Input kind: objects365 | openimages | pixmo | folder | hf | fiftyone."),
         out: str = typer.Option(..., "--out", help="Dataset folder to write (data/<task>/*.parquet, README.md, stats.json): empty, new, or a run's folder (one run at a time). A killed run resumes when rerun with the same options."),
         annotations: Optional[str] = typer.Option(None, "--annotations", help="COCO-style JSON (objects365), box CSV (openimages), JSONL/Parquet rows or a folder of them (pixmo), or a saved / local Hugging Face dataset folder (hf)."),
-        images: Optional[str] = typer.Option(None, "--images", help="Root folder of the image files (found by relative path or by file stem)."),
+        image_dir: Optional[str] = typer.Option(None, "--image-dir", "-i", help="Root folder of the image files (found by relative path or by file stem); not used by --source hf."),
+        images: Optional[str] = typer.Option(None, "--images", hidden=True, help="Deprecated spelling of --image-dir."),
         source_name: Optional[str] = typer.Option(None, "--source-name", help="Name written in the rows' `source` column (default: the --source value); name your own images here."),
         class_descriptions: Optional[str] = typer.Option(None, "--class-descriptions", help="OpenImages: class descriptions CSV (MID,name)."),
         image_labels: Optional[str] = typer.Option(None, "--image-labels", help="OpenImages: human-verified image-level labels CSV; without it no counting questions are asked (boxes are not exhaustive)."),
@@ -83,12 +63,12 @@ def register(app: typer.Typer) -> None:
         second_depth_model: Optional[str] = typer.Option(None, "--second-depth-model", help="A second Hugging Face depth model id or local folder: near/far pairs must be ordered the same way by it."),
         ground_contact: bool = typer.Option(False, "--ground-contact", help="near_far: also require the object whose box bottom is lower in the image to be the nearer one."),
         dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto (half precision on GPUs, fp32 on CPU) | fp32 | fp16 | bf16."),
-        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks (default: all of grounding,referring,counting,near_far,left_right,perspective)."),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks, each once: grounding, referring, counting, near_far, left_right, perspective (default: all six)."),
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (1 runs in this process). Does not change the output."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random choice (with image id and task)."),
         num_shards: int = typer.Option(8, "--num-shards", min=1, help="Input shards = Parquet files per task; fixed for a dataset, independent of --workers."),
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per model forward pass."),
-        device: str = typer.Option("auto", "--device", help="Model device: auto | cpu | cuda | cuda:N | mps."),
+        device: str = typer.Option("auto", "--device", help="Model device: auto | cpu | cuda | cuda:N | mps; checked before the run starts."),
         on_bad_input: str = typer.Option("skip", "--on-bad-input", help="Malformed annotations, missing files: skip (counted) | warn (counted and logged) | error."),
         on_size_mismatch: str = typer.Option("rescale", "--on-size-mismatch", help="Annotation size differs from the image: rescale (same aspect ratio) | drop."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous run's files in --out (only those its manifest lists) instead of resuming it."),
@@ -97,32 +77,38 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
         verbose: bool = typer.Option(False, "--verbose", help="Show the traceback of an error (also `spatialforge -v generate`)."),
     ) -> None:
-        """Generate spatial QA (six tasks, verified) from images and annotations into a Hub-ready dataset folder."""
+        """Generate spatial QA (six tasks, verified) from images and annotations into a Hub-ready dataset folder.
+
+        Models given as Hub ids are resolved once, before the run folder is created (offline:
+        from the Hugging Face cache, or a one-line error). Exit status: 0 on success; 2 on bad
+        input (options, annotations, missing images when bad input is an error, models, an
+        output folder that cannot be written). The verbose flag shows the traceback of an error.
+        """
+        from dataclasses import fields
+
         from ..pipeline import GenerateConfig, generate
 
+        del verbose  # read from the command line by the root command (cli.common.SpatialForgeGroup)
+
+        images = deprecated(image_dir, images, "--images", "--image-dir")
         try:
             cfg = GenerateConfig(
                 source=source, out=out, annotations=annotations, images=images, source_name=source_name,
                 class_descriptions=class_descriptions, image_labels=image_labels, hf_split=hf_split,
                 fiftyone_dataset=fiftyone_dataset, fiftyone_label_field=fiftyone_label_field, keep_drops=keep_drops,
                 depth_dir=depth_dir, depth_kind=depth_kind, depth_model=depth_model, detector=detector,
-                detector_labels=_split(detector_labels), pose_model=pose_model, detector_threshold=detector_threshold,
-                depth_flip_tta=depth_flip_tta, second_depth_model=second_depth_model, ground_contact=ground_contact, dtype=dtype,
-                tasks=_split(tasks) or GenerateConfig.__dataclass_fields__["tasks"].default,
+                detector_labels=split_list(detector_labels, "--detector-labels"), pose_model=pose_model,
+                detector_threshold=detector_threshold, depth_flip_tta=depth_flip_tta,
+                second_depth_model=second_depth_model, ground_contact=ground_contact, dtype=dtype,
+                tasks=split_list(tasks, "--tasks") or GenerateConfig.__dataclass_fields__["tasks"].default,
                 workers=workers, seed=seed, num_shards=num_shards, batch_size=batch_size, device=device,
                 on_bad_input=on_bad_input, on_size_mismatch=on_size_mismatch, overwrite=overwrite, progress=progress,
                 allow_existing=allow_existing,
             )
         except ValueError as err:
-            raise typer.BadParameter(str(err)) from err
-        try:
-            stats = generate(cfg)
-        except Exception as err:
-            message = expected_error(err)
-            if message is None or verbose or ctx.find_root().params.get("verbose"):
-                raise
-            typer.echo(f"Error: {message} (--verbose shows the traceback)", err=True)
-            raise typer.Exit(1) from None
+            flag = field_flag(str(err), [f.name for f in fields(GenerateConfig)])
+            usage("--image-dir" if flag == "--images" else flag or "generate", str(err))
+        stats = generate(cfg)  # errors of the input: one line and exit 2 (cli.common)
         for line in summary_lines(stats):
             typer.echo(line)
         typer.echo(f"wrote {out} (README.md, stats.json, data/<task>/*.parquet)")

@@ -13,7 +13,7 @@ import logging
 
 import typer
 
-from .loader import EXIT_FAILED, _fail, _parse_image_dirs, _usage
+from .common import EXIT_BAD_INPUT, EXIT_FAILED, fail, parse_image_dirs, usage
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ def register(app: typer.Typer) -> None:
 
     formats = ", ".join(EXPORT_FORMATS)
 
-    @app.command("export")
+    @app.command("export", short_help="Write rows in training-framework formats.")
     def export_cmd(
-        dataset: str = typer.Argument(..., help="Dataset folder, .parquet/.jsonl file or glob, or Hub repo id."),
+        dataset: str = typer.Argument(..., metavar="DATASET", help="Dataset folder, .parquet/.jsonl file or glob, or Hub repo id.", show_default=False),
         format: str = typer.Option(..., "--format", "-f", help=f"Training format: {formats} (the files each framework reads are in the README)."),
         image_dir: list[str] = typer.Option([], "--image-dir", "-i", help="SOURCE=DIR, repeatable: where each source's images are."),
         to: str = typer.Option(..., "--to", help="Folder to write the files into (created; files are replaced)."),
@@ -43,14 +43,14 @@ def register(app: typer.Typer) -> None:
         from ..training.export import MissingImagesError, export_dataset
 
         if format not in EXPORT_FORMATS:
-            _usage("--format", f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
+            usage("--format", f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
         if model_family is not None and model_family not in MODEL_FAMILIES:
-            _usage("--model-family", f"model family must be one of {sorted(MODEL_FAMILIES)}, got {model_family!r}")
+            usage("--model-family", f"model family must be one of {sorted(MODEL_FAMILIES)}, got {model_family!r}")
         if task not in TASKS + (ALL_CONFIG,):
-            _usage("--task", f"task must be one of {TASKS + (ALL_CONFIG,)}, got {task!r}")
+            usage("--task", f"task must be one of {TASKS + (ALL_CONFIG,)}, got {task!r}")
         if on_missing_image not in POLICIES:
-            _usage("--on-missing-image", f"must be one of {POLICIES}, got {on_missing_image!r}")
-        dirs = _parse_image_dirs(image_dir)
+            usage("--on-missing-image", f"must be one of {POLICIES}, got {on_missing_image!r}")
+        dirs = parse_image_dirs(image_dir)
         try:
             report = export_dataset(dataset, format, dirs, to, model_family=model_family, media_root=media_root,
                                     group_by_image=group_by_image, task=task, on_missing_image=on_missing_image,
@@ -59,9 +59,9 @@ def register(app: typer.Typer) -> None:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.exception("export failed")
             # images missing or an unwritable --to: the export failed (1); bad input: usage (2)
-            usage = isinstance(err, ValueError) or (isinstance(err, FileNotFoundError) and not isinstance(err, MissingImagesError))
-            _fail(str(err) if isinstance(err, (ValueError, FileNotFoundError)) else f"{type(err).__name__}: {err}",
-                  2 if usage else EXIT_FAILED)
+            bad_input = isinstance(err, ValueError) or (isinstance(err, FileNotFoundError) and not isinstance(err, MissingImagesError))
+            fail(str(err) if isinstance(err, (ValueError, FileNotFoundError)) else f"{type(err).__name__}: {err}",
+                  EXIT_BAD_INPUT if bad_input else EXIT_FAILED)
         dropped = sum(report.dropped.values())
         typer.echo(
             f"wrote {report.samples} {format} samples ({report.rows_written} of {report.rows} rows, "

@@ -252,7 +252,8 @@ class LocalExecutor:
         finalize: callable ``(out_dir, merged_stats) -> None`` run at the end (e.g. ``write_card``).
         progress: show tqdm progress bars.
         prepare: callable run once in this process before any shard, when shards are left to do
-            (e.g. converting the annotations once instead of in every worker).
+            (e.g. converting the annotations once instead of in every worker); it may return the
+            number of input items, which gives the progress bar its total.
     """
 
     def __init__(
@@ -266,7 +267,7 @@ class LocalExecutor:
         finalize: Callable[[Path, dict[str, Any]], None] | None = None,
         progress: bool = True,
         start_method: str = "spawn",
-        prepare: Callable[[], None] | None = None,
+        prepare: Callable[[], int | None] | None = None,
         allow_existing: bool = False,
     ) -> None:
         if num_shards < 1:
@@ -383,10 +384,13 @@ class LocalExecutor:
         if todo:
             from tqdm.auto import tqdm
 
-            if self.prepare is not None:
-                self.prepare()
+            from ..readers.base import shard_slice
+
+            items = self.prepare() if self.prepare is not None else None
+            # with the number of items known, the images bar has a total and an ETA
+            total = None if items is None else sum(len(range(items)[shard_slice(items, s, self.num_shards)]) for s in todo)
             shard_bar = tqdm(total=self.num_shards, initial=self.num_shards - len(todo), desc="shards", unit="shard", disable=not self.progress)
-            record_bar = tqdm(desc="images", unit="img", disable=not self.progress)
+            record_bar = tqdm(total=total, desc="images", unit="img", disable=not self.progress)
             try:
                 if self.workers == 1 or len(todo) == 1:
                     self._run_here(todo, shard_bar, record_bar)

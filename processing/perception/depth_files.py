@@ -54,7 +54,7 @@ def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple
     """``(values, valid)`` of a ``.npy`` (float) or 16-bit ``.png`` depth file (see module docstring)."""
     path = Path(path)
     if path.suffix == ".npy":
-        values = np.load(path, allow_pickle=False)
+        values = _load_npy(path)
         if values.ndim == 3 and values.shape[-1] == 1:
             values = values[..., 0]
         if values.ndim != 2:
@@ -73,6 +73,43 @@ def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple
     valid = raw > 0
     values = raw / 1000.0 if kind == "depth" else raw
     return values.astype(np.float32), valid
+
+
+MAX_DEPTH_ELEMENTS = 1 << 28
+"""Largest depth map read (268M values, 1 GiB as float32): a header claiming more is refused before
+any allocation (a damaged or hostile header would otherwise end in a MemoryError)."""
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A float array from a ``.npy`` file, its header checked before the data is read: refuses a
+    ``.npz`` archive named ``.npy``, non-float dtypes (bool, int, complex, strings: no unit to read
+    depth in) and shapes above :data:`MAX_DEPTH_ELEMENTS`."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+        if magic[:4] == b"PK\x03\x04":
+            raise BadInputError(f"depth file {str(path)!r} is a .npz archive named .npy: save one array with np.save")
+        if magic != b"\x93NUMPY":
+            raise BadInputError(f"depth file {str(path)!r} is not a .npy file (it starts with {magic!r})")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        try:
+            shape, fortran, dtype = read(f)
+        except (ValueError, SyntaxError) as err:
+            raise BadInputError(f"depth file {str(path)!r} has a malformed .npy header ({err})") from err
+        if dtype.kind != "f":
+            raise BadInputError(
+                f"depth file {str(path)!r} holds {dtype} values; depth must be float (meters, or disparity for "
+                "--depth-kind inverse_depth); integer millimeters go into a uint16 .png"
+            )
+        if int(np.prod(shape, dtype=np.float64)) > MAX_DEPTH_ELEMENTS:
+            raise BadInputError(f"depth file {str(path)!r} claims a {'x'.join(map(str, shape))} array, above "
+                                f"{MAX_DEPTH_ELEMENTS} values")
+        count = int(np.prod(shape))
+        data = np.fromfile(f, dtype=dtype, count=count)
+    if data.size != count:
+        raise BadInputError(f"depth file {str(path)!r} is cut short: {data.size} of {count} values")
+    return data.reshape(shape, order="F" if fortran else "C")
 
 
 class DepthFromFiles(Step):

@@ -72,10 +72,19 @@ def depth_convention(config: Any) -> tuple[DepthKind, bool]:
 
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` -> ``cuda`` if available, else ``mps``, else ``cpu``; other values pass through."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"device must be auto | cpu | cuda | cuda:N | mps, got {device!r}")
     torch = require("torch", "models")
     if device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={device!r} but CUDA is not available")
+        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but there are {torch.cuda.device_count()} CUDA devices (cuda:0..)")
+        mps = getattr(torch.backends, "mps", None)
+        if device == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError("device='mps' but MPS (Apple GPU) is not available")
         return device
     if torch.cuda.is_available():
         return "cuda"

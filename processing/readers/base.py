@@ -60,6 +60,7 @@ from ..records import NUM_KEYPOINTS, Detections, Record
 from .images import (
     ImageHeader,
     ImageIndex,
+    TooManyPixels,
     _same_aspect,
     exif_transform_points,
     read_header,
@@ -238,6 +239,9 @@ class Reader(Step):
         self.inputs_used.add(path)
         try:
             header = read_header(path)
+        except TooManyPixels as err:
+            self.bad_image("too_many_pixels", f"image {raw.image_id!r}: {err}")
+            return None
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for broken files
             self.bad_image("unreadable_image", f"cannot read image header of {path!r}: {err}")
             return None

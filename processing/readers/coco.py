@@ -50,7 +50,7 @@ class CocoReader(TableReader):
         return [self.annotations]
 
     def _walk(self, on_key: Callable[[str], Callable[[Any], None] | None]) -> dict[str, str]:
-        with open(self.annotations, encoding="utf-8") as f:
+        with open(self.annotations, encoding="utf-8-sig") as f:  # -sig: a byte order mark is skipped
             stream = _JsonStream(f, str(self.annotations))
             if stream.peek() not in ("{", ""):
                 # not an object: decode it (small or broken anyway) to name what it is
@@ -81,6 +81,10 @@ class CocoReader(TableReader):
             if not isinstance(cat, dict) or "id" not in cat or not cat.get("name"):
                 raise BadInputError(f"{path!r}: category entries need 'id' and 'name', got {cat!r}")
             name = str(cat["name"])
+            if cat["id"] in categories and labels[categories[cat["id"]]] != name:
+                # which name its boxes carry cannot be told: refused whatever the policy
+                raise BadInputError(f"{path!r}: category id {cat['id']!r} is listed twice, as "
+                                    f"{labels[categories[cat['id']]]!r} and as {name!r}")
             categories[cat["id"]] = label_code.setdefault(name, len(label_code))
             if label_code[name] == len(labels):
                 labels.append(name)
@@ -96,8 +100,14 @@ class CocoReader(TableReader):
                 by_coco_id.setdefault(entry["id"], None)
                 return
             width, height = entry.get("width"), entry.get("height")
-            if not (_positive(width) and _positive(height)):
-                width = height = None  # unknown size: the header decides
+            if width is None and height is None:
+                pass  # no size given: the header decides
+            elif not (_positive(width) and _positive(height)):  # "640", 0, -5, NaN: the boxes' grid is unknown
+                events.add("image", "malformed_image_size", lambda: (
+                    f"image {entry['file_name']!r} (id {entry['id']!r}) has width={width!r}, height={height!r}; "
+                    "expected positive numbers"))
+                by_coco_id[entry["id"]] = None  # its annotations go with it
+                return
             by_coco_id[entry["id"]] = len(stems)
             seen_stems.add(stem)
             stems.append(stem)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,7 +101,11 @@ class HFDatasetReader(Reader):
 
         from PIL import Image
 
-        safe = hashlib.sha256(image_id.encode()).hexdigest()[:16] + "-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in image_id)[-64:]
+        # named <image_id>.<ext>, what the loader's resolver looks for, so the output loads with
+        # image_dirs={source: cache_dir}; ids that are no plain file name get a hashed name
+        plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", image_id) is not None
+        safe = image_id if plain else (
+            hashlib.sha256(image_id.encode()).hexdigest()[:16] + "-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in image_id)[-64:])
         with Image.open(io.BytesIO(data)) as im:
             ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(im.format or "", ".img")
         target = self.cache_dir / f"{safe}{ext}"

@@ -40,13 +40,31 @@ class ImageHeader:
         return self.raw_width if self.swaps_axes else self.raw_height
 
 
+class TooManyPixels(ValueError):
+    """An image above ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb): never decoded."""
+
+
 def read_header(path: str | os.PathLike) -> ImageHeader:
-    """Open ``path`` lazily (header and EXIF only) and return its sizes and EXIF orientation."""
+    """Open ``path`` lazily (header and EXIF only) and return its sizes and EXIF orientation.
+
+    Raises :class:`TooManyPixels` above ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL itself only warns up
+    to twice that and raises its own error above)."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as im:
-        width, height = im.size
-        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Image.DecompressionBombError as err:
+        raise TooManyPixels(f"{os.fspath(path)!r}: {err}") from err
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise TooManyPixels(f"{os.fspath(path)!r} has {width}x{height} = {width * height} pixels, above the "
+                            f"decompression-bomb limit {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
     if orientation not in range(1, 9):
         orientation = 1  # out-of-spec values are ignored by exif_transpose too
     return ImageHeader(width, height, int(orientation))

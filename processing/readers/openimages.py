@@ -35,7 +35,7 @@ _OI_FLAGS = {"IsGroupOf": "is_group", "IsDepiction": "is_depiction", "IsOccluded
 def read_class_descriptions(path: str | os.PathLike) -> dict[str, str]:
     """OpenImages class descriptions CSV (``MID,name``, with or without a header row)."""
     out: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for i, row in enumerate(csv.reader(f)):
             if len(row) < 2:
                 continue
@@ -94,7 +94,7 @@ class OpenImagesReader(TableReader):
         mid_code = {mid: code[name] for mid, name in names.items()}
         rows = _Rows(pa.string())
         for path in self.annotations:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f)
                 header = next(reader, None)
                 missing = [c for c in _OI_REQUIRED if header is None or c not in header]
@@ -145,7 +145,7 @@ class OpenImagesReader(TableReader):
         chunks: list[tuple[Any, Any]] = []
         ids: list[str] = []
         labels: list[str] = []
-        with open(self.image_labels, newline="", encoding="utf-8") as f:
+        with open(self.image_labels, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             need = ("ImageID", "LabelName", "Confidence")

@@ -44,7 +44,7 @@ def _iter_table_rows(path: Path, bad: Callable[[str, str], None]) -> Iterator[di
         for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
             yield from batch.to_pylist()
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -313,6 +313,15 @@ class TableReader(Reader):
         raise NotImplementedError
 
     # -- the table ---------------------------------------------------------------------------
+    def _parse(self, events: _Events) -> Any:
+        """:meth:`_convert`, with text that is not UTF-8 named by its file."""
+        try:
+            return self._convert(events)
+        except UnicodeDecodeError as err:
+            files = ", ".join(repr(str(p)) for p in self._inputs())
+            raise BadInputError(f"{files} is not UTF-8 text: byte {err.start} is {err.object[err.start:err.start + 1]!r} "
+                                f"({err.reason}); re-save it as UTF-8") from err
+
     def fingerprint(self) -> str:
         """Hash of the inputs (absolute path, size, mtime) and of the table format."""
         inputs = []
@@ -327,7 +336,7 @@ class TableReader(Reader):
         if self._table is None:
             if self.cache_dir is None:
                 events = _Events(self.source if self.on_bad_input == "error" else None)
-                table = AnnotationTable(self._convert(events))
+                table = AnnotationTable(self._parse(events))
             else:
                 table, events = self._cached()
             self._replay(events)
@@ -373,7 +382,7 @@ class TableReader(Reader):
                     stale.unlink(missing_ok=True)
             start = time.perf_counter()
             events = _Events()  # recorded, not raised: the policy is applied on every use of the cache
-            table = self._convert(events)
+            table = self._parse(events)
             meta = {"version": CACHE_VERSION, "fingerprint": fingerprint, "reader": type(self).__name__,
                     "inputs": [str(p) for p in self._inputs()], "events": events.to_json(),
                     "images": table.num_rows, "seconds": round(time.perf_counter() - start, 3)}
