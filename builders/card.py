@@ -5,11 +5,13 @@ The YAML follows what ``datasets.Dataset.push_to_hub`` writes, built with ``data
 ``MetadataConfigs``), so plain ``datasets.load_dataset(folder, "near_far")`` works without project
 code:
 
-* ``configs:`` one per requested task (``data/<task>/*.parquet``) plus ``all``
-  (``data/*/*.parquet``, ``default: true``). The requested tasks are ``stats["config"]["tasks"]``
-  (the writer writes an empty shard with the schema for a task without rows, so its config loads
-  as an empty dataset); without that key, the tasks that have rows (a config whose files match
-  nothing would make ``load_dataset`` fail).
+* ``configs:`` one per task with rows (``data/<task>/*.parquet``) plus ``all``
+  (``data/*/*.parquet``, ``default: true``). A requested task without rows
+  (``stats["config"]["tasks"]``) keeps its empty shards (the builder loads them as an empty
+  dataset) but gets no config, and the card says so: ``datasets`` plans no read for a split of 0
+  rows and raises ``Instruction 'train' corresponds to no data`` in memory
+  (huggingface/datasets#8401), so every declared config stays loadable with plain
+  ``load_dataset``, in memory and streaming. A folder without any row declares no config.
 * ``dataset_info:`` the features of :data:`~spatialforge.builders.schema.FEATURES` and the row
   count of each config.
 
@@ -18,6 +20,11 @@ before questions were asked (reading, perception) and the most frequent candidat
 each task. It holds no timings or dates, so the same rows always give the same card. Preview images
 in the folder (``previews/previews.json``, written by ``spatialforge preview``) are embedded, the first
 :data:`CARD_PREVIEWS` of them.
+
+``stats.json`` is published with the dataset, so it carries no local paths (:func:`public_stats`):
+the run's input paths are reduced to their file names and the local identity of the inputs
+(sizes, modification times) is left out; the full description of the run stays in
+``.spatialforge/run.json``, which is never published.
 
 Example:
     >>> write_card("out/", stats)    # doctest: +SKIP
@@ -171,7 +178,7 @@ def card_yaml(stats: Mapping[str, Any], pretty_name: str = "SpatialForge", synth
         splits.add(SplitInfo(name="train", num_examples=n))
         infos[name] = DatasetInfo(features=schema.FEATURES, splits=splits)
 
-    tasks = requested_tasks(stats)
+    tasks = [t for t in requested_tasks(stats) if rows.get(t)]  # an empty config fails (datasets#8401)
     if tasks:
         add(schema.ALL_CONFIG, f"{schema.DATA_DIR}/*/*.parquet", total, default=True)
         for task in tasks:
@@ -222,8 +229,9 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
     lines.append(f"| **total** | {total:,} | | |")
     empty = [t for t in requested_tasks(stats) if not rows[t]]
     if empty:
-        lines += ["", f"Tasks without rows ({', '.join(empty)}) have a config with empty files: they load as empty",
-                  "datasets with `streaming=True` (in memory, `datasets` refuses a split without rows)."]
+        lines += ["", f"Tasks without rows ({', '.join(empty)}) have no config: `datasets` cannot load a split",
+                  "without rows in memory. Their empty files stay under `data/<task>/`, where the SpatialForge",
+                  "builder reads them as empty datasets."]
     records_out = stats.get("records_out", 0)
     entries, parsed = input_entries(stats)
     lines += [
@@ -301,9 +309,30 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
     return "\n".join(lines)
 
 
+def public_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """``stats`` as published: absolute paths in ``stats["config"]`` become their base names (a local
+    model folder ``/home/me/models/dav2`` -> ``dav2``; Hub ids and relative names stay), and
+    ``config.inputs`` (sizes and modification times of local files) is dropped."""
+    out = dict(stats)
+    config = out.get("config")
+    if isinstance(config, Mapping):
+        out["config"] = {key: _path_free(value) for key, value in config.items() if key != "inputs"}
+    return out
+
+
+def _path_free(value: Any) -> Any:
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return Path(value).name
+    if isinstance(value, (list, tuple)):
+        return [_path_free(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _path_free(v) for k, v in value.items()}
+    return value
+
+
 def write_card(out_dir: str | os.PathLike, stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
                synthetic: bool = False) -> Path:
-    """Write ``README.md`` (YAML + body) and ``stats.json`` into ``out_dir``; returns the card path.
+    """Write ``README.md`` (YAML + body) and ``stats.json`` (path-free) into ``out_dir``; returns the card path.
 
     ``synthetic``: the images are synthetic (adds the ``synthetic`` tag).
     """
@@ -312,7 +341,7 @@ def write_card(out_dir: str | os.PathLike, stats: Mapping[str, Any], pretty_name
     body = card_body(stats, pretty_name, previews_of(out))
     text = f"---\n{card_yaml(stats, pretty_name, synthetic)}\n---\n\n{body}"
     _atomic_write(out / "README.md", text)
-    _atomic_write(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    _atomic_write(out / "stats.json", stats_json(stats))
     return out / "README.md"
 
 
@@ -324,6 +353,9 @@ def refresh_card(out_dir: str | os.PathLike) -> Path | None:
         return None
     stats = json.loads(stats_path.read_text(encoding="utf-8"))
     return write_card(out_dir, stats, synthetic=bool((stats.get("config") or {}).get("synthetic")))
+def stats_json(stats: Mapping[str, Any]) -> str:
+    """The text of ``stats.json``: :func:`public_stats`, sorted keys, indented."""
+    return json.dumps(public_stats(stats), indent=2, sort_keys=True) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:

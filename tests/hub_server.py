@@ -7,12 +7,20 @@ in any scope. Then ``HfApi(endpoint=hub.endpoint, token=hub.token)``, ``load_dat
 under ``hub.root``. Unknown requests get a 404 and are listed in ``hub.unhandled`` (assert it is empty).
 
 Endpoints (read from the installed clients; Xet is off, so uploads go through LFS): ``/api/whoami-v2``,
+``/api/agent-harnesses`` (empty),
 ``/api/repos/create|delete``, ``/api/validate-yaml``, ``/api/{models,datasets,spaces}/{repo}`` and its
 ``/revision/{rev}``, ``/tree/{rev}/{path}`` (recursive, expand, ``Link`` pagination), ``/paths-info/{rev}``,
 ``/preupload/{rev}``, ``/commit/{rev}`` (NDJSON), ``/refs``, ``/commits/{rev}``, ``/branch/{name}``; the LFS batch API
 ``{repo}.git/info/lfs/objects/batch`` with upload and verify URLs on this server; ``{repo}/resolve/{rev}/{path}``
 (HEAD, GET, Range, ETag, X-Repo-Commit, X-Linked-Etag/-Size for LFS files). Not spoken: pull requests
 (``create_pr=True``), Xet, tags, gated repos. Stdlib only, plus pyyaml (a project dependency) for the card check.
+
+Faults: ``HubServer(..., initial_faults=Faults(seed=0, error_rate=0.2, drop_rate=0.1, slow_rate=0.1))`` (or ``hub.faults =
+Faults(...)`` while running) answers some requests with a 5xx or a 429, drops the connection halfway through reading
+the request body (or before answering, for requests without one), or answers late. Which request gets which fault is
+decided by the seed and the request itself (method, path, how many times it was seen), not by thread timing, and a
+request retried ``max_per_request`` times is served normally, so clients that retry always get through.
+``hub.injected`` lists the faults served.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -225,6 +236,58 @@ class HubStore:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Fault injection
+# --------------------------------------------------------------------------------------------------------------------
+ERROR_STATUSES = (500, 502, 503, 504, 429)
+
+
+@dataclass
+class Faults:
+    """Which requests fail, and how; deterministic from ``seed`` and each request's identity.
+
+    For the ``n``-th request (0-based) with a given method and path (query left out), one draw of
+    ``random.Random(f"{seed}|{method}|{path}|{n}")`` picks: an error (``error_rate``: a status of
+    :data:`ERROR_STATUSES`, 429 with ``Retry-After: 0``), a dropped connection (``drop_rate``: half the request
+    body is read, then the socket is closed without an answer), a slow answer (``slow_rate``: ``slow_seconds``
+    before handling), or none. Requests seen ``max_per_request`` times or more are never faulted.
+    Only paths containing one of ``paths`` are eligible (all when empty).
+    """
+
+    seed: int = 0
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    slow_rate: float = 0.0
+    slow_seconds: float = 0.2
+    max_per_request: int = 2
+    paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.error_rate + self.drop_rate + self.slow_rate > 1:
+            raise ValueError(f"fault rates must sum to at most 1, got {self.error_rate, self.drop_rate, self.slow_rate}")
+        self._seen: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def pick(self, method: str, path: str) -> tuple[str, int] | None:
+        """``("error", status)``, ``("drop", 0)``, ``("slow", 0)`` or None for this request."""
+        if self.paths and not any(p in path for p in self.paths):
+            return None
+        with self._lock:
+            n = self._seen.get((method, path), 0)
+            self._seen[(method, path)] = n + 1
+        if n >= self.max_per_request:
+            return None
+        rng = random.Random(f"{self.seed}|{method}|{path}|{n}")
+        u = rng.random()
+        if u < self.error_rate:
+            return "error", rng.choice(ERROR_STATUSES)
+        if u < self.error_rate + self.drop_rate:
+            return "drop", 0
+        if u < self.error_rate + self.drop_rate + self.slow_rate:
+            return "slow", 0
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # HTTP layer
 # --------------------------------------------------------------------------------------------------------------------
 def _is_lfs_path(path: str, gitattributes: str) -> bool:
@@ -351,12 +414,18 @@ class _Handler(BaseHTTPRequestHandler):
         # (e.g. "refs%2Fpr%2F1", "data%2Fnear_far") and must stay one segment.
         self.segments = [unquote(s) for s in url.path.split("/")[1:]]
         try:
+            if self._inject_fault(url.path):
+                return
             if not self.server.route(self):
                 self.server.note_unhandled(self.command, self.path)
                 self._body()
                 raise HubError(404, f"hub_server does not implement {self.command} {url.path}", "NotImplemented")
         except HubError as err:
-            self._send_error(err)
+            with contextlib.suppress(OSError):  # the client may be gone (killed mid-request)
+                self._send_error(err)
+        except (BrokenPipeError, ConnectionResetError) as err:  # the client went away: nothing to answer
+            logger.debug("hub_server: client gone during %s %s: %r", self.command, self.path, err)
+            self.close_connection = True
         except Exception as err:  # noqa: BLE001  a test server must answer (and log) its own bugs, not hang the client
             logger.exception("hub_server failed on %s %s", self.command, self.path)
             self.server.note_error(f"{self.command} {self.path}: {err!r}")
@@ -367,6 +436,32 @@ class _Handler(BaseHTTPRequestHandler):
                 for _ in self._iter_body():  # leave the connection ready for the next request
                     pass
             self.server.note_request(self.command, self.path, self._status)
+
+    def _inject_fault(self, path: str) -> bool:
+        """Apply the fault :class:`Faults` picks for this request; True if the request must not be handled."""
+        faults = self.server.faults
+        fault = faults.pick(self.command, path) if faults is not None else None
+        if fault is None:
+            return False
+        kind, status = fault
+        self.server.note_fault(kind, status, self.command, path)
+        if kind == "slow":
+            time.sleep(faults.slow_seconds)
+            return False
+        if kind == "error":
+            self._body()  # read the request first, as a real server would, so the connection stays usable
+            headers = {"Retry-After": "0"} if status == 429 else {}
+            self._send_json({"error": f"hub_server: injected fault {status}"}, status, headers)
+            return True
+        # drop: read half of the body (a connection lost mid-upload), then close without an answer
+        length = int(self.headers.get("Content-Length") or 0)
+        with contextlib.suppress(OSError):
+            if length:
+                self.rfile.read(length // 2)
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self._body_read = True  # nothing more to drain
+        self.close_connection = True
+        return True
 
     # -- auth ---------------------------------------------------------------------------------------------------------
     def user(self, required: bool) -> str | None:
@@ -385,10 +480,13 @@ class _HubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, store: HubStore, user: str, token: str, page_size: int | None) -> None:
+    def __init__(self, store: HubStore, user: str, token: str, page_size: int | None, faults: Faults | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.store, self.user, self.token = store, user, token
         self.page_size = page_size
+        self.faults = faults
+        self.injected: list[tuple[str, int, str, str]] = []
+        self.uploads: list[str] = []
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
         self.requests: list[tuple[str, str, int]] = []
         self.unhandled: list[str] = []
@@ -398,6 +496,14 @@ class _HubHTTPServer(ThreadingHTTPServer):
     def note_request(self, method: str, path: str, status: int) -> None:
         with self._log_lock:
             self.requests.append((method, path, status))
+
+    def note_upload(self, oid: str) -> None:
+        with self._log_lock:
+            self.uploads.append(oid)
+
+    def note_fault(self, kind: str, status: int, method: str, path: str) -> None:
+        with self._log_lock:
+            self.injected.append((kind, status, method, path))
 
     def note_unhandled(self, method: str, path: str) -> None:
         logger.warning("hub_server: unhandled request %s %s (answered 404)", method, path)
@@ -414,6 +520,9 @@ class _HubHTTPServer(ThreadingHTTPServer):
         if s[:1] == ["api"]:
             if s == ["api", "whoami-v2"] and method == "GET":
                 return self.whoami(h)
+            if s == ["api", "agent-harnesses"] and method == "GET":  # client telemetry registry: an empty one
+                h._send_json({"standardEnvVars": [], "harnesses": {}})
+                return True
             if s[1:3] == ["repos", "create"] and method == "POST":
                 return self.create_repo(h)
             if s[1:3] == ["repos", "delete"] and method == "DELETE":
@@ -810,6 +919,7 @@ class _HubHTTPServer(ThreadingHTTPServer):
                 raise HubError(400, f"Uploaded content does not match oid {oid} / size {size} "
                                     f"(got sha256 {digest.hexdigest()}, {written} bytes)")
             os.replace(tmp, path)
+            self.note_upload(oid)
             h._send(200, b"", {"ETag": f'"{oid}"'})
             return True
         if h.command == "POST" and h.query.get("verify"):
@@ -836,12 +946,13 @@ class HubServer:
     user: str = "sf-tester"
     token: str = "hf_spatialforge_test_token"
     page_size: int | None = None  # tree listing page size; None = the Hub's (1000, or 50 when expanded)
+    initial_faults: Faults | None = field(default=None, repr=False)  # see Faults; ``faults`` changes them live
     endpoint: str = field(init=False, default="")
     _httpd: _HubHTTPServer | None = field(init=False, default=None, repr=False)
     _thread: threading.Thread | None = field(init=False, default=None, repr=False)
 
     def start(self) -> HubServer:
-        self._httpd = _HubHTTPServer(HubStore(self.root), self.user, self.token, self.page_size)
+        self._httpd = _HubHTTPServer(HubStore(self.root), self.user, self.token, self.page_size, self.initial_faults)
         self.endpoint = self._httpd.endpoint
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"hub-server-{self.endpoint}", daemon=True)
@@ -861,6 +972,27 @@ class HubServer:
     def requests(self) -> list[tuple[str, str, int]]:
         """Every request served so far as (method, path, status)."""
         return list(self._httpd.requests) if self._httpd else []
+
+    @property
+    def faults(self) -> Faults | None:
+        """The faults served from now on (None: none)."""
+        return self._httpd.faults if self._httpd else self.initial_faults
+
+    @faults.setter
+    def faults(self, value: Faults | None) -> None:
+        if self._httpd is not None:
+            self._httpd.faults = value
+        self.initial_faults = value
+
+    @property
+    def injected(self) -> list[tuple[str, int, str, str]]:
+        """Every fault served so far as (kind, status, method, path); status 0 for drops and slow answers."""
+        return list(self._httpd.injected) if self._httpd else []
+
+    @property
+    def uploads(self) -> list[str]:
+        """The sha256 of every LFS object received in full and stored, one entry per upload (PUT), in order."""
+        return list(self._httpd.uploads) if self._httpd else []
 
     @property
     def unhandled(self) -> list[str]:
@@ -883,8 +1015,9 @@ class HubServer:
 
         Both libraries copy HF_ENDPOINT into module constants at import time, so setting the variable is not enough
         inside a running pytest process. We patch the constants they read at call time, set HF_ENDPOINT / HF_TOKEN for
-        child processes, turn Xet off, turn off datasets' lookups of the parquet export (datasets-server.<host>
-        would not resolve), and drop cached HfFileSystem instances and HTTP connections on both ends.
+        child processes (and HF_HUB_OFFLINE=0, whatever the session set), turn Xet off, turn off datasets' lookups of
+        the parquet export (datasets-server.<host> would not resolve), and drop cached HfFileSystem instances and HTTP
+        connections on both ends.
         """
         import datasets.config  # noqa: PLC0415  (heavy; only hub tests pay for it)
         import huggingface_hub.constants as hf_constants  # noqa: PLC0415
@@ -901,7 +1034,7 @@ class HubServer:
             (datasets.config, "USE_PARQUET_EXPORT", False),
             (datasets.config, "HF_HUB_OFFLINE", False),
         ]
-        env = {"HF_ENDPOINT": self.endpoint, "HF_TOKEN": self.token, "HF_HUB_DISABLE_XET": "1"}
+        env = {"HF_ENDPOINT": self.endpoint, "HF_TOKEN": self.token, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
         saved_attrs = [(mod, name, getattr(mod, name)) for mod, name, _ in patches if hasattr(mod, name)]
         saved_env = {key: os.environ.get(key) for key in env}
         for mod, name, value in patches:
@@ -934,7 +1067,7 @@ def _close_client_sessions() -> None:
 def hub_server(root: str | Path | None = None, *, patch_clients: bool = True, **options: Any) -> Iterator[HubServer]:
     """Run a :class:`HubServer` storing under ``root`` (a temp folder if None), optionally with clients patched.
 
-    ``options`` go to :class:`HubServer` (``user``, ``token``, ``page_size``).
+    ``options`` go to :class:`HubServer` (``user``, ``token``, ``page_size``, ``initial_faults``).
     """
     with contextlib.ExitStack() as stack:
         if root is None:

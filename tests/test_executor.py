@@ -69,10 +69,10 @@ def test_workers_do_not_change_the_bytes_and_stats_merge(scene, tmp_path):
     assert sum(s1["candidate_drops"].values()) > 0  # record.drops of every shard are merged
     saved = json.loads((tmp_path / "w1" / "stats.json").read_text())
     assert saved["rows_per_task"] == s1["rows_per_task"] and saved["config"]["num_shards"] == 3
-    # every requested task has a config, perspective (no person in the scene) with empty files
+    # every task with rows has a config; perspective (no person in the scene) has empty files, no config
     assert s1["rows_per_task"]["perspective"] == 0
     meta = yaml.safe_load((tmp_path / "w1" / "README.md").read_text().split("---")[1])
-    assert {c["config_name"] for c in meta["configs"]} == {"all", *TASKS}
+    assert {c["config_name"] for c in meta["configs"]} == {"all", *TASKS} - {"perspective"}
     assert pq.read_metadata(tmp_path / "w1" / "data" / "perspective" / "train-00001-of-00003.parquet").num_rows == 0
     markers = sorted(p.name for p in (tmp_path / "w1" / ".spatialforge" / "markers").iterdir())
     assert markers == ["shard-00000.json", "shard-00001.json", "shard-00002.json"]

@@ -56,7 +56,7 @@ def toy_dataset(tmp_path: Path) -> dict:
     ]
     out = tmp_path / "ds"
     for task in ("grounding", "left_right"):
-        write_parquet([r for r in rows if r["task"] == task], task_path(out, task, "shard-00000-of-00001"))
+        write_parquet([r for r in rows if r["task"] == task], task_path(out, task, "train-00000-of-00001"))
     return {"out": out, "images": images, "rows": rows}
 
 

@@ -52,13 +52,14 @@ def _root(
 
 
 def _register() -> None:
-    from . import demo, inspect, loader, pipeline, train
+    from . import demo, hub, inspect, loader, pipeline, train
 
     loader.register(app)
     pipeline.register(app)
     demo.register(app)
     train.register(app)
     inspect.register(app)
+    hub.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Downloading source images: ``pixmo.download_pixmo`` fetches Pixmo images by URL, checked against their hashes."""
