@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_SHARDS = 8
 # may change between a killed run and its resume (`out` too: a run folder may be moved)
-_RUN_FIELDS = ("out", "workers", "progress", "overwrite", "allow_existing", "model_ids")
+_RUN_FIELDS = ("out", "workers", "progress", "overwrite", "allow_existing", "model_ids", "prefetch", "executor",
+               "ray_address", "ray_concurrency", "ray_num_gpus", "ray_cpu_concurrency")
+EXECUTORS = ("local", "ray")
 _PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir")
 _MODEL_FIELDS = ("depth_model", "detector", "pose_model", "second_depth_model")
 _DTYPES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # as depth_models.DTYPES (no torch import here)
@@ -97,6 +99,12 @@ class GenerateConfig:
     synthetic: bool = False  # the images are synthetic (the dataset card gets the `synthetic` tag)
     keep_drops: bool = False  # also write each image's candidate drops (drops/<shard>.parquet; FiftyOne tags)
     model_ids: dict[str, str] | None = None  # set by resolve_models: field -> Hub id of a model now given as its snapshot folder
+    prefetch: int = 2  # local executor: batches a model step decodes / preprocesses ahead, in threads (0: inline)
+    executor: str = "local"  # local (processes on this machine) | ray (Ray Data, e.g. on a cluster); same output
+    ray_address: str | None = None  # executor=ray: cluster to join ("auto", "ray://host:10001"); None: start a local one
+    ray_concurrency: int = 1  # executor=ray: actors per model step (weights load once per actor)
+    ray_num_gpus: float = 0.0  # executor=ray: GPUs per model actor (0.5: two actors share a GPU; 0: CPUs only)
+    ray_cpu_concurrency: int = 1  # executor=ray: actors per CPU stage (reading, decoding, tasks)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -149,7 +157,15 @@ class GenerateConfig:
             raise ValueError(f"device must be auto | cpu | cuda | cuda:N | mps, got {self.device!r}")
         if self.detector_labels is not None:
             self.detector_labels = tuple(self.detector_labels)
-        for name in ("num_shards", "workers", "batch_size"):
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError(f"ray_address {self.ray_address!r} needs executor='ray', got executor={self.executor!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
+        if self.ray_num_gpus < 0:
+            raise ValueError(f"ray_num_gpus must be >= 0, got {self.ray_num_gpus!r}")
+        for name in ("num_shards", "workers", "batch_size", "ray_concurrency", "ray_cpu_concurrency"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if self.on_bad_input not in POLICIES:
@@ -317,6 +333,8 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     models = [s for s in steps if hasattr(s, "keep_image")]
     for step in models[:-1]:  # decode each image once for all model steps; the last one releases it
         step.keep_image = True
+    for step in models:  # the next batches are decoded and preprocessed while one runs (same output)
+        step.prefetch = cfg.prefetch
     steps.append(tasks if tasks is not None else task_step(cfg))
     if cfg.source == "pixmo" and "counting" in cfg.tasks:
         from .tasks.point_counting import PointCounting
@@ -401,11 +419,9 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
 
     check_requirements(cfg)
     run_cfg = resolve_models(cfg)  # before the run folder exists: a model that cannot be had fails here
-    executor = LocalExecutor(
-        build if build is not None else partial(build_steps, run_cfg),
+    common = dict(
         out_dir=cfg.out,
         num_shards=cfg.num_shards,
-        workers=cfg.workers,
         fingerprint={**cfg.fingerprint(), "inputs": input_identity(cfg)},
         overwrite=cfg.overwrite,
         allow_existing=cfg.allow_existing,
@@ -413,6 +429,14 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         progress=cfg.progress,
         prepare=partial(prepare_inputs, cfg),
     )
+    build = build if build is not None else partial(build_steps, run_cfg)
+    if cfg.executor == "ray":
+        from .executors.ray import RayExecutor
+
+        executor = RayExecutor(build, address=cfg.ray_address, concurrency=cfg.ray_concurrency, num_gpus=cfg.ray_num_gpus,
+                               cpu_concurrency=cfg.ray_cpu_concurrency, **common)
+    else:
+        executor = LocalExecutor(build, workers=cfg.workers, **common)
     stats = executor.run()
     if stats.get("no_objects") and cfg.source in ("folder", "hf", "pixmo") and not cfg.detector:
         logger.warning(

@@ -159,11 +159,11 @@ def build_toy(cfg, sleep: float = 0.0) -> list[Step]:
     return build_steps(cfg, tasks=EmitRows(sleep))
 
 
-def toy_generate(out: str, images: str, workers: int = 1, num_shards: int = 4, sleep: float = 0.0) -> dict:
+def toy_generate(out: str, images: str, workers: int = 1, num_shards: int = 4, sleep: float = 0.0, **kw) -> dict:
     from spatialforge.processing.pipeline import GenerateConfig, generate
 
     cfg = GenerateConfig(source="folder", source_name="toy", images=images, out=out, workers=workers,
-                         num_shards=num_shards, progress=False)
+                         num_shards=num_shards, progress=False, **kw)
     return generate(cfg, build=partial(build_toy, cfg, sleep=sleep))
 
 
@@ -174,8 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--num-shards", type=int, default=4)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--executor", default="local")
+    parser.add_argument("--ray-address", default=None)
     args = parser.parse_args(argv)
-    stats = toy_generate(args.out, args.images, args.workers, args.num_shards, args.sleep)
+    stats = toy_generate(args.out, args.images, args.workers, args.num_shards, args.sleep, executor=args.executor,
+                         ray_address=args.ray_address)
     json.dump({"rows_total": stats["rows_total"]}, sys.stdout)
 
 

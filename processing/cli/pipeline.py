@@ -75,6 +75,12 @@ def register(app: typer.Typer) -> None:
         allow_existing: bool = typer.Option(False, "--allow-existing", help="Write into a non-empty --out that holds no run; its files are never replaced (README.md, stats.json or data/ there are refused)."),
         keep_drops: bool = typer.Option(False, "--keep-drops", help="Also write each image's candidate drop reasons to drops/<shard>.parquet (shown as tags by `spatialforge fiftyone`)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+        prefetch: int = typer.Option(2, "--prefetch", min=0, help="Batches a model step decodes and preprocesses ahead while one runs (0: none). Does not change the output."),
+        executor: str = typer.Option("local", "--executor", help="local (processes on this machine) | ray (Ray Data, e.g. on a cluster: pip install 'spatialforge[ray]'). Same output."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--executor ray: the cluster to join (auto, ray://HOST:10001, HOST:6379); default: start a local Ray instance."),
+        ray_concurrency: int = typer.Option(1, "--ray-concurrency", min=1, help="--executor ray: actors per model step; each loads the weights once."),
+        ray_num_gpus: float = typer.Option(0.0, "--ray-num-gpus", min=0.0, help="--executor ray: GPUs per model actor (1: one per GPU; 0.5: two share a GPU; 0: CPUs only)."),
+        ray_cpu_concurrency: int = typer.Option(1, "--ray-cpu-concurrency", min=1, help="--executor ray: actors per CPU stage (reading, decoding and preprocessing, tasks and verification)."),
         verbose: bool = typer.Option(False, "--verbose", help="Show the traceback of an error (also `spatialforge -v generate`)."),
     ) -> None:
         """Generate spatial QA (six tasks, verified) from images and annotations into a Hub-ready dataset folder.
@@ -104,6 +110,8 @@ def register(app: typer.Typer) -> None:
                 workers=workers, seed=seed, num_shards=num_shards, batch_size=batch_size, device=device,
                 on_bad_input=on_bad_input, on_size_mismatch=on_size_mismatch, overwrite=overwrite, progress=progress,
                 allow_existing=allow_existing,
+                prefetch=prefetch, executor=executor, ray_address=ray_address, ray_concurrency=ray_concurrency,
+                ray_num_gpus=ray_num_gpus, ray_cpu_concurrency=ray_cpu_concurrency,
             )
         except ValueError as err:
             flag = field_flag(str(err), [f.name for f in fields(GenerateConfig)])

@@ -64,6 +64,10 @@ class ShardFailed(RuntimeError):
     def __init__(self, shard: int, err: BaseException) -> None:
         super().__init__(f"shard {shard} failed: {err!r}")
         self.shard = shard
+        self.error = err
+
+    def __reduce__(self):  # pickled with its arguments (Ray sends it from a worker to the driver)
+        return type(self), (self.shard, self.error)
 
 
 def marker_path(out_dir: str | os.PathLike, shard: int) -> Path:
@@ -112,27 +116,64 @@ def run_shard(steps: list[Step], out_dir: str | os.PathLike, shard: int, num_sha
             no_objects += not len(record.objects)
             if progress is not None:
                 progress(1)
+    stats = shard_summary(shard, num_shards, [step_report(s) for s in steps], [step_counters(s) for s in steps],
+                          n, no_objects, time.perf_counter() - start)
+    written = [p for s in steps for p in getattr(s, "written", None) or ()]
+    used = [p for s in steps for p in getattr(s, "inputs_used", None) or ()]
+    return finish_shard(out_dir, shard, stats, written, used, started_ns)
+
+
+def finish_shard(out_dir: str | os.PathLike, shard: int, stats: dict[str, Any], written: Iterable[str],
+                 used: Iterable[str], started_ns: int) -> dict[str, Any]:
+    """Record a finished shard: the files it wrote (in its marker), the input files it read (size,
+    mtime, cheap hash), then the marker itself, last, so a marker always means "done"."""
+    stats["files"] = sorted({_relative(p, out_dir) for p in written})
+    atomic_json(inputs_path(out_dir, shard), record_inputs({os.path.abspath(p) for p in used}, started_ns))
+    atomic_json(marker_path(out_dir, shard), stats)
+    return stats
+
+
+def step_counters(step: Step) -> dict[str, dict[str, int]]:
+    """The shard-level counters a step keeps (``rows_per_task``, ``candidate_drops``), as dicts."""
+    return {attr: dict(getattr(step, attr, None) or {}) for attr in ("rows_per_task", "candidate_drops")}
+
+
+def shard_summary(shard: int, num_shards: int, reports: list[dict[str, Any]], counters: list[dict[str, dict[str, int]]],
+                  records_out: int, no_objects: int, seconds: float) -> dict[str, Any]:
+    """A shard's marker: its steps' reports (reader first) and counters, and what reached the end."""
     rows: Counter = Counter()
     drops: Counter = Counter()
-    for step in steps:
-        rows.update(getattr(step, "rows_per_task", {}) or {})
-        drops.update(getattr(step, "candidate_drops", {}) or {})
-    stats = {
+    for c in counters:
+        rows.update(c.get("rows_per_task", {}))
+        drops.update(c.get("candidate_drops", {}))
+    return {
         "shard": shard,
         "num_shards": num_shards,
-        "records_in": steps[0].stats.records_in if steps else 0,
-        "records_out": n,
+        "records_in": reports[0]["records_in"] if reports else 0,
+        "records_out": records_out,
         "no_objects": no_objects,  # records that reached the end without a single box
         "rows_per_task": dict(sorted(rows.items())),
         "candidate_drops": dict(sorted(drops.items())),
-        "steps": [step_report(s) for s in steps],
-        "seconds": round(time.perf_counter() - start, 6),
-        "files": sorted({_relative(p, out_dir) for s in steps for p in getattr(s, "written", None) or ()}),
+        "steps": reports,
+        "seconds": round(seconds, 6),
     }
-    used = {os.path.abspath(p) for s in steps for p in getattr(s, "inputs_used", None) or ()}
-    atomic_json(inputs_path(out_dir, shard), record_inputs(used, started_ns))
-    atomic_json(marker_path(out_dir, shard), stats)
-    return stats
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum reports of one step (:func:`step_report` dicts: counts, timings, drop reasons)."""
+    merged: dict[str, Any] = {"name": reports[0]["name"], "records_in": 0, "records_out": 0, "seconds": 0.0}
+    for step in reports:
+        for key in ("records_in", "records_out", "seconds", "input_wait_seconds"):
+            if key in step:
+                merged[key] = merged.get(key, 0) + step[key]
+        for key in ("dropped", "objects_dropped", "notes"):
+            if step.get(key):
+                merged[key] = dict(sorted((Counter(merged.get(key, {})) + Counter(step[key])).items()))
+    for key in ("seconds", "input_wait_seconds"):
+        if key in merged:
+            merged[key] = round(merged[key], 6)
+    merged.setdefault("dropped", {})
+    return merged
 
 
 def _relative(path: str | os.PathLike, out_dir: str | os.PathLike) -> str:
@@ -148,7 +189,7 @@ def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"num_shards": 0, "records_in": 0, "records_out": 0, "no_objects": 0, "seconds": 0.0}
     rows: Counter = Counter()
     drops: Counter = Counter()
-    steps: list[dict[str, Any]] = []
+    per_step: list[list[dict[str, Any]]] = []
     for s in sorted(shards, key=lambda s: s["shard"]):
         out["num_shards"] = s["num_shards"]
         out["records_in"] += s["records_in"]
@@ -158,17 +199,10 @@ def merge_stats(shards: list[Mapping[str, Any]]) -> dict[str, Any]:
         rows.update(s["rows_per_task"])
         drops.update(s["candidate_drops"])
         for i, step in enumerate(s["steps"]):
-            if i == len(steps):
-                steps.append({"name": step["name"], "records_in": 0, "records_out": 0, "seconds": 0.0})
-            merged = steps[i]
-            for key in ("records_in", "records_out", "seconds"):
-                merged[key] += step[key]
-            for key in ("dropped", "objects_dropped", "notes"):
-                if step.get(key):
-                    merged[key] = dict(sorted((Counter(merged.get(key, {})) + Counter(step[key])).items()))
-    for step in steps:
-        step["seconds"] = round(step["seconds"], 6)
-        step.setdefault("dropped", {})
+            if i == len(per_step):
+                per_step.append([])
+            per_step[i].append(step)
+    steps = [merge_reports(reports) for reports in per_step]
     out["seconds"] = round(out["seconds"], 6)
     out["shards_done"] = len(shards)
     out["rows_per_task"] = dict(sorted(rows.items()))
@@ -392,10 +426,7 @@ class LocalExecutor:
             shard_bar = tqdm(total=self.num_shards, initial=self.num_shards - len(todo), desc="shards", unit="shard", disable=not self.progress)
             record_bar = tqdm(total=total, desc="images", unit="img", disable=not self.progress)
             try:
-                if self.workers == 1 or len(todo) == 1:
-                    self._run_here(todo, shard_bar, record_bar)
-                else:
-                    self._run_pool(todo, shard_bar, record_bar)
+                self._run_todo(todo, shard_bar, record_bar)
             finally:
                 record_bar.close()
                 shard_bar.close()
@@ -407,6 +438,13 @@ class LocalExecutor:
         if self.finalize is not None:
             self.finalize(self.out_dir, stats)
         return stats
+
+    def _run_todo(self, todo: list[int], shard_bar, record_bar) -> None:
+        """Run the shards ``todo``, each writing its files and marker; update the bars."""
+        if self.workers == 1 or len(todo) == 1:
+            self._run_here(todo, shard_bar, record_bar)
+        else:
+            self._run_pool(todo, shard_bar, record_bar)
 
     def _run_here(self, todo: list[int], shard_bar, record_bar) -> None:
         steps = self.build()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -166,6 +167,37 @@ def load_record_images(
             logger.warning("%s (record dropped)", detail)
         count(reason)
     return kept, images, where
+
+
+@dataclass
+class DecodedBatch:
+    """A batch's images decoded (and, for some steps, preprocessed) ahead of its model: what
+    :meth:`~.base.BatchStep.prepare_batch` returns. Indices refer to the batch's records.
+
+    ``drops`` are the reasons of dropped records, counted by the step when it takes the batch (the
+    preparing thread or process never touches the step's counters).
+    """
+
+    kept: list[int]  # records whose image was decoded, in batch order
+    dropped: list[int]  # records dropped (unreadable image, size mismatch)
+    images: list[Any]  # the kept records' images (empty once ``inputs`` replaced them)
+    drops: list[str] = field(default_factory=list)
+    inputs: Any = None  # the step's preprocessed model input (CPU tensors), when it preprocesses here
+
+    def take(self, records: Sequence[Record], count) -> tuple[list[Record], set[int]]:
+        """Count the drops; return the kept records and the ``id()`` of the dropped ones."""
+        for reason in self.drops:
+            count(reason)
+        return [records[i] for i in self.kept], {id(records[i]) for i in self.dropped}
+
+
+def decode_batch(records: Sequence[Record], todo: Sequence[int], on_error: OnError, keep: bool = False) -> DecodedBatch:
+    """Decode the images of ``records[i] for i in todo`` (see :func:`load_record_images`)."""
+    drops: list[str] = []
+    chosen = [records[i] for i in todo]
+    _, images, where = load_record_images(chosen, on_error, drops.append, keep=keep)
+    kept = [todo[j] for j in where]
+    return DecodedBatch(kept=kept, dropped=sorted(set(todo) - set(kept)), images=images, drops=drops)
 
 
 def release_images(records: Sequence[Record | None]) -> None:
@@ -460,16 +492,32 @@ class DepthModelStep(BatchStep):
         self.metric = self.metric_arg if self.metric_arg is not None else metric
         self.source = f"model:{self.model_id}:{self.kind}"
 
-    def process_batch(self, records: list[Record]) -> list[Record | None]:
+    def setup_inputs(self) -> None:
+        if self.processor is None:
+            transformers = require("transformers", "models")
+            config = self.model.config if self.model is not None else transformers.AutoConfig.from_pretrained(self._model_arg)
+            self.processor = load_depth_processor(self._model_arg, getattr(config, "model_type", None))
+
+    def prepare_batch(self, records: list[Record]) -> DecodedBatch:
+        """Decode and preprocess (the image processor) on the CPU: the model's input groups."""
+        self.setup_inputs()
+        todo = [i for i, r in enumerate(records) if self.overwrite or self._current(r) is None]
+        prepared = decode_batch(records, todo, self.on_error, keep=self.keep_image)
+        if prepared.kept:
+            sizes = [(records[i].height, records[i].width) for i in prepared.kept]
+            prepared.inputs = self._preprocess(prepared.images, sizes)
+        prepared.images = []  # the processor's tensors are all the model needs
+        return prepared
+
+    def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
         self.setup()
         torch = require("torch", "models")
-        todo = [r for r in records if self.overwrite or self._current(r) is None]
-        kept, images, _ = load_record_images(todo, self.on_error, self.count, keep=self.keep_image)
-        dropped = {id(r) for r in todo} - {id(r) for r in kept}
+        prepared = prepared if prepared is not None else self.prepare_batch(records)
+        kept, dropped = prepared.take(records, self.count)
         if kept:
             sizes = [(r.height, r.width) for r in kept]
             with torch.inference_mode():
-                for group, pixel_values in self._preprocess(images, sizes):
+                for group, pixel_values in prepared.inputs:
                     batch = pixel_values.to(self.device, self.dtype)
                     self._predict([kept[i] for i in group], batch, [sizes[i] for i in group])
         out = [None if id(r) in dropped else r for r in records]

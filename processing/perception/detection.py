@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..base import BatchStep, require
-from .depth_models import DTYPES, OnError, load_record_images, model_name, release_images, resolve_device, resolve_dtype
+from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, release_images, resolve_device, resolve_dtype
 from ..records import Detections, Record
 
 logger = logging.getLogger(__name__)
@@ -404,12 +404,21 @@ class DetectionStep(BatchStep):
         size = self.labels_per_prompt or n
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
-    def process_batch(self, records: list[Record]) -> list[Record | None]:
+    def setup_inputs(self) -> None:
+        """Nothing: :meth:`prepare_batch` only decodes."""
+
+    def prepare_batch(self, records: list[Record]) -> DecodedBatch:
+        """Decode the images of the records that need boxes (the processor runs with the model:
+        its text inputs and padding depend on the prompts)."""
+        todo = [i for i, r in enumerate(records) if self.overwrite or not len(r.objects)]
+        return decode_batch(records, todo, self.on_error, keep=self.keep_image)
+
+    def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
         self.setup()
         torch = require("torch", "models")
-        todo = [r for r in records if self.overwrite or not len(r.objects)]
-        kept, images, _ = load_record_images(todo, self.on_error, self.count, keep=self.keep_image)
-        dropped = {id(r) for r in todo} - {id(r) for r in kept}
+        prepared = prepared if prepared is not None else self.prepare_batch(records)
+        kept, dropped = prepared.take(records, self.count)
+        images = prepared.images
         if kept:
             sizes = [(r.height, r.width) for r in kept]
             with torch.inference_mode():

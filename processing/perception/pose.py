@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..base import BatchStep, require
-from .depth_models import DTYPES, OnError, load_record_images, model_name, release_images, resolve_device, resolve_dtype
+from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, release_images, resolve_device, resolve_dtype
 from .facing import apply_facing, person_labels_of
 from ..records import NUM_KEYPOINTS, Record
 
@@ -133,17 +133,31 @@ class PoseStep(BatchStep):
             out.append(i)
         return out
 
-    def process_batch(self, records: list[Record]) -> list[Record | None]:
+    def setup_inputs(self) -> None:
+        if self.processor is None:
+            self.processor = require("transformers", "models").AutoProcessor.from_pretrained(self._model_arg)
+
+    def prepare_batch(self, records: list[Record]) -> DecodedBatch:
+        """Decode the images with people and crop / normalize their boxes (the processor) on the CPU."""
+        self.setup_inputs()
+        people = [self.person_indices(r) for r in records]
+        prepared = decode_batch(records, [i for i, idx in enumerate(people) if idx], self.on_error, keep=self.keep_image)
+        if prepared.kept:
+            boxes = [xyxy_to_coco(records[i].objects.xyxy[people[i]]) for i in prepared.kept]
+            inputs = self.processor(images=prepared.images, boxes=[b.tolist() for b in boxes], return_tensors="pt")
+            prepared.inputs = (people, boxes, inputs["pixel_values"])
+        prepared.images = []
+        return prepared
+
+    def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
         self.setup()
         torch = require("torch", "models")
-        people = {id(r): self.person_indices(r) for r in records}
-        todo = [r for r in records if people[id(r)]]
-        kept, images, _ = load_record_images(todo, self.on_error, self.count, keep=self.keep_image)
-        dropped = {id(r) for r in todo} - {id(r) for r in kept}
+        prepared = prepared if prepared is not None else self.prepare_batch(records)
+        kept, dropped = prepared.take(records, self.count)
         if kept:
-            boxes = [xyxy_to_coco(r.objects.xyxy[people[id(r)]]) for r in kept]
-            inputs = self.processor(images=images, boxes=[b.tolist() for b in boxes], return_tensors="pt")
-            pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
+            people_of, boxes, pixel_values = prepared.inputs
+            people = {id(records[i]): people_of[i] for i in prepared.kept}
+            pixel_values = pixel_values.to(self.device, self.dtype)
             kwargs = {}
             if self.num_experts > 1:
                 kwargs["dataset_index"] = torch.zeros(len(pixel_values), dtype=torch.long, device=self.device)
