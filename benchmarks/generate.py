@@ -1,19 +1,27 @@
 """Throughput of relations + verification + writing on ONE core, beside a bare baseline.
 
-Both paths read the same 518x518 float32 depth maps from .npy files (OS cache warm) for images with
-10 boxes each:
+Two benchmarks, each printing images/s of both paths and their ratio:
 
-* baseline: load depth, take the median depth of every box (what a pipeline without relations,
-  verification or writing would do at least);
-* generate: load depth, facing from keypoints, the task step on near_far / left_right /
-  perspective (candidates, verification checks, templates, rows), Parquet writing of the rows,
-  run by the executor's shard loop as ``spatialforge generate`` runs it (``run_shard``: its
-  garbage-collector tuning, :func:`spatialforge.processing.base.steady_gc`, included).
+* ``--end-to-end`` (the path users run): ``spatialforge generate``'s :func:`generate` on an
+  Objects365 layout of realistic scenes (people with keypoints, 4-10 objects, 640x480 exact depth
+  as ``.npy``): reader (JSON parsing, image headers), depth files, facing, the six tasks with
+  verification, Parquet writing, rebalancing and the card; against a bare pass over the same
+  files: parse the annotation JSON, load each depth map, a median per box. Goal: ratio >= 0.5.
+* default (the inner loop): 518x518 depth maps with 10 boxes each, already parsed:
 
-Prints images/s of both and their ratio, and where the generate path spends its time per image.
+  * baseline: load depth, take the median depth of every box (what a pipeline without relations,
+    verification or writing would do at least);
+  * generate: load depth, facing from keypoints, the task step on near_far / left_right /
+    perspective (candidates, verification checks, templates, rows), Parquet writing of the rows,
+    run by the executor's shard loop as ``spatialforge generate`` runs it (``run_shard``: its
+    garbage-collector tuning, :func:`spatialforge.processing.base.steady_gc`, included).
+
+  Prints where the generate path spends its time per image. Goal: >= 1,000 images/s per core.
+
 The paths run alternately ``--rounds`` times and the best round of each counts (a shared machine
-only ever slows a round down). Goal: >= 1,000 images/s per core for the generate path.
+only ever slows a round down).
 
+    python benchmarks/generate.py --end-to-end     # 3 rounds of 300 images of 640x480
     python benchmarks/generate.py                  # 3 rounds of 2,000 images (well under a minute)
     python benchmarks/generate.py --images 20000   # steadier numbers
     python benchmarks/generate.py --profile        # cProfile of the generate path, top functions
@@ -139,8 +147,68 @@ def run_generate(inputs, n: int, out_dir: Path) -> tuple[float, int, dict[str, f
     return seconds, rows, per_step
 
 
+def build_layout(folder: Path, images: int, distinct: int, seed: int):
+    """An Objects365 layout of ``images`` 640x480 scenes cycling over ``distinct`` rendered ones."""
+    import dataclasses
+
+    from spatialforge.processing.synth.scenes import write_objects365_layout
+
+    config = SceneConfig(objects=(4, 10), people=(1, 3))
+    rendered = [make_scene(seed, i, 640, 480, config) for i in range(distinct)]
+    copies = [dataclasses.replace(rendered[i % distinct], index=i) for i in range(images)]
+    return write_objects365_layout(copies, folder)
+
+
+def run_bare(layout) -> float:
+    """Parse the annotations, load each depth map, a median per box."""
+    import json
+
+    start = time.perf_counter()
+    coco = json.loads(Path(layout.annotations).read_text())
+    boxes: dict[int, list] = {}
+    for ann in coco["annotations"]:
+        boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
+    total = 0.0
+    for image in coco["images"]:
+        d = np.load(layout.depth / f"{Path(image['file_name']).stem}.npy")
+        for x, y, w, h in boxes.get(image["id"], ()):
+            total += float(np.median(d[int(y):int(y + h) + 1, int(x):int(x + w) + 1]))
+    return time.perf_counter() - start
+
+
+def run_end_to_end(layout, out: Path) -> tuple[float, int]:
+    """:func:`spatialforge.processing.pipeline.generate` as ``spatialforge generate`` calls it."""
+    from spatialforge.processing.pipeline import GenerateConfig, generate
+
+    cfg = GenerateConfig(source="objects365", out=str(out), annotations=str(layout.annotations), images=str(layout.images),
+                         depth_dir=str(layout.depth), num_shards=1, workers=1, overwrite=True, progress=False)
+    start = time.perf_counter()
+    stats = generate(cfg)
+    return time.perf_counter() - start, stats["rows_total"]
+
+
+def main_end_to_end(args) -> None:
+    with tempfile.TemporaryDirectory(prefix="spatialforge-bench-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        layout = build_layout(tmp / "o365", args.images, min(args.distinct, args.images), args.seed)
+        print(f"inputs: {args.images} images of 640x480 ({args.distinct} distinct scenes, 4-10 objects, people with "
+              f"keypoints), exact depth .npy ({time.perf_counter() - t0:.1f}s to render and write)")
+        run_end_to_end(layout, tmp / "warmup")  # imports, caches; the OS has the files cached
+        bare = gen = float("inf")
+        for r in range(max(1, args.rounds)):
+            bare = min(bare, run_bare(layout))
+            seconds, rows = run_end_to_end(layout, tmp / f"out{r}")
+            gen = min(gen, seconds)
+        n = args.images
+        print(f"bare pass (parse JSON, load depth, box medians):  {n / bare:8.0f} images/s")
+        print(f"spatialforge generate (end to end, card included): {n / gen:8.0f} images/s  ({rows / n:.2f} rows/image)")
+        print(f"ratio generate / bare: {bare / gen:.3f}   goal: >= 0.5 (best of {max(1, args.rounds)} rounds of {n} images)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--end-to-end", action="store_true", help="time `spatialforge generate` end to end on a 640x480 layout")
     parser.add_argument("--images", type=int, default=2000, help="images per path")
     parser.add_argument("--distinct", type=int, default=48, help="distinct scenes the images cycle over")
     parser.add_argument("--rounds", type=int, default=3, help="alternate rounds of every path; the best counts")
@@ -148,6 +216,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the cProfile top functions of the generate path")
     args = parser.parse_args()
     _pin_one_core()
+    if args.end_to_end:
+        if args.images == parser.get_default("images"):
+            args.images = 300
+        return main_end_to_end(args)
     with tempfile.TemporaryDirectory(prefix="spatialforge-bench-") as tmp:
         tmp = Path(tmp)
         (tmp / "depth").mkdir()

@@ -54,7 +54,7 @@ CITATION = """@article{liu2026spatialforge,
 }"""
 TOP_REASONS = 5  # candidate drop reasons shown per task (every reason is in stats.json)
 NO_OBJECTS = "no_objects"  # images that reached the end of the pipeline without a single box
-NOT_REJECTED = frozenset({"over_cap"})  # candidates that passed verification but exceeded the per-image cap
+NOT_REJECTED = frozenset({"over_cap", "rebalanced"})  # passed verification, then capped per image or rebalanced
 PREVIEWS_DIR = "previews"  # preview images in a dataset folder (``spatialforge preview``), uploaded with it
 PREVIEW_MANIFEST = "previews.json"  # in PREVIEWS_DIR: file, id, task, question, answer of each preview, in order
 CARD_PREVIEWS = 4  # previews the card embeds (the first of the manifest)
@@ -234,11 +234,30 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
                   "builder reads them as empty datasets."]
     records_out = stats.get("records_out", 0)
     entries, parsed = input_entries(stats)
+    blind = stats.get("blind_baseline") or {}
     lines += [
         "",
         "Acceptance is the share of a task's candidates that passed verification (candidates dropped",
-        "only by the per-image cap count as passed).",
+        "only by the per-image cap, or by rebalancing, count as passed).",
         "",
+    ]
+    if blind:
+        lines += [
+            "## Blind baseline",
+            "",
+            "A text-only model (logistic regression on the question's words, box coordinates removed,",
+            "5-fold cross-validated) predicting whether the first-named object holds the relation (is the",
+            "nearer / the left one; perspective: the object is on the person's left). Relation rows are",
+            "rebalanced so that, per label pair and question form, both sides are equally frequent",
+            "(dropped rows: `<task>/rebalanced`).",
+            "",
+            "| task | rows | blind accuracy | majority rate |",
+            "|---|---:|---:|---:|",
+        ]
+        for task, b in blind.items():
+            lines.append(f"| {task} | {b['rows']:,} | {b['accuracy']:.3f} | {b['majority']:.3f} |")
+        lines.append("")
+    lines += [
         "## Images",
         "",
         f"- images read: {entries:,} entries in the input, {parsed:,} of them dropped while parsing"

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import Features, List, Value
 
 TASKS: tuple[str, ...] = ("grounding", "referring", "counting", "near_far", "left_right", "perspective")
@@ -57,6 +58,8 @@ VERIFICATION = {
     "min_box_area": Value("float32"),  # smallest box of the row, fraction of the image area
     "facing": Value("string"),  # perspective: toward_camera | away_from_camera
     "facing_confidence": Value("float32"),  # perspective: confidence of the facing estimate
+    "facing_max_turn_deg": Value("float32"),  # perspective: how far the person may be turned from facing (keypoints)
+    "focal_source": Value("string"),  # perspective with depth: "exif:<tag>" or "prior:hfov<lo>-<hi>" (focal lengths tried)
     "depth_source": Value("string"),  # e.g. "file:depth", "model:depth-anything/...:inverse_depth"
     "box_source": Value("string"),  # "annotation" or "model:<detector id>"
 }
@@ -103,8 +106,59 @@ def normalize_bbox(xyxy: Sequence[float], width: int, height: int) -> list[int]:
     x1, y1, x2, y2 = (float(v) for v in xyxy)
     if x1 > x2 or y1 > y2:
         raise ValueError(f"bbox must have x1<=x2 and y1<=y2, got {list(xyxy)!r}")
-    sizes = (width, height, width, height)
-    return [min(BBOX_SCALE, max(0, round(v / s * BBOX_SCALE))) for v, s in zip((x1, y1, x2, y2), sizes)]
+    return normalize_bboxes([[x1, y1, x2, y2]], width, height)[0]
+
+
+def normalize_bboxes(xyxy, width: int, height: int) -> list[list[int]]:
+    """:func:`normalize_bbox` of ``(N, 4)`` pixel boxes at once (the same float ops and
+    round-half-even, so the same ints); boxes must be finite with ``x1 <= x2``, ``y1 <= y2``
+    (as :class:`~spatialforge.processing.records.Detections` guarantees).
+
+    >>> normalize_bboxes([[10, 20, 110, 220], [0, 0, 250, 400]], width=200, height=400)
+    [[50, 50, 550, 550], [0, 0, 1000, 1000]]
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got width={width}, height={height}")
+    size = np.array([width, height, width, height], dtype=np.float64)
+    boxes = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    # np.minimum / np.maximum instead of np.clip: the same ints, without np.clip's Python wrapper
+    return np.minimum(np.maximum(np.round(boxes / size * BBOX_SCALE), 0), BBOX_SCALE).astype(int).tolist()
+
+
+def object_error(label: str, bbox: Sequence[int]) -> str | None:
+    """What makes one entry of a row's ``objects`` break the schema (``"bbox ..."`` or
+    ``"label ..."``), or None. :func:`validate_row` raises it; the task step asks it once per
+    object of a record instead of once per row."""
+    if len(bbox) != 4 or any(not isinstance(v, int) or not 0 <= v <= BBOX_SCALE for v in bbox):
+        return f"bbox must be 4 ints in 0..1000, got {bbox!r}"
+    if bbox[0] > bbox[2] or bbox[1] > bbox[3]:
+        return f"bbox must have x1<=x2, y1<=y2, got {bbox!r}"
+    if not label:
+        return "label is empty"
+    return None
+
+
+def fact_error(task: str, fact: Mapping[str, Any] | None, n_objects: int) -> str | None:
+    """What makes a row's ``fact`` wrong for ``task`` with ``n_objects`` objects, or None."""
+    if task in RELATION_TASKS:
+        if fact is None:
+            return f"task {task!r} needs a fact"
+        if fact["predicate"] not in PREDICATES or fact["frame"] not in FRAMES:
+            return f"bad fact {fact!r}"
+        for key in ("subject", "object"):
+            if not 0 <= fact[key] < n_objects:
+                return f"fact.{key}={fact[key]} is not an index into {n_objects} objects"
+        want_frame = "person" if task == "perspective" else "camera"
+        if fact["frame"] != want_frame:
+            return f"task {task!r} needs frame {want_frame!r}, got {fact['frame']!r}"
+    elif fact is not None:
+        return f"task {task!r} must not carry a fact"
+    return None
+
+
+def size_ok(width: Any, height: Any) -> bool:
+    """Whether ``width`` and ``height`` are positive ints, as the schema wants them."""
+    return isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0
 
 
 def denormalize_bbox(bbox: Sequence[int], width: int, height: int) -> list[float]:
@@ -125,31 +179,17 @@ def validate_row(row: Mapping[str, Any]) -> None:
     rid = row["id"]
     if row["task"] not in TASKS:
         raise ValueError(f"row {rid!r}: task must be one of {TASKS}, got {row['task']!r}")
-    if not isinstance(row["width"], int) or not isinstance(row["height"], int) or row["width"] <= 0 or row["height"] <= 0:
+    if not size_ok(row["width"], row["height"]):
         raise ValueError(f"row {rid!r}: width/height must be positive ints, got {row['width']!r}x{row['height']!r}")
     objects = row["objects"] or []
     for k, obj in enumerate(objects):
-        box = obj["bbox"]
-        if len(box) != 4 or any(not isinstance(v, int) or not 0 <= v <= BBOX_SCALE for v in box):
-            raise ValueError(f"row {rid!r}: objects[{k}].bbox must be 4 ints in 0..1000, got {box!r}")
-        if box[0] > box[2] or box[1] > box[3]:
-            raise ValueError(f"row {rid!r}: objects[{k}].bbox must have x1<=x2, y1<=y2, got {box!r}")
-        if not obj["label"]:
-            raise ValueError(f"row {rid!r}: objects[{k}].label is empty")
+        problem = object_error(obj["label"], obj["bbox"])
+        if problem is not None:
+            raise ValueError(f"row {rid!r}: objects[{k}].{problem}")
     task, fact = row["task"], row["fact"]
-    if task in RELATION_TASKS:
-        if fact is None:
-            raise ValueError(f"row {rid!r}: task {task!r} needs a fact")
-        if fact["predicate"] not in PREDICATES or fact["frame"] not in FRAMES:
-            raise ValueError(f"row {rid!r}: bad fact {fact!r}")
-        for key in ("subject", "object"):
-            if not 0 <= fact[key] < len(objects):
-                raise ValueError(f"row {rid!r}: fact.{key}={fact[key]} is not an index into {len(objects)} objects")
-        want_frame = "person" if task == "perspective" else "camera"
-        if fact["frame"] != want_frame:
-            raise ValueError(f"row {rid!r}: task {task!r} needs frame {want_frame!r}, got {fact['frame']!r}")
-    elif fact is not None:
-        raise ValueError(f"row {rid!r}: task {task!r} must not carry a fact")
+    problem = fact_error(task, fact, len(objects))
+    if problem is not None:
+        raise ValueError(f"row {rid!r}: {problem}")
     if task == "counting":
         if row["count"] is None or row["count"] < 0:
             raise ValueError(f"row {rid!r}: counting needs a non-negative count, got {row['count']!r}")

@@ -86,6 +86,7 @@ class GenerateConfig:
     ground_contact: bool = False  # near_far: the object whose box bottom is lower must be the nearer one (opt-in)
     dtype: str = "auto"  # model dtype: auto (half precision on GPUs, fp32 on CPU) | fp32 | fp16 | bf16
     tasks: tuple[str, ...] = schema.TASKS  # tasks to generate
+    max_per_task: dict[str, int | None] | None = None  # rows per image and task over the defaults (None: no cap)
     seed: int = 0  # all random choices derive from (seed, image id, task)
     num_shards: int = DEFAULT_NUM_SHARDS  # input shards; fixes the output files whatever `workers` is
     workers: int = 1  # worker processes (1: in this process)
@@ -105,6 +106,7 @@ class GenerateConfig:
     ray_concurrency: int = 1  # executor=ray: actors per model step (weights load once per actor)
     ray_num_gpus: float = 0.0  # executor=ray: GPUs per model actor (0.5: two actors share a GPU; 0: CPUs only)
     ray_cpu_concurrency: int = 1  # executor=ray: actors per CPU stage (reading, decoding, tasks)
+    rebalance: bool = True  # relation rows: both sides of each label pair equally often (output.balance)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -165,6 +167,12 @@ class GenerateConfig:
             raise ValueError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if self.ray_num_gpus < 0:
             raise ValueError(f"ray_num_gpus must be >= 0, got {self.ray_num_gpus!r}")
+        if self.max_per_task is not None:
+            self.max_per_task = parse_caps(self.max_per_task) if isinstance(self.max_per_task, str) else dict(self.max_per_task)
+            bad = {t: c for t, c in self.max_per_task.items()
+                   if t not in schema.TASKS or not (c is None or (isinstance(c, int) and c >= 0))}
+            if bad:
+                raise ValueError(f"max_per_task must map tasks of {schema.TASKS} to ints >= 0 or None, got {bad!r}")
         for name in ("num_shards", "workers", "batch_size", "ray_concurrency", "ray_cpu_concurrency"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -271,6 +279,28 @@ def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:
     return FacingFromKeypoints(person_labels=person_labels)
 
 
+def parse_caps(text: str) -> dict[str, int | None]:
+    """``"grounding=2,near_far=1,perspective=none"`` -> ``{"grounding": 2, "near_far": 1, "perspective": None}``.
+
+    >>> parse_caps("grounding=2, near_far=none")
+    {'grounding': 2, 'near_far': None}
+    """
+    caps: dict[str, int | None] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        task, sep, value = (v.strip() for v in part.partition("="))
+        if not sep or task not in schema.TASKS:
+            raise ValueError(f"max_per_task takes task=N pairs with tasks of {schema.TASKS}, got {part!r}")
+        if value.lower() in ("none", "all", "inf"):
+            caps[task] = None
+        elif value.isdigit():
+            caps[task] = int(value)
+        else:
+            raise ValueError(f"max_per_task[{task!r}] must be an int >= 0 or none, got {value!r}")
+    return caps
+
+
 def verify_config(cfg: GenerateConfig) -> Any:
     """The :class:`~.tasks.verify.VerifyConfig` of ``cfg``."""
     from .tasks.verify import VerifyConfig
@@ -282,7 +312,7 @@ def task_step(cfg: GenerateConfig) -> Step:
     """The task generator + verifier step."""
     from .tasks.step import TaskStep
 
-    return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=verify_config(cfg))
+    return TaskStep(tasks=cfg.tasks, seed=cfg.seed, config=verify_config(cfg), max_per_task=cfg.max_per_task)
 
 
 def _named(step: Step, cfg: GenerateConfig, field: str) -> Step:
@@ -304,7 +334,8 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
         from .perception.detection import DetectionStep
 
         labels = list(cfg.detector_labels) if cfg.detector_labels else None
-        steps.append(_named(DetectionStep(cfg.detector, labels=labels, threshold=cfg.detector_threshold,
+        # Beside source annotations the detector checks them (counts and "the cup" it contradicts).
+        steps.append(_named(DetectionStep(cfg.detector, labels=labels, threshold=cfg.detector_threshold, beside=True,
                                           batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype), cfg, "detector"))
     if cfg.depth_dir:
         from .perception.depth_files import DepthFromFiles
@@ -414,8 +445,8 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
     Raises :class:`~.output.run_folder.OutputFolderError` when another run holds ``cfg.out`` or the
     folder holds files that are not this run's to replace (see ``allow_existing`` / ``overwrite``).
     """
-    from ..builders.card import write_card
     from .executors.local import LocalExecutor
+    from .output.balance import finalize
 
     check_requirements(cfg)
     run_cfg = resolve_models(cfg)  # before the run folder exists: a model that cannot be had fails here
@@ -425,7 +456,7 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         fingerprint={**cfg.fingerprint(), "inputs": input_identity(cfg)},
         overwrite=cfg.overwrite,
         allow_existing=cfg.allow_existing,
-        finalize=partial(write_card, synthetic=cfg.synthetic),
+        finalize=partial(finalize, seed=cfg.seed, balance=cfg.rebalance, synthetic=cfg.synthetic),
         progress=cfg.progress,
         prepare=partial(prepare_inputs, cfg),
     )

@@ -24,6 +24,8 @@ import numpy as np
 DepthKind = Literal["depth", "inverse_depth"]
 FACINGS = ("toward_camera", "away_from_camera", "sideways", "unknown")
 NUM_KEYPOINTS = 17  # COCO order: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
+DETECTOR_OBJECTS = "detector_objects"
+"""``record.meta`` key of a detector's :class:`Detections` kept beside source annotations."""
 
 
 def _column(value, n: int, dtype, default) -> np.ndarray:
@@ -136,6 +138,31 @@ class Detections:
         out.xyxy[:, [0, 2]] = out.xyxy[:, [0, 2]].clip(0, width)
         out.xyxy[:, [1, 3]] = out.xyxy[:, [1, 3]].clip(0, height)
         return out
+
+
+def box_intersections(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersection areas of ``(N, 4)`` and ``(M, 4)`` xyxy boxes -> ``(N, M)``, with the
+    areas of ``a`` and of ``b``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.maximum(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0)
+    ih = np.maximum(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0)
+    return iw * ih, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def iou_of(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    """IoU from :func:`box_intersections`'s parts (0 where the union is empty)."""
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` xyxy boxes -> ``(N, M)``.
+
+    >>> box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [20, 20, 30, 30]]).round(3).tolist()
+    [[0.333, 0.0]]
+    """
+    return iou_of(*box_intersections(a, b))
 
 
 @dataclass

@@ -22,7 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from spatialforge.builders.schema import ALL_CONFIG, DATA_DIR, TASKS, arrow_schema, make_id, normalize_bbox, validate_row
+from spatialforge.builders.schema import (
+    ALL_CONFIG, DATA_DIR, TASKS, VERIFICATION, arrow_schema, make_id, normalize_bbox, validate_row,
+)
 
 RECT_COLOR = (255, 0, 0)
 BACKGROUND = (128, 128, 128)
@@ -127,19 +129,7 @@ def make_images(root: str, n_per_source: int = 3) -> tuple[dict[str, str], list[
     return dirs, images
 
 
-_EMPTY_VERIFICATION = {
-    "checks": [],
-    "depth_margin": None,
-    "depth_subject": None,
-    "depth_object": None,
-    "box_gap": None,
-    "overlap_iou": None,
-    "min_box_area": None,
-    "facing": None,
-    "facing_confidence": None,
-    "depth_source": None,
-    "box_source": "annotation",
-}
+_EMPTY_VERIFICATION = {**dict.fromkeys(VERIFICATION), "checks": []}  # every field of the schema
 
 
 def rows_for_image(im: FixtureImage, tasks: tuple[str, ...] = TASKS) -> list[dict]:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from spatialforge.processing.synth.demo import read_rows, run_demo
+from spatialforge.processing.synth.demo import DETECTOR_ANNOTATIONS, read_rows, run_demo
+from spatialforge.processing.synth.scenes import VARIANTS
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
@@ -15,10 +16,11 @@ def test_layout_and_datasets_are_written(result):
     root = result.out / "objects365"
     assert (root / "images/train/patch0/objects365_v2_00000001.jpg").is_file()
     assert len(list((root / "depth").glob("*.npy"))) == 30 == len(list((root / "depth_mono").glob("*.npy")))
-    for name in ("exact", "mono"):
+    assert (root / "annotations" / DETECTOR_ANNOTATIONS).is_file()
+    for name in VARIANTS:
         assert (result.out / f"dataset-{name}" / "README.md").is_file()
     report = json.loads((result.out / "report.json").read_text())
-    assert report["scenes"] == 30 and set(report["reports"]) == {"exact", "mono"}
+    assert report["scenes"] == 30 and set(report["reports"]) == set(VARIANTS)
 
 
 def test_every_row_written_loads_through_the_builder_with_its_image(result):
@@ -27,19 +29,35 @@ def test_every_row_written_loads_through_the_builder_with_its_image(result):
     assert result.missing_images == 0
 
 
-@pytest.mark.parametrize("task", ["grounding", "referring", "counting", "left_right"])
-def test_precision_is_exact_where_rows_exist(result, task):
+@pytest.mark.parametrize("task", ["grounding", "referring", "counting"])
+def test_perception_rows_are_consistent_and_judged_against_every_visible_instance(result, task):
+    # The demo runs on annotations alone: consistent with them by construction; judged against
+    # every visible instance (the annotations leave occluded ones out) they may err, and the
+    # table says by how much (tests/test_precision.py adds a detector beside them).
     for name, reports in result.reports.items():
         rep = reports[task]
         assert rep.rows > 0, (name, task)
-        assert rep.precision == 1.0, (name, task, rep.failures[:2])
-        assert 0 < rep.yield_ <= 1
+        assert rep.consistency == 1.0, (name, task, rep.failures[:2])
+        assert rep.precision is not None and 0 < rep.yield_ <= 1
 
 
-def test_near_far_is_exact_on_objects_that_fill_their_box(result):
-    # Open shapes (umbrellas) are a known gap of box depth, see tests/test_precision.py.
+def test_near_far_is_right_on_objects_that_fill_their_box(result):
+    # Wrong rows here may only come from what the geometry cannot see: a label named alone ("the
+    # cup") beside an occluded, unannotated cup, or (monocular-like depth, 15 % per-object bias) a
+    # rare depth flip. tests/test_precision.py measures both on hundreds of scenes.
     for name, rep in result.filled.items():
-        assert rep.rows > 0 and rep.precision == 1.0, (name, rep.failures[:2])
+        wrong_depth = [f for f in rep.failures if "ambiguous_mention" not in f]
+        exact_depth = VARIANTS[name].depth is None
+        assert rep.rows > 0 or not exact_depth, name  # monocular depth on 30 scenes, rebalanced: maybe none
+        assert len(wrong_depth) <= (0 if exact_depth else 1), (name, wrong_depth[:2])
+
+
+def test_table_has_a_row_per_task_and_a_column_per_variant(result):
+    summary = result.summary()
+    assert all(name in summary.splitlines()[1] for name in VARIANTS)
+    for task in ("grounding", "referring", "counting", "near_far", "left_right", "perspective"):
+        line = next(line for line in summary.splitlines() if line.startswith(task))
+        assert line.count("/") == 2 * len(VARIANTS), line
 
 
 def test_table_names_every_task_and_the_builder_count(result):
@@ -59,3 +77,25 @@ def test_demo_verb_prints_the_table(tmp_path):
     assert res.exit_code == 0, res.output
     assert "exact metric depth" in res.output and "near_far" in res.output
     assert (tmp_path / "d" / "report.json").is_file()
+
+
+def test_card_reports_the_blind_baseline_and_what_rebalancing_cost(result):
+    for name in VARIANTS:
+        stats = result.stats[name]
+        card = (result.out / f"dataset-{name}" / "README.md").read_text()
+        assert "## Blind baseline" in card and "left_right" in stats["blind_baseline"]
+        assert stats["candidate_drops"]["left_right/rebalanced"] > 0
+        for b in stats["blind_baseline"].values():
+            assert 0 <= b["accuracy"] <= 1 and 0.5 <= b["majority"] <= 1
+
+
+def test_perspective_rows_record_where_their_focal_length_came_from(result):
+    sources = set()
+    for name in VARIANTS:
+        for row in read_rows(result.out / f"dataset-{name}"):
+            if row["task"] == "perspective" and "lateral_dominance" in row["verification"]["checks"]:
+                v = row["verification"]
+                sources.add(v["focal_source"].split(":")[0])
+                assert 0 <= v["facing_max_turn_deg"] < 90
+    # every other synthetic JPEG carries FocalLengthIn35mmFilm; the others fall back to the prior
+    assert sources <= {"exif", "prior"} and "exif" in sources

@@ -37,7 +37,7 @@ def generated(tmp_path_factory) -> dict[str, Path]:
     scene = make_coco_scene(root / "scene", 8)
     out = root / "sf-out"
     generate(GenerateConfig(source="objects365", annotations=scene["annotations"], images=scene["images"],
-                            depth_dir=scene["depth"], out=out, num_shards=3, progress=False))
+                            depth_dir=scene["depth"], out=out, num_shards=3, progress=False, rebalance=False))
     copies = out / ".spatialforge" / "cache" / "images"
     copies.mkdir(parents=True, exist_ok=True)
     shutil.copy(next((scene["images"] / "v2" / "patch0").glob("*.jpg")), copies / "copy.jpg")

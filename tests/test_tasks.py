@@ -69,7 +69,10 @@ SCENE = [("cup", [10, 30, 40, 90], 1.0), ("dog", [60, 20, 100, 90], 2.0), ("lamp
 # ------------------------------------------------------------------------------------ near_far
 @pytest.mark.parametrize("kind", ["depth", "inverse_depth"])
 def test_near_far_facts_hold_for_depth_and_inverse_depth(kind):
-    rec = run(make_record(SCENE, kind=kind), tasks=["near_far"])
+    # Relative inverse depth: the check is told what holds here (no per-object bias, the far end 20x
+    # as far as the near end); with the defaults it assumes only 3x and a 15 % bias.
+    config = VerifyConfig(relative_object_bias=0.0, min_far_near_ratio=20.0)
+    rec = run(make_record(SCENE, kind=kind), tasks=["near_far"], config=config)
     assert fact_triples(rec, "near_far") == {("cup", "nearer_than", "dog"), ("cup", "nearer_than", "lamp"),
                                              ("dog", "nearer_than", "lamp")}
     for r in rows_of(rec, "near_far"):
@@ -81,8 +84,11 @@ def test_near_far_facts_hold_for_depth_and_inverse_depth(kind):
 
 
 def test_near_far_depth_and_inverse_give_identical_rows():
-    a = run(make_record(SCENE, kind="depth"), tasks=["near_far"]).rows
-    b = run(make_record(SCENE, kind="inverse_depth"), tasks=["near_far"]).rows
+    # Told the truth of the scene (no per-object bias, the background 20x as far as the nearest
+    # object), relative inverse depth allows no shift and keeps the ratios of metric depth.
+    config = VerifyConfig(relative_object_bias=0.0, min_far_near_ratio=20.0)
+    a = run(make_record(SCENE, kind="depth"), tasks=["near_far"], config=config).rows
+    b = run(make_record(SCENE, kind="inverse_depth"), tasks=["near_far"], config=config).rows
     strip = lambda rows: [{k: v for k, v in r.items() if k != "verification"} for r in rows]  # noqa: E731
     assert strip(a) == strip(b) and len(a) == 3
 
@@ -182,10 +188,20 @@ def test_left_right_refuses_boxes_that_overlap_in_x():
 
 
 # --------------------------------------------------------------------------------- perspective
+FOCAL_60 = 100 / np.tan(np.radians(30))  # a 60-degree horizontal view of the 200-pixel-wide test images
+TURN_30 = VerifyConfig(perspective_max_yaw_deg=30.0)  # people given a facing without keypoints: turned <= 30 deg
+
+
+def with_focal(rec: Record, focal: float = FOCAL_60) -> Record:
+    """``rec`` with the focal length a reader takes from EXIF."""
+    rec.meta["focal_px"], rec.meta["focal_source"] = focal, "exif:FocalLengthIn35mmFilm"
+    return rec
+
+
 def person_scene(facing: str, confidence: float = 0.9) -> Record:
     # person in the middle, cup on the image's RIGHT, lamp on the image's LEFT
     objects = [("person", [80, 10, 120, 95], 3.0), ("cup", [150, 50, 180, 80], 2.0), ("lamp", [10, 10, 40, 50], 5.0)]
-    return make_record(objects, facing=[facing, "unknown", "unknown"], facing_confidence=[confidence, 0, 0])
+    return with_focal(make_record(objects, facing=[facing, "unknown", "unknown"], facing_confidence=[confidence, 0, 0]))
 
 
 @pytest.mark.parametrize(
@@ -193,7 +209,7 @@ def person_scene(facing: str, confidence: float = 0.9) -> Record:
     [("toward_camera", "left_of", "right_of"), ("away_from_camera", "right_of", "left_of")],
 )
 def test_perspective_person_frame(facing, cup_side, lamp_side):
-    rec = run(person_scene(facing), tasks=["perspective"])
+    rec = run(person_scene(facing), tasks=["perspective"], config=TURN_30)
     assert fact_triples(rec, "perspective") == {("cup", cup_side, "person"), ("lamp", lamp_side, "person")}
     for r in rows_of(rec, "perspective"):
         assert r["fact"]["frame"] == "person" and r["objects"][r["fact"]["object"]]["label"] == "person"
@@ -418,8 +434,9 @@ def test_perspective_relative_depth_must_hold_for_every_shift():
     # depth may hide a shift that puts the cup farther behind the person: then it does not.
     objects = [("person", [90, 10, 110, 95], 3.0), ("cup", [150, 50, 170, 80], 5.0)]
     cols = {"facing": ["toward_camera", "unknown"], "facing_confidence": [0.9, 0.0]}
-    metric = run(make_record(objects, **cols), tasks=["perspective"])
+    metric = run(with_focal(make_record(objects, **cols)), tasks=["perspective"], config=TURN_30)
     assert fact_triples(metric, "perspective") == {("cup", "left_of", "person")}
     assert "lateral_dominance" in metric.rows[0]["verification"]["checks"]
-    relative = run(make_record(objects, kind="inverse_depth", **cols), tasks=["perspective"])
+    assert metric.rows[0]["verification"]["focal_source"] == "exif:FocalLengthIn35mmFilm"
+    relative = run(with_focal(make_record(objects, kind="inverse_depth", **cols)), tasks=["perspective"], config=TURN_30)
     assert relative.rows == [] and relative.drops == Counter({"perspective/lateral_ambiguous": 1})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 
@@ -14,7 +16,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes of the pipeline."),
         width: int = typer.Option(320, "--width", min=32, help="Image width in pixels."),
         height: int = typer.Option(240, "--height", min=32, help="Image height in pixels."),
-        mono: bool = typer.Option(True, "--mono/--no-mono", help="Also run a pass on monocular-like depth (scale/shift, per-object bias, blur, noise)."),
+        mono: bool = typer.Option(True, "--mono/--no-mono", help="Also run the variants on monocular-like depth (scale, shifts of either sign, 15% per-object bias, blur, noise)."),
+        variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run (default: exact,mono,detector,detector-mono): exact or detector-like boxes and keypoints, exact or monocular-like depth."),
         load: bool = typer.Option(True, "--load/--no-load", help="Load the result through the SpatialForge10M builder, images joined."),
     ) -> None:
         """Render scenes with known truth, run the pipeline on them, and print precision and yield per task.
@@ -25,7 +28,14 @@ def register(app: typer.Typer) -> None:
         """
         from ..synth.demo import run_demo
 
-        passes = ("exact", "mono") if mono else ("exact",)
+        from ..synth.scenes import VARIANTS
+
+        passes = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else tuple(VARIANTS)
+        unknown = [p for p in passes if p not in VARIANTS]
+        if unknown:
+            raise typer.BadParameter(f"--variants must be among {','.join(VARIANTS)}, got {','.join(unknown)}")
+        if not mono:
+            passes = tuple(p for p in passes if VARIANTS[p].depth is None)
         result = run_demo(out, scenes=scenes, seed=seed, workers=workers, width=width, height=height,
                           passes=passes, load=load, progress=True)  # fmt: skip
         typer.echo(result.table())

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..base import BatchStep, require
 from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, release_images, resolve_device, resolve_dtype
-from ..records import Detections, Record
+from ..records import DETECTOR_OBJECTS, Detections, Record, box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +53,6 @@ OWL_CHECK_ATOL = {"fp32": 1e-4, "half": 2e-2}
 
 
 # -- boxes ---------------------------------------------------------------------------------------
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` xyxy boxes -> ``(N, M)``."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression: indices of kept boxes, highest score first.
 
@@ -299,6 +284,10 @@ class DetectionStep(BatchStep):
         exhaustive_labels: labels whose every instance the detector is trusted to find (default
             none: model boxes never feed counting questions).
         overwrite: replace boxes a record already has; by default such records pass unchanged.
+        beside: records that already have boxes (source annotations) get the detector's boxes in
+            ``record.meta["detector_objects"]`` instead: questions they contradict (a confident
+            box of the counted or named label that no annotation covers) are dropped by the tasks
+            (``detector_extra_instance``, see :mod:`.verify`).
         on_error: unreadable images / size mismatches (see ``DepthModelStep``).
         keep_image: leave the decoded image in ``record.meta`` for the next model step (see
             ``DepthModelStep``).
@@ -327,6 +316,7 @@ class DetectionStep(BatchStep):
         labels_per_prompt: int | None = None,
         exhaustive_labels: Sequence[str] | None = None,
         overwrite: bool = False,
+        beside: bool = False,
         on_error: OnError = "warn",
         min_size: float = 1.0,
         keep_image: bool = False,
@@ -353,7 +343,7 @@ class DetectionStep(BatchStep):
         self.device_arg, self.dtype_arg, self.mode_arg = device, dtype, mode
         self.labels_per_prompt = labels_per_prompt
         self.exhaustive_labels = set(exhaustive_labels) if exhaustive_labels else set()
-        self.overwrite, self.on_error = overwrite, on_error
+        self.overwrite, self.on_error, self.beside = overwrite, on_error, beside
         self.model = self.processor = self.device = None
         self.mode: str | None = None
         self.cache_text_queries = cache_text_queries
@@ -410,7 +400,7 @@ class DetectionStep(BatchStep):
     def prepare_batch(self, records: list[Record]) -> DecodedBatch:
         """Decode the images of the records that need boxes (the processor runs with the model:
         its text inputs and padding depend on the prompts)."""
-        todo = [i for i, r in enumerate(records) if self.overwrite or not len(r.objects)]
+        todo = [i for i, r in enumerate(records) if self.overwrite or self.beside or not len(r.objects)]
         return decode_batch(records, todo, self.on_error, keep=self.keep_image)
 
     def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
@@ -576,6 +566,9 @@ class DetectionStep(BatchStep):
         for reason, n in drops.items():
             if n:
                 record.drop(f"detection_{reason}", n)
+        if self.beside and len(record.objects) and not self.overwrite:
+            record.meta[DETECTOR_OBJECTS] = det
+            return
         record.objects = det
         record.box_source = f"model:{self.model_id}"
         record.exhaustive_labels = set(self.exhaustive_labels)

@@ -90,13 +90,7 @@ def facing_from_keypoints(
     ``facing`` is one of ``toward_camera``, ``away_from_camera``, ``sideways``, ``unknown``
     (confidence 0). Keypoints with a score below ``min_score`` or NaN coordinates count as missing.
     """
-    kp = np.asarray(keypoints, dtype=np.float64)
-    if kp.shape != (NUM_KEYPOINTS, 3):
-        raise ValueError(f"keypoints must be ({NUM_KEYPOINTS}, 3) COCO (x, y, score), got shape {kp.shape}")
-    # Python floats from here on: seventeen points are too few for numpy's per-call overhead.
-    kp = kp.tolist()
-    scores = _scores(kp)
-    seen = [s >= min_score for s in scores]
+    kp, scores, seen = _read_keypoints(keypoints, min_score)
 
     def mid(a: int, b: int) -> tuple[float, float] | None:
         return ((kp[a][0] + kp[b][0]) / 2.0, (kp[a][1] + kp[b][1]) / 2.0) if seen[a] and seen[b] else None
@@ -147,6 +141,85 @@ def facing_from_keypoints(
     if face_seen:
         confidence *= thresholds.face_against
     return "away_from_camera", _clip01(confidence)
+
+
+@dataclass(frozen=True)
+class TurnPrior:
+    """What the turn bound (:func:`max_turn_deg`) assumes about people and cameras (data, not code).
+
+    A person turned by ``theta`` from facing the camera (or from facing straight away) shows their
+    shoulders ``W cos(theta)`` apart across the camera ray; their torso (shoulder to hip joints,
+    vertical) shows as ``T cos(elevation)`` for a camera looking down on them at ``elevation``. So
+    ``cos(theta) = (shoulder width / torso in the image) * cos(elevation) / (W / T)``, and the
+    largest turn consistent with the keypoints takes the largest body ratio ``W / T``, the
+    steepest view and the keypoint errors that shrink the width most.
+
+    Body ratios: adult shoulder joints are 0.32-0.42 m apart and 0.45-0.60 m above the hip joints,
+    hip joints 0.16-0.26 m apart, so ``W / T <= 0.95`` for shoulders and ``<= 0.58`` for hips.
+    ``keypoint_error``: how far a keypoint of score 1 may be off, as a share of the torso length
+    (a careful annotator or a good pose model); a keypoint of score ``s`` may be off by
+    ``keypoint_error / s``. People are assumed upright (a torso bent toward the camera looks short).
+    """
+
+    max_shoulder_ratio: float = 0.95
+    max_hip_ratio: float = 0.58
+    max_elevation_deg: float = 30.0  # the camera looks down on a person's torso at most this steeply
+    keypoint_error: float = 0.05
+
+
+DEFAULT_TURN_PRIOR = TurnPrior()
+
+
+def max_turn_deg(keypoints: np.ndarray, min_score: float = 0.3, prior: TurnPrior = DEFAULT_TURN_PRIOR) -> float:
+    """The largest turn (degrees, ``0..90``) from facing the camera or facing straight away that is
+    consistent with ``(17, 3)`` COCO keypoints; 90 when they cannot bound it (no shoulder or hip
+    pair, no torso). Facing toward or away is :func:`facing_from_keypoints`'s sign; this is how
+    far from it the body may be turned, either way.
+
+    >>> kp = np.zeros((17, 3), np.float32)
+    >>> kp[[5, 6, 11, 12]] = [[120, 40, 1], [80, 40, 1], [111, 90, 1], [89, 90, 1]]  # frontal, torso 50
+    >>> round(max_turn_deg(kp), 1)
+    54.5
+    """
+    kp, scores, seen = _read_keypoints(keypoints, min_score)
+    err = [prior.keypoint_error / s if s > 0 else float("inf") for s in scores]
+    upper = _mid_or_side(kp, seen, err, LEFT_SHOULDER, RIGHT_SHOULDER)
+    lower = _mid_or_side(kp, seen, err, LEFT_HIP, RIGHT_HIP)
+    if upper is None or lower is None:
+        return 90.0
+    torso = math.hypot(upper[0][0] - lower[0][0], upper[0][1] - lower[0][1])
+    torso_err = (upper[1] + lower[1]) * torso  # each end off by its keypoints' mean error
+    if torso <= torso_err:
+        return 90.0
+    cos_elev = math.cos(math.radians(prior.max_elevation_deg))
+    best = 0.0  # the largest lower bound on cos(turn) any pair gives
+    for a, b, ratio in ((LEFT_SHOULDER, RIGHT_SHOULDER, prior.max_shoulder_ratio), (LEFT_HIP, RIGHT_HIP, prior.max_hip_ratio)):
+        if not (seen[a] and seen[b]):
+            continue
+        width = abs(kp[a][0] - kp[b][0]) - (err[a] + err[b]) * torso
+        best = max(best, width / (torso + torso_err) * cos_elev / ratio)
+    return math.degrees(math.acos(min(best, 1.0)))
+
+
+def _mid_or_side(kp: list, seen: list[bool], err: list[float], a: int, b: int) -> tuple[tuple[float, float], float] | None:
+    """The midpoint of a keypoint pair (or the one point seen) and its points' mean error, or None."""
+    pts = [k for k in (a, b) if seen[k]]
+    if not pts:
+        return None
+    x = sum(kp[k][0] for k in pts) / len(pts)
+    y = sum(kp[k][1] for k in pts) / len(pts)
+    return (x, y), sum(err[k] for k in pts) / len(pts)
+
+
+def _read_keypoints(keypoints: np.ndarray, min_score: float) -> tuple[list, list[float], list[bool]]:
+    """``(17, 3)`` keypoints as Python lists (seventeen points are too few for numpy's per-call
+    overhead), their scores and which are seen (score >= ``min_score``)."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must be ({NUM_KEYPOINTS}, 3) COCO (x, y, score), got shape {kp.shape}")
+    kp = kp.tolist()
+    scores = _scores(kp)
+    return kp, scores, [s >= min_score for s in scores]
 
 
 def _one_side(kp: list, seen: list[bool], a: int, b: int) -> tuple[float, float] | None:

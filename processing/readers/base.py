@@ -261,6 +261,8 @@ class Reader(Step):
             image_path=path,
             objects=objects,
         )
+        if header.focal_px is not None:  # the perspective check's camera (verify.Scene.focal_lengths)
+            record.meta["focal_px"], record.meta["focal_source"] = header.focal_px, header.focal_source
         self._finish(record, raw, header, fn)
         return record
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """Size of an image file without decoding it: raw (stored) and EXIF-transposed."""
+    """Size of an image file without decoding it: raw (stored) and EXIF-transposed; the focal
+    length in pixels where EXIF gives it (:func:`focal_from_exif`)."""
 
     raw_width: int
     raw_height: int
     orientation: int = 1
+    focal_px: float | None = None
+    focal_source: str | None = None
 
     @property
     def swaps_axes(self) -> bool:
@@ -58,7 +62,9 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 width, height = im.size
-                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                exif = im.getexif()
+                orientation = exif.get(_EXIF_ORIENTATION, 1)
+                focal = focal_from_exif(exif.get_ifd(_EXIF_IFD), width, height) if _EXIF_IFD in exif else None
     except Image.DecompressionBombError as err:
         raise TooManyPixels(f"{os.fspath(path)!r}: {err}") from err
     limit = Image.MAX_IMAGE_PIXELS
@@ -67,7 +73,42 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
                             f"decompression-bomb limit {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
     if orientation not in range(1, 9):
         orientation = 1  # out-of-spec values are ignored by exif_transpose too
-    return ImageHeader(width, height, int(orientation))
+    if focal is None:
+        return ImageHeader(width, height, int(orientation))
+    return ImageHeader(width, height, int(orientation), focal[0], focal[1])
+
+
+_EXIF_IFD = 0x8769
+_FOCAL_LENGTH, _FOCAL_35MM, _FOCAL_PLANE_XRES, _FOCAL_PLANE_UNIT, _PIXEL_X = 0x920A, 0xA405, 0xA20E, 0xA210, 0xA002
+_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}  # FocalPlaneResolutionUnit: inch, cm, mm, micrometer
+_FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+
+
+def focal_from_exif(ifd, raw_width: int, raw_height: int) -> tuple[float, str] | None:
+    """``(focal length in pixels, source)`` from a photo's EXIF sub-IFD, or None.
+
+    ``FocalLengthIn35mmFilm`` is the focal length that gives the same *diagonal* view on a 36x24 mm
+    frame, so ``f_px = f35 / 43.27 * image diagonal in pixels`` (whatever the aspect ratio or
+    orientation). Else ``FocalLength`` (mm) times the sensor's pixels per mm
+    (``FocalPlaneXResolution`` / ``FocalPlaneResolutionUnit``, rescaled when the file is smaller than
+    ``PixelXDimension``). Pixels are square, so the value holds for the EXIF-transposed grid too.
+    """
+    def number(tag: int) -> float | None:
+        try:
+            value = float(ifd.get(tag)) if ifd.get(tag) is not None else None
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return value if value is not None and math.isfinite(value) and value > 0 else None
+
+    f35 = number(_FOCAL_35MM)
+    if f35 is not None:
+        return f35 / _FULL_FRAME_DIAGONAL_MM * math.hypot(raw_width, raw_height), "exif:FocalLengthIn35mmFilm"
+    f_mm, xres = number(_FOCAL_LENGTH), number(_FOCAL_PLANE_XRES)
+    unit = _UNIT_MM.get(int(ifd.get(_FOCAL_PLANE_UNIT, 2) or 2))
+    if f_mm is None or xres is None or unit is None:
+        return None
+    full_width = number(_PIXEL_X) or raw_width
+    return f_mm * xres / unit * raw_width / full_width, "exif:FocalLength+FocalPlaneXResolution"
 
 
 def exif_transform_points(xy: np.ndarray, orientation: int, raw_width: float, raw_height: float) -> np.ndarray:

@@ -2,24 +2,29 @@
 
 What it does, all offline and in a few tens of seconds on 2 cores:
 
-1. renders ``scenes`` synthetic scenes (:mod:`.scenes`) and writes them as an Objects365 v2
-   download (JPEGs in ``images/train/patchN/``, a COCO-style JSON with person keypoints), with
-   the exact metric depth of every image as ``depth/<stem>.npy`` and the truth as ``truth.json``;
-2. writes a second depth folder that errs the way monocular models do (global scale and shift in
-   inverse depth, ~10 % per-object bias, blurred edges, noise), as relative inverse depth;
+1. renders ``scenes`` synthetic scenes (:mod:`.scenes`: people turned anywhere, fields of view of
+   30-100 degrees, varied camera pitch and height, objects cut by the frame, walls instead of sky)
+   and writes them as an Objects365 v2 download (JPEGs in ``images/train/patchN/``, every other
+   one with an EXIF focal length, a COCO-style JSON with person keypoints), with the exact metric
+   depth of every image as ``depth/<stem>.npy`` and the truth as ``truth.json``;
+2. writes what the variants of :data:`.scenes.VARIANTS` observe instead: a second JSON with
+   detector-like boxes and noisy, partly missing keypoints, and a depth folder that errs the way
+   monocular models do (global scale, shifts of either sign, 15 % per-object bias, blurred
+   edges, noise), as relative inverse depth;
 3. runs ``generate`` (reader -> depth from files -> facing from keypoints -> six tasks with
-   verification -> Parquet + dataset card) once per depth folder;
-4. judges every written row against the truth (:mod:`.evaluate`) and loads the exact-depth dataset
+   verification -> Parquet + dataset card) once per variant;
+4. judges every written row against the truth (:mod:`.evaluate`) and loads the exact dataset
    back through the ``SpatialForge10M`` builder with the images joined.
 
 Layout of ``out``::
 
     out/objects365/images/train/patch0/objects365_v2_00000001.jpg
-    out/objects365/annotations/zhiyuan_objv2_train.json
+    out/objects365/annotations/zhiyuan_objv2_train.json           exact boxes and keypoints
+    out/objects365/annotations/zhiyuan_objv2_train_detector.json  detector-like boxes, noisy keypoints
     out/objects365/depth/<stem>.npy          exact depth (meters, 0 = sky)
     out/objects365/depth_mono/<stem>.npy     monocular-like relative inverse depth
     out/objects365/truth.json
-    out/dataset-exact/   out/dataset-mono/  Hub-ready dataset folders (README.md, data/<task>/)
+    out/dataset-<variant>/                   Hub-ready dataset folders (README.md, data/<task>/)
     out/report.json
 
 Example:
@@ -40,14 +45,15 @@ from typing import Any
 import numpy as np
 
 from .evaluate import TaskReport, evaluate, format_report
-from .scenes import corrupt_depth, load_truth, make_scenes, scene_rng, write_objects365_layout
+from .scenes import VARIANTS, load_truth, make_scenes, observed_depth, write_objects365_layout
 
 logger = logging.getLogger(__name__)
 
-PASSES = {"exact": ("depth", "depth"), "mono": ("depth_mono", "inverse_depth")}
-"""Pipeline passes: name -> (depth folder under the layout, depth kind of its files)."""
+PASSES = tuple(VARIANTS)
+"""Pipeline passes: one per variant of :data:`.synth.VARIANTS`."""
 MIN_FILL = 0.3  # near_far is also reported on objects covering at least this share of their box
-PASS_TITLES = {"exact": "exact metric depth", "mono": "monocular-like depth (relative inverse depth, biased, blurred)"}
+PASS_TITLES = {name: v.title for name, v in VARIANTS.items()}
+DETECTOR_ANNOTATIONS = "zhiyuan_objv2_train_detector.json"
 
 
 @dataclass
@@ -75,6 +81,9 @@ class DemoResult:
                     f"  near_far on objects covering >= {MIN_FILL:.0%} of their box: precision {nf.precision:.4f} "
                     f"({nf.rows} rows; {nf.excluded} rows about open shapes such as umbrellas left out)"
                 )
+        if len(self.reports) > 1:
+            parts.append("")
+            parts.append(self.summary())
         if self.loaded_rows is not None:
             parts.append("")
             parts.append(
@@ -83,6 +92,27 @@ class DemoResult:
             )
         parts.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return "\n".join(parts)
+
+    def summary(self) -> str:
+        """One line per task, one column per variant: precision, pass rate before caps and rows."""
+        from ...builders.schema import TASKS
+
+        names = list(self.reports)
+        width = 26
+        lines = ["precision / pass rate before caps / rows, per task and variant",
+                 f"{'task':<12} " + " ".join(f"{n:>{width}}" for n in names)]
+        for task in TASKS:
+            cells = []
+            for name in names:
+                rep = self.reports[name].get(task)
+                if rep is None:
+                    cells.append(f"{'-':>{width}}")
+                    continue
+                prec = "-" if rep.precision is None else f"{rep.precision:.4f}"
+                rate = "-" if rep.pass_rate is None else f"{rep.pass_rate:.3f}"
+                cells.append(f"{f'{prec} / {rate} / {rep.rows}':>{width}}")
+            lines.append(f"{task:<12} " + " ".join(cells))
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,9 +142,9 @@ def read_rows(dataset_dir: str | Path) -> list[dict[str, Any]]:
 def write_mono_depth(scenes, depth_dir: Path, seed: int) -> None:
     """Monocular-like relative inverse depth of every scene, ``<stem>.npy`` under ``depth_dir``."""
     depth_dir.mkdir(parents=True, exist_ok=True)
+    noise = VARIANTS["mono"].depth
     for s in scenes:
-        inv = corrupt_depth(s.depth, s.instances, scene_rng(seed, s.index, "corrupt"))
-        np.save(depth_dir / f"{s.image_id}.npy", inv)
+        np.save(depth_dir / f"{s.image_id}.npy", observed_depth(s, noise, seed))
 
 
 def run_demo(
@@ -124,7 +154,7 @@ def run_demo(
     workers: int = 1,
     width: int = 320,
     height: int = 240,
-    passes: tuple[str, ...] = ("exact", "mono"),
+    passes: tuple[str, ...] = PASSES,
     load: bool = True,
     progress: bool = False,
 ) -> DemoResult:
@@ -142,19 +172,27 @@ def run_demo(
     start = time.perf_counter()
     rendered = make_scenes(scenes, seed=seed, width=width, height=height)
     layout = write_objects365_layout(rendered, out / "objects365")
-    if "mono" in passes:
-        write_mono_depth(rendered, layout.root / PASSES["mono"][0], seed)
+    if any(VARIANTS[p].depth is not None for p in passes):
+        write_mono_depth(rendered, layout.root / "depth_mono", seed)
+    if any(not VARIANTS[p].annotations.exact for p in passes):
+        noisy = {VARIANTS[p].annotations for p in passes} - {VARIANTS["exact"].annotations}
+        if len(noisy) != 1:
+            raise ValueError(f"passes {passes} observe annotations {len(noisy)} ways; the layout holds one noisy JSON")
+        write_objects365_layout(rendered, out / "objects365", noise=noisy.pop(), annotations_name=DETECTOR_ANNOTATIONS,
+                                write_files=False)
     result.seconds["scenes"] = time.perf_counter() - start
     logger.info("wrote %d scenes to %s", scenes, layout.root)
     truth = load_truth(layout.truth)
 
     for name in passes:
-        folder, kind = PASSES[name]
+        variant = VARIANTS[name]
+        folder, kind = ("depth", "depth") if variant.depth is None else ("depth_mono", "inverse_depth")
+        annotations = layout.annotations if variant.annotations.exact else layout.annotations.with_name(DETECTOR_ANNOTATIONS)
         start = time.perf_counter()
         cfg = GenerateConfig(
             source="objects365",
             out=str(out / f"dataset-{name}"),
-            annotations=str(layout.annotations),
+            annotations=str(annotations),
             images=str(layout.images),
             depth_dir=str(layout.root / folder),
             depth_kind=kind,

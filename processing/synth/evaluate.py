@@ -14,10 +14,17 @@ Truth definitions (what "correct" means, per task):
 * ``perspective``: the object's center in the person's own frame, from the person's yaw: "A
   left_of P" holds when A lies on P's left (negative lateral offset along P's right vector).
   Ambiguous when the lateral offset is below ``ambiguous_lateral`` meters.
-* ``counting``: number of annotated instances of the label in the image.
-* ``grounding``: the answer boxes match, one to one at IoU >= ``min_iou``, every annotated instance
+* ``counting``: number of visible instances of the label in the image (at least
+  ``MIN_VISIBLE_PIXELS`` pixels seen), annotated or not: those the annotations leave out because
+  they are small or occluded count too.
+* ``grounding``: the answer boxes match, one to one at IoU >= ``min_iou``, every visible instance
   of the label (one box for a question about "the" label: then the label must be unique).
-* ``referring``: the label of the truth box the region matches.
+* ``referring``: the label of the visible truth object the region matches.
+* relation tasks also need every object the question names by label alone ("the cup", no box) to
+  be the only visible instance of its label.
+
+Perception rows are also judged against the annotated boxes they were made from: that is a
+consistency check (``TaskReport.consistency``), true by construction, not a precision.
 
 Example:
     >>> report = evaluate([], {})
@@ -35,8 +42,11 @@ from typing import Any
 import numpy as np
 
 from ...builders.schema import TASKS, normalize_bbox
+from ..records import box_iou
+from ..tasks.verify import box_text
 
-MIN_IOU = 0.9
+MIN_VISIBLE_PIXELS = 60  # an instance showing at least this many pixels can be made out (and counted) in the image
+MIN_IOU = 0.5  # a row object is the truth object it overlaps most, at the detection standard IoU 0.5
 AMBIGUOUS_LATERAL = 0.2  # meters: perspective pairs closer than this to the person's axis are ambiguous
 MAX_FAILURES = 20  # failures kept verbatim per task for the report
 
@@ -54,6 +64,7 @@ class TaskReport:
     excluded: int = 0  # rows left out of the counts by ``min_fill`` (not judged)
     dropped: int = 0  # candidates the generator dropped (from record drops, when given)
     over_cap: int = 0  # of which passed every check but exceeded the per-image cap
+    consistent: int = 0  # perception rows that match the annotations they were made from (true by construction)
     drop_reasons: Counter = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -64,6 +75,12 @@ class TaskReport:
     @property
     def precision(self) -> float | None:
         return self.correct / self.rows if self.rows else None
+
+    @property
+    def consistency(self) -> float | None:
+        """Perception tasks: share of rows that agree with the annotated boxes (a consistency check:
+        the rows were made from them); ``precision`` judges them against every visible instance."""
+        return self.consistent / self.rows if self.rows and self.task in PERCEPTION_TASKS else None
 
     @property
     def accepted(self) -> int:
@@ -95,6 +112,7 @@ class TaskReport:
             "ambiguous_wrong": self.ambiguous_wrong,
             "excluded": self.excluded,
             "precision": self.precision,
+            "consistency": self.consistency,
             "candidates": self.candidates,
             "yield": self.yield_,
             "pass_rate": self.pass_rate,
@@ -103,26 +121,21 @@ class TaskReport:
         }
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of ``(N, 4)`` boxes against ``(M, 4)`` boxes (xyxy) -> ``(N, M)``."""
-    a = np.asarray(a, float).reshape(-1, 4)
-    b = np.asarray(b, float).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+PERCEPTION_TASKS = ("grounding", "referring", "counting")
 
 
 class _ImageTruth:
-    """Truth of one image with its annotated boxes on the 0..1000 grid, for matching."""
+    """Truth of one image with the boxes of its visible instances (``annotated``: of the annotated
+    ones only) on the 0..1000 grid, for matching."""
 
-    def __init__(self, truth: Mapping[str, Any]) -> None:
+    def __init__(self, truth: Mapping[str, Any], annotated: bool = False) -> None:
         self.truth = truth
         self.width, self.height = int(truth["width"]), int(truth["height"])
-        self.objects = [o for o in truth["objects"] if o.get("annotated", True) and o.get("box") is not None]
+        if annotated:
+            self.objects = [o for o in truth["objects"] if o.get("annotated", True) and o.get("box") is not None]
+        else:  # truth without pixel counts: its annotated objects are what is visible
+            self.objects = [o for o in truth["objects"] if o.get("box") is not None and (
+                o["visible_pixels"] >= MIN_VISIBLE_PIXELS if "visible_pixels" in o else o.get("annotated", True))]
         self.labels = [str(o["label"]).lower() for o in self.objects]
         self.boxes = np.array([normalize_bbox(o["box"], self.width, self.height) for o in self.objects], float).reshape(-1, 4)
         cam = truth.get("camera") or {}
@@ -163,7 +176,7 @@ def evaluate(
     Rows of images without truth raise ``KeyError`` naming the image.
     """
     reports = {task: TaskReport(task) for task in TASKS}
-    cache: dict[str, _ImageTruth] = {}
+    cache: dict[str, tuple[_ImageTruth, _ImageTruth]] = {}
     for row in rows:
         task = row["task"]
         rep = reports.setdefault(task, TaskReport(task))
@@ -171,8 +184,15 @@ def evaluate(
         if image_id not in cache:
             if image_id not in truth:
                 raise KeyError(f"row {row.get('id')!r} refers to image {image_id!r}, which has no truth")
-            cache[image_id] = _ImageTruth(truth[image_id])
-        ok, ambiguous, detail = _JUDGES[task](row, cache[image_id], min_iou, ambiguous_lateral)
+            cache[image_id] = (_ImageTruth(truth[image_id]), _ImageTruth(truth[image_id], annotated=True))
+        visible, annotated = cache[image_id]
+        ok, ambiguous, detail = _JUDGES[task](row, visible, min_iou, ambiguous_lateral)
+        if task in PERCEPTION_TASKS:
+            rep.consistent += bool(_JUDGES[task](row, annotated, min_iou, ambiguous_lateral)[0])
+        elif ok:
+            unclear = _ambiguous_mention(row, visible)
+            if unclear is not None:
+                ok, detail = False, {**detail, "ambiguous_mention": unclear}
         if min_fill > 0 and min(detail.get("fills", [1.0])) < min_fill:
             rep.excluded += 1
             continue
@@ -188,12 +208,24 @@ def evaluate(
         if task in reports and why:
             reports[task].dropped += int(n)
             reports[task].drop_reasons[why] += int(n)
-            if why == "over_cap":
+            if why in ("over_cap", "rebalanced"):  # passed verification: capped per image or rebalanced
                 reports[task].over_cap += int(n)
     return reports
 
 
 Verdict = tuple[bool, bool, dict[str, Any]]
+
+
+def _ambiguous_mention(row, t: _ImageTruth) -> str | None:
+    """A label a relation question names without its box ("the cup") while more than one instance
+    of it can be seen, or None."""
+    question = row.get("question")
+    if question is None:  # structured answers only: nothing is named by text
+        return None
+    for obj in row["objects"]:
+        if box_text(obj["bbox"]) not in question and t.labels.count(str(obj["label"]).lower()) > 1:
+            return str(obj["label"])
+    return None
 
 
 def _pair(row, t: _ImageTruth, min_iou: float) -> tuple[int | None, int | None]:
@@ -307,7 +339,7 @@ def format_report(reports: Mapping[str, TaskReport], title: str | None = None) -
     """A fixed-width table per task: rows, candidates, yield (rows / candidates), pass rate
     (candidates passing verification, before per-image caps), precision, wrong, ambiguous."""
     lines = [title] if title else []
-    lines.append(f"{'task':<12} {'rows':>6} {'cands':>6} {'yield':>6} {'pass':>6} {'precision':>9} {'wrong':>6} {'ambig':>6}")
+    lines.append(f"{'task':<12} {'rows':>6} {'cands':>6} {'yield':>6} {'pass':>6} {'precision':>9} {'wrong':>6} {'ambig':>6} {'consist':>7}")
 
     def fmt(v: float | None, digits: int) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
@@ -316,6 +348,6 @@ def format_report(reports: Mapping[str, TaskReport], title: str | None = None) -
         y, pr = (fmt(rep.yield_, 3), fmt(rep.pass_rate, 3)) if rep.dropped else ("-", "-")
         lines.append(
             f"{task:<12} {rep.rows:>6} {rep.candidates if rep.dropped else '-':>6} {y:>6} {pr:>6} "
-            f"{fmt(rep.precision, 4):>9} {rep.wrong:>6} {rep.ambiguous:>6}"
+            f"{fmt(rep.precision, 4):>9} {rep.wrong:>6} {rep.ambiguous:>6} {fmt(rep.consistency, 4):>7}"
         )
     return "\n".join(lines)

@@ -148,15 +148,83 @@ class SceneConfig:
     duplicate_prob: float = 0.5  # chance a scene repeats one label several times (counting, grounding)
     min_visible_fraction: float = 0.5  # annotate an object only if this share of it is unoccluded
     min_visible_pixels: int = 60  # ... and it covers at least this many pixels
-    fov_deg: tuple[float, float] = (55.0, 70.0)  # horizontal field of view
-    camera_height: tuple[float, float] = (1.2, 1.8)
-    pitch_deg: tuple[float, float] = (2.0, 14.0)  # downwards
-    facing_jitter_deg: float = 25.0  # people facing toward/away deviate up to this from the exact direction
+    fov_deg: tuple[float, float] = (30.0, 100.0)  # horizontal field of view (telephoto to wide angle)
+    camera_height: tuple[float, float] = (0.6, 2.5)
+    pitch_deg: tuple[float, float] = (-5.0, 25.0)  # downwards (negative: looking slightly up)
+    people_turned_anywhere: bool = True  # person yaw uniform in [-180, 180) degrees from facing the camera
+    facing_jitter_deg: float = 25.0  # without people_turned_anywhere: toward/away deviate up to this
     sideways_jitter_deg: float = 15.0
+    truncation: bool = True  # objects may be cut by the frame (at least ``min_in_frame`` of their extent inside)
+    min_in_frame: float = 0.4  # share of a solid's projected width and height that must lie inside the frame
+    wall_prob: float = 0.5  # chance a scene ends in a wall (no sky) instead of open ground and sky
+    wall_distance: tuple[float, float] = (6.0, 30.0)  # meters ahead of the camera, on the ground
     max_ground_distance: float = 80.0  # ground farther than this is rendered as sky (a hole)
 
 
 DEFAULT_CONFIG = SceneConfig()
+NARROW_CONFIG = SceneConfig(
+    fov_deg=(55.0, 70.0), camera_height=(1.2, 1.8), pitch_deg=(2.0, 14.0), people_turned_anywhere=False,
+    truncation=False, wall_prob=0.0,
+)
+"""The scenes of earlier releases: people within 25 degrees of toward/away, 55-70 degree views, sky
+at the far end, every solid inside the frame."""
+
+
+@dataclass(frozen=True)
+class AnnotationNoise:
+    """How observed boxes and keypoints differ from the exact ones (a detector and a pose model).
+
+    ``box_jitter``: each box edge moves by up to this share of the box's width (x edges) or height
+    (y edges), uniformly; ``keypoint_sigma``: gaussian keypoint noise, a share of the person box's
+    height; ``keypoint_drop``: chance a labeled keypoint is missing.
+    """
+
+    box_jitter: float = 0.0
+    keypoint_sigma: float = 0.0
+    keypoint_drop: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        return self.box_jitter == 0 and self.keypoint_sigma == 0 and self.keypoint_drop == 0
+
+
+EXACT_ANNOTATIONS = AnnotationNoise()
+DETECTOR_LIKE = AnnotationNoise(box_jitter=0.06, keypoint_sigma=0.015, keypoint_drop=0.1)
+"""Detector-like boxes (each edge off by up to 6 % of the box size) and pose-model-like keypoints
+(noise of 1.5 % of the person's height, about 5 % of the torso; one keypoint in ten missing)."""
+
+
+@dataclass(frozen=True)
+class DepthNoise:
+    """Monocular-like depth errors (see :func:`corrupt_depth`); ``None`` in a variant: exact depth."""
+
+    object_bias: float = 0.15
+    shift: tuple[float, float] = (-0.2, 0.2)
+    blur_sigma: float = 1.5
+    noise: float = 0.01
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of observing the scenes: exact or detector-like annotations, exact or monocular depth."""
+
+    name: str
+    annotations: AnnotationNoise = EXACT_ANNOTATIONS
+    depth: DepthNoise | None = None
+    title: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("exact", title="exact boxes and keypoints, exact metric depth"),
+        Variant("mono", depth=DepthNoise(), title="exact boxes, monocular-like depth (bias 0.15, shifts of both signs)"),
+        Variant("detector", annotations=DETECTOR_LIKE, title="detector-like boxes and noisy keypoints, exact depth"),
+        Variant("detector-mono", annotations=DETECTOR_LIKE, depth=DepthNoise(),
+                title="detector-like boxes and noisy keypoints, monocular-like depth"),
+    )
+}
+"""The variants every precision table covers: what the verification must hold on."""
 
 
 # ------------------------------------------------------------------ scene types
@@ -260,8 +328,9 @@ class Scene:
     camera: Camera
     image: np.ndarray  # (H, W, 3) uint8
     depth: np.ndarray  # (H, W) float32 meters (camera-space z), 0 = sky
-    instances: np.ndarray  # (H, W) int16, -1 = ground/sky, else SceneObject.instance
+    instances: np.ndarray  # (H, W) int16, -1 = ground/sky/wall, else SceneObject.instance
     objects: list[SceneObject] = field(default_factory=list)
+    wall: float | None = None  # world Z of the wall that closes the view (None: open ground and sky)
 
     @property
     def image_id(self) -> str:
@@ -271,6 +340,14 @@ class Scene:
     @property
     def annotated(self) -> list[SceneObject]:
         return [o for o in self.objects if o.annotated]
+
+    @property
+    def focal_35mm(self) -> int | None:
+        """The EXIF ``FocalLengthIn35mmFilm`` a camera would write (every other scene: photos
+        without EXIF are common too); the focal length in pixels is this / 43.27 * the diagonal."""
+        if self.index % 2:
+            return None
+        return max(1, round(self.camera.fx / math.hypot(self.width, self.height) * math.hypot(36.0, 24.0)))
 
     def world_to_person(self, person: SceneObject, point_world: np.ndarray) -> tuple[float, float]:
         """``(lateral, ahead)`` of a world point in a person's frame (lateral > 0: their right)."""
@@ -308,7 +385,37 @@ class Scene:
                     right_world=[float(v) for v in o.right_world()],
                 )
             objs.append(item)
-        return {"image_id": self.image_id, "width": self.width, "height": self.height, "camera": cam.to_dict(), "objects": objs}
+        return {"image_id": self.image_id, "width": self.width, "height": self.height, "camera": cam.to_dict(),
+                "wall": self.wall, "objects": objs}
+
+    def observed(self, noise: AnnotationNoise = EXACT_ANNOTATIONS) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes ``(n, 4)`` and COCO keypoints ``(n, 17, 3)`` (NaN for non-people) of the annotated
+        objects as ``noise`` observes them (deterministic per scene); exact for the default."""
+        annotated = self.annotated
+        boxes = np.array([o.box for o in annotated], float).reshape(-1, 4)
+        kps = np.full((len(annotated), 17, 3), np.nan, np.float32)
+        for k, o in enumerate(annotated):
+            if o.keypoints is not None:
+                kps[k] = o.keypoints
+        if noise.exact or not len(annotated):
+            return boxes, kps
+        rng = scene_rng(self.seed, self.index, "observed")
+        size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)  # (w, h, w, h)
+        moved = boxes + rng.uniform(-noise.box_jitter, noise.box_jitter, boxes.shape) * size
+        lo, hi = np.minimum(moved[:, :2], moved[:, 2:]), np.maximum(moved[:, :2], moved[:, 2:])
+        limit = np.array([self.width, self.height], float)
+        boxes = np.concatenate([np.clip(lo, 0, limit), np.clip(np.maximum(hi, lo + 1), 0, limit)], axis=1)
+        for k, o in enumerate(annotated):
+            if o.keypoints is None:
+                continue
+            kp = o.keypoints.astype(np.float64).copy()
+            labeled = kp[:, 2] > 0
+            sigma = noise.keypoint_sigma * (o.box[3] - o.box[1])
+            kp[:, :2] += rng.normal(0.0, 1.0, (17, 2)) * sigma
+            dropped = labeled & (rng.random(17) < noise.keypoint_drop)
+            kp[~labeled | dropped] = 0.0
+            kps[k] = kp
+        return boxes, kps
 
 
 def objects365_stem(image_number: int) -> str:
@@ -362,6 +469,7 @@ def make_scene(
     f = width / 2 / math.tan(fov / 2)
     cam = Camera(f, f, width / 2, height / 2, float(rng.uniform(*config.camera_height)), math.radians(rng.uniform(*config.pitch_deg)))
 
+    wall = float(rng.uniform(*config.wall_distance)) if rng.random() < config.wall_prob else None
     names = [n for n in CATEGORIES if n != PERSON]
     n_people = int(rng.integers(config.people[0], config.people[1] + 1))
     n_total = max(n_people, int(rng.integers(config.objects[0], config.objects[1] + 1)))
@@ -381,7 +489,7 @@ def make_scene(
             scale = float(1.0 + rng.uniform(-cat.scale_jitter, cat.scale_jitter))
             lo, hi = _object_aabb(cat, scale)
             dist = float(rng.uniform(*cat.distance))
-            u = float(rng.uniform(0.05, 0.95)) * width
+            u = float(rng.uniform(-0.1, 1.1) if config.truncation else rng.uniform(0.05, 0.95)) * width
             gz = dist
             gx = (u - cam.cx) / cam.fx * (gz * math.cos(cam.pitch) + cam.height * math.sin(cam.pitch))
             radius = float(np.hypot(max(abs(lo[0]), hi[0]), max(abs(lo[2]), hi[2])))
@@ -396,9 +504,11 @@ def make_scene(
             corners_cam = cam.world_to_camera(_corners(lo, hi) @ rot.T + pos)
             if (corners_cam[:, 2] < 0.3).any():
                 continue
+            if wall is not None and float((_corners(lo, hi) @ rot.T + pos)[:, 2].max()) > wall - 0.2:
+                continue  # in front of the wall
             uv = cam.project(corners_cam)
-            if uv[:, 0].min() < 0 or uv[:, 0].max() > width or uv[:, 1].min() < 0 or uv[:, 1].max() > height:
-                continue  # keep the whole solid in the frame: no truncation, the truth center is in view
+            if not _in_frame(uv, width, height, config):
+                continue
             center_cam = cam.world_to_camera(rot @ ((lo + hi) / 2) + pos)
             obj = SceneObject(
                 instance=len(placed),
@@ -416,13 +526,28 @@ def make_scene(
             footprints.append((gx, gz, radius))
             break
 
-    scene = _render(seed, index, width, height, cam, placed, rng, config)
+    scene = _render(seed, index, width, height, cam, placed, rng, config, wall)
     return scene
+
+
+def _in_frame(uv: np.ndarray, width: int, height: int, config: SceneConfig) -> bool:
+    """Whether a solid's projected corners lie in the frame: wholly, or (``truncation``) at least
+    ``min_in_frame`` of their width and height."""
+    u0, u1, v0, v1 = float(uv[:, 0].min()), float(uv[:, 0].max()), float(uv[:, 1].min()), float(uv[:, 1].max())
+    if not config.truncation:
+        return u0 >= 0 and u1 <= width and v0 >= 0 and v1 <= height
+    inside_u = (min(u1, width) - max(u0, 0.0)) / max(u1 - u0, 1e-9)
+    inside_v = (min(v1, height) - max(v0, 0.0)) / max(v1 - v0, 1e-9)
+    return inside_u >= config.min_in_frame and inside_v >= config.min_in_frame
 
 
 def _person_yaw(rng: np.random.Generator, gx: float, gz: float, config: SceneConfig) -> tuple[float, str, float]:
     """Yaw of a person, their facing label, and the angle between their forward and the camera."""
     toward = math.atan2(-gx, -gz)  # yaw whose forward points at the camera (on the ground)
+    if config.people_turned_anywhere:
+        delta = float(rng.uniform(-180.0, 180.0))
+        kind = "toward_camera" if abs(delta) < 60 else "away_from_camera" if abs(delta) > 120 else "sideways"
+        return toward + math.radians(delta), kind, delta
     kind = str(rng.choice(["toward_camera", "away_from_camera", "sideways"], p=[0.45, 0.4, 0.15]))
     if kind == "toward_camera":
         delta = rng.uniform(-config.facing_jitter_deg, config.facing_jitter_deg)
@@ -506,7 +631,8 @@ def _hit_part(part: Part, scale: float, o: np.ndarray, d: np.ndarray) -> tuple[n
     return t, normal
 
 
-def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Generator, config: SceneConfig) -> Scene:
+def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Generator, config: SceneConfig,
+            wall: float | None = None) -> Scene:
     ux, vy = _rays(width, height, cam.fx, cam.fy, cam.cx, cam.cy)
     rot = cam.rotation
     # World-space directions (z_cam = 1 keeps the ray parameter equal to camera-space depth).
@@ -517,6 +643,12 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
         tg = np.where(dwy < 0, -cam.height / np.where(dwy < 0, dwy, -1), np.inf)
     gx, gz = ux * tg, dwz * tg
     ground = np.isfinite(tg) & (np.hypot(gx, gz) <= config.max_ground_distance)
+    if wall is not None:  # a vertical wall across the view at world Z = wall hides the far ground and the sky
+        with np.errstate(divide="ignore"):
+            tw = np.where(dwz > 0, wall / np.where(dwz > 0, dwz, 1), np.inf)
+        ground &= tg < tw
+        walled = ~ground & np.isfinite(tw)
+        depth[walled] = tw[walled]
     depth[ground] = tg[ground]
 
     # Sky gradient, checkered ground with distance fog: enough texture for a detector to look at.
@@ -529,6 +661,14 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
     gcol = ground_color * (0.85 + 0.15 * check[..., None])
     gcol = gcol * (1 - fog) + np.array([200, 210, 225], np.float32) * fog
     image = np.where(ground[..., None], gcol, sky).astype(np.float32)
+    if wall is not None:  # plastered bricks: rows and staggered joints, a color per scene
+        wy = cam.height + dwy * np.where(walled, tw, 0)
+        wx = ux * np.where(walled, tw, 0)
+        row = np.floor(wy / 0.25)
+        joint = ((np.abs((wy / 0.25) % 1 - 0.5) > 0.45) | (np.abs(((wx + 0.25 * (row % 2)) / 0.5) % 1 - 0.5) > 0.45))
+        wall_color = np.array(rng.choice([[170, 150, 130], [190, 185, 175], [150, 95, 80]]), np.float32)
+        wcol = wall_color * np.where(joint, 0.75, 1.0)[..., None]
+        image = np.where(walled[..., None], wcol, image).astype(np.float32)
 
     instances = np.full((height, width), -1, np.int16)
     objects: list[SceneObject] = []
@@ -604,7 +744,7 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
     depth_m = np.where(np.isfinite(depth), depth, SKY).astype(np.float32)
     noise = scene_rng(seed, index, "grain").normal(0, 3.0, (height, width, 1)).astype(np.float32)
     rgb = np.clip(image + noise, 0, 255).astype(np.uint8)
-    return Scene(seed, index, width, height, cam, rgb, depth_m, instances, objects)
+    return Scene(seed, index, width, height, cam, rgb, depth_m, instances, objects, wall=wall)
 
 
 def _keypoints(obj: SceneObject, cam: Camera, instances: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -642,6 +782,7 @@ def corrupt_depth(
     blur_sigma: float = 1.5,
     noise: float = 0.01,
     kind: str = "inverse_depth",
+    shift: tuple[float, float] = (0.0, 0.2),
 ) -> np.ndarray:
     """Err the way monocular depth models do; returns relative inverse depth (larger = nearer).
 
@@ -649,7 +790,9 @@ def corrupt_depth(
     * blurred edges: gaussian blur (``blur_sigma`` pixels) on inverse depth mixes objects with
       what is behind them near their silhouettes;
     * multiplicative noise ``N(1, noise)`` per pixel;
-    * an unknown global scale and shift in inverse depth (what relative models leave open).
+    * an unknown global scale and shift in inverse depth (what relative models leave open); the
+      shift is a share in ``shift`` of the largest inverse depth, of either sign (a negative shift
+      puts the far end below zero).
 
     Sky (depth ``0``) becomes inverse depth ``0`` before the shift, so it is the farthest thing.
     ``kind="depth"`` converts back to (affine-wrong, positive) depth, larger = farther.
@@ -667,13 +810,22 @@ def corrupt_depth(
     if noise > 0:
         inv = inv * rng.normal(1.0, noise, inv.shape).clip(0.5, 1.5)
     scale = math.exp(rng.uniform(math.log(0.3), math.log(3.0)))
-    shift = rng.uniform(0.0, 0.2) * float(inv.max() if inv.size else 0.0)
-    inv = scale * inv + scale * shift
+    offset = rng.uniform(*shift) * float(inv.max() if inv.size else 0.0)
+    inv = scale * inv + scale * offset
     if kind == "inverse_depth":
         return inv.astype(np.float32)
     if kind == "depth":
         return (1.0 / np.maximum(inv, 1e-6)).astype(np.float32)
     raise ValueError(f"kind must be 'inverse_depth' or 'depth', got {kind!r}")
+
+
+def observed_depth(scene: Scene, noise: DepthNoise | None, seed: int | None = None) -> np.ndarray:
+    """The scene's exact depth (``noise`` None) or its monocular-like relative inverse depth."""
+    if noise is None:
+        return scene.depth
+    rng = scene_rng(scene.seed if seed is None else seed, scene.index, "corrupt")
+    return corrupt_depth(scene.depth, scene.instances, rng, object_bias=noise.object_bias, blur_sigma=noise.blur_sigma,
+                         noise=noise.noise, shift=noise.shift)
 
 
 def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
@@ -713,6 +865,9 @@ def write_objects365_layout(
     images_per_patch: int = 50,
     jpeg_quality: int = 92,
     split: str = "train",
+    noise: AnnotationNoise = EXACT_ANNOTATIONS,
+    annotations_name: str | None = None,
+    write_files: bool = True,
 ) -> LayoutPaths:
     """Write scenes as an Objects365 v2 download: JPEGs, COCO-style JSON, depth .npy, truth.
 
@@ -726,11 +881,15 @@ def write_objects365_layout(
     Only annotated objects (visible enough, see :class:`SceneConfig`) are in the JSON; the truth
     file lists every object with ``annotated`` flags. ``file_name`` follows the released JSON
     (``images/v2/patchN/<stem>.jpg``), which differs from the download's ``train/`` folder, as there.
+    ``noise`` makes the JSON's boxes and keypoints detector-like (:class:`AnnotationNoise`);
+    ``annotations_name`` names the JSON; ``write_files=False`` writes only the JSON and the truth
+    (a second annotation file beside images and depth already written).
     """
     from PIL import Image
 
     root = Path(root)
-    paths = LayoutPaths(root, root / "images", root / "annotations" / f"zhiyuan_objv2_{split}.json", root / "depth", root / "truth.json")
+    name = annotations_name or f"zhiyuan_objv2_{split}.json"
+    paths = LayoutPaths(root, root / "images", root / "annotations" / name, root / "depth", root / "truth.json")
     paths.depth.mkdir(parents=True, exist_ok=True)
     paths.annotations.parent.mkdir(parents=True, exist_ok=True)
     from ..perception.objects365_labels import OBJECTS365_CATEGORIES
@@ -743,16 +902,24 @@ def write_objects365_layout(
         number = scene.index + 1
         patch = scene.index // images_per_patch
         stem = scene.image_id
-        folder = paths.images / split / f"patch{patch}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(scene.image).save(folder / f"{stem}.jpg", quality=jpeg_quality)
-        np.save(paths.depth / f"{stem}.npy", scene.depth)
+        if write_files:
+            folder = paths.images / split / f"patch{patch}"
+            folder.mkdir(parents=True, exist_ok=True)
+            exif = Image.Exif()
+            if scene.focal_35mm is not None:
+                exif.get_ifd(0x8769)[0xA405] = scene.focal_35mm  # Exif IFD: FocalLengthIn35mmFilm
+            Image.fromarray(scene.image).save(folder / f"{stem}.jpg", quality=jpeg_quality, exif=exif)
+            np.save(paths.depth / f"{stem}.npy", scene.depth)
         images.append({"id": number, "file_name": f"images/v2/patch{patch}/{stem}.jpg", "width": scene.width, "height": scene.height})
         t = scene.truth()
+        seen_boxes, seen_kps = scene.observed(noise)
+        seen = 0
         for obj, item in zip(scene.objects, t["objects"]):
             if not obj.annotated:
                 continue
-            x1, y1, x2, y2 = obj.box
+            x1, y1, x2, y2 = seen_boxes[seen].tolist()
+            kp = seen_kps[seen] if obj.keypoints is not None else None
+            seen += 1
             ann = {
                 "id": ann_id,
                 "image_id": number,
@@ -761,8 +928,7 @@ def write_objects365_layout(
                 "area": float(obj.visible_pixels),
                 "iscrowd": 0,
             }
-            if obj.keypoints is not None:
-                kp = obj.keypoints
+            if kp is not None:
                 ann["keypoints"] = [round(float(v), 2) for v in kp.reshape(-1)]
                 ann["num_keypoints"] = int((kp[:, 2] > 0).sum())
             annotations.append(ann)
@@ -777,7 +943,8 @@ def write_objects365_layout(
         categories.append(cat)
     coco = {"info": {"description": "SpatialForge synthetic scenes (Objects365 v2 layout)"}, "images": images, "annotations": annotations, "categories": categories, "licenses": []}
     paths.annotations.write_text(json.dumps(coco))
-    paths.truth.write_text(json.dumps({"images": truth}))
+    if write_files:
+        paths.truth.write_text(json.dumps({"images": truth}))
     return paths
 
 
@@ -791,18 +958,20 @@ def truth_of(scenes: Iterable[Scene]) -> dict[str, dict[str, Any]]:
     return {s.image_id: s.truth() for s in scenes}
 
 
-def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | None = None, depth_kind: str = "depth"):
+def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | None = None, depth_kind: str = "depth",
+                 noise: AnnotationNoise = EXACT_ANNOTATIONS):
     """A pipeline :class:`~spatialforge.processing.records.Record` of the scene's annotated objects.
 
     ``depth`` defaults to the exact metric depth (holes where the sky is); pass a corrupted map and
-    ``depth_kind="inverse_depth"`` to feed a monocular-like signal instead.
+    ``depth_kind="inverse_depth"`` to feed a monocular-like signal instead; ``noise`` observes the
+    boxes and keypoints as a detector and a pose model would (:meth:`Scene.observed`).
     """
     from ..records import DepthMap, Detections, Record
 
     annotated = scene.annotated
-    kps = np.stack([o.keypoints if o.keypoints is not None else np.full((17, 3), np.nan, np.float32) for o in annotated]) if annotated else None
+    boxes, kps = scene.observed(noise)
     det = Detections(
-        xyxy=np.array([o.box for o in annotated], float).reshape(-1, 4),
+        xyxy=boxes,
         labels=[o.category for o in annotated],  # as the COCO reader gives them
         keypoints=kps,
     )
@@ -811,4 +980,49 @@ def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | N
         dm = DepthMap(values, kind="depth", valid=values > 0, source="file:depth", metric=True)
     else:
         dm = DepthMap(values, kind=depth_kind, source=f"synthetic:corrupted:{depth_kind}", metric=False)
-    return Record(source=source, image_id=scene.image_id, width=scene.width, height=scene.height, objects=det, depth=dm)
+    record = Record(source=source, image_id=scene.image_id, width=scene.width, height=scene.height, objects=det, depth=dm)
+    if scene.focal_35mm is not None:  # what the readers take from the EXIF the layout writes
+        record.meta["focal_px"] = scene.focal_35mm / math.hypot(36.0, 24.0) * math.hypot(scene.width, scene.height)
+        record.meta["focal_source"] = "exif:FocalLengthIn35mmFilm"
+    return record
+
+
+def variant_record(scene: Scene, variant: Variant, source: str = "objects365", detector: bool = False):
+    """:func:`scene_record` of ``scene`` as ``variant`` observes it (boxes, keypoints, depth);
+    ``detector``: with :func:`detector_objects` beside the annotations."""
+    if variant.depth is None:
+        record = scene_record(scene, source, noise=variant.annotations)
+    else:
+        record = scene_record(scene, source, depth=observed_depth(scene, variant.depth), depth_kind="inverse_depth",
+                              noise=variant.annotations)
+    if detector:
+        from ..records import DETECTOR_OBJECTS
+
+        record.meta[DETECTOR_OBJECTS] = detector_objects(scene)
+    return record
+
+
+def detector_objects(scene: Scene, noise: AnnotationNoise = DETECTOR_LIKE):
+    """What a detector run beside the annotations finds: every instance the image shows, also
+    those the annotations leave out, found with a chance and a score that grow with its visible
+    pixels (``min(1, pixels / 100)``; ``0.5 + 0.45 min(1, pixels / 200)``), boxes moved as
+    ``noise.box_jitter`` says. Deterministic per scene.
+    """
+    from ..records import Detections
+
+    rng = scene_rng(scene.seed, scene.index, "detector")
+    boxes, labels, scores = [], [], []
+    for o in scene.objects:
+        if o.box is None or not o.visible_pixels:
+            continue
+        found, jitter = rng.random(), rng.uniform(-noise.box_jitter, noise.box_jitter, 4)
+        if found >= min(1.0, o.visible_pixels / 100):
+            continue
+        x1, y1, x2, y2 = o.box
+        w, h = x2 - x1, y2 - y1
+        b = np.array([x1, y1, x2, y2]) + jitter * np.array([w, h, w, h])
+        b = np.clip([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])], 0, [scene.width, scene.height] * 2)
+        boxes.append(b)
+        labels.append(o.category)
+        scores.append(0.5 + 0.45 * min(1.0, o.visible_pixels / 200))
+    return Detections(np.array(boxes, float).reshape(-1, 4), labels, scores=np.array(scores, np.float32))

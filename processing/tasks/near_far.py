@@ -41,8 +41,21 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     sieve.check("depth_valid", has_value[i] & has_value[j], "depth_invalid")
     sieve.check("depth_uniform", uniform[i] & uniform[j], "depth_mixed")
     with np.errstate(invalid="ignore", divide="ignore"):
-        sieve.check("depth_positive", (di > 0) & (dj > 0), "depth_nonpositive")
-        margin = 1.0 - np.minimum(di, dj) / np.maximum(di, dj)  # same for depth and 1 / depth
+        if depth.metric:
+            mi, mj = di, dj
+        else:
+            # Relative depth: inverse depth up to a scale and a shift. Ratios do not survive the
+            # shift, so they are taken at the shift the image allows that brings the two closest
+            # (the low bound of Scene.shift_bounds: the flattest scene consistent with the map).
+            bounds = scene.shift_bounds
+            t = bounds[0] if bounds is not None else np.nan
+            mi, mj = (di, dj) if depth.kind == "inverse_depth" else (1.0 / di, 1.0 / dj)
+            mi, mj = mi - t, mj - t
+        sieve.check("depth_positive", (mi > 0) & (mj > 0), "depth_nonpositive")
+        ratio = np.minimum(mi, mj) / np.maximum(mi, mj)  # same for depth and 1 / depth
+        if not depth.metric:  # what is left after each depth is off by the tolerated bias, against the pair
+            ratio = ratio * (1.0 + config.relative_object_bias) ** 2
+        margin = 1.0 - ratio
     sieve.check("depth_margin", margin >= config.min_depth_margin, "depth_margin")
     i_nearer = di < dj if depth.kind == "depth" else di > dj
     near, far = np.where(i_nearer, i, j), np.where(i_nearer, j, i)

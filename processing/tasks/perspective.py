@@ -9,15 +9,19 @@ min_facing_confidence`` are used (``facing_unknown``, ``facing_sideways``,
 
 A person labeled "toward_camera" is rarely turned exactly at it. Turned by an angle ``yaw``, their
 right vector tilts, and an object far ahead of or behind them changes side when its offset along
-the camera-person ray outweighs its offset across it. With a depth map, ``lateral_dominance``
-places both on the ground plane (``X = (x - width / 2) / f * Z``, ``f`` from ``assumed_hfov_deg``)
-and asks ``across >= tan(perspective_max_yaw_deg) * |along|``, so no turn up to that angle can
-flip the answer (drops: ``depth_invalid``, ``lateral_ambiguous``). Relative (non-metric) depth is
-not a distance: the check then must hold for every shift of the inverse depth on a grid
-(``relative_shifts`` of :attr:`.verify.Scene.inverse_floor`) and with the object's depth off by
-``relative_object_bias`` either way. Without a depth map the check
-cannot run and the image rule alone decides. Fact: ``{subject: the object, predicate: left_of | right_of, object: the
-person, frame: person}``.
+the camera-person ray outweighs its offset across it. How far a person may be turned is read from
+their keypoints (:func:`.facing.max_turn_deg`: shoulder and hip widths against the torso, with the
+keypoints' scores; ``perspective_max_yaw_deg`` for a facing that came without keypoints) and
+recorded as ``verification.facing_max_turn_deg``. With a depth map, ``lateral_dominance`` places
+both on the ground plane (``X = (x - width / 2) / f * Z``) and asks ``across >= tan(max turn) *
+|along|`` for every focal length ``f`` the evidence allows (EXIF, or ``hfov_prior_deg``; recorded
+as ``verification.focal_source``), so no turn consistent with the keypoints can flip the answer
+(drops: ``depth_invalid``, ``lateral_ambiguous``). Relative (non-metric) depth is not a distance:
+the check then must also hold for every shift of the inverse depth the image allows
+(:attr:`.verify.Scene.shift_bounds`, ``shift_steps`` values) and with each of the two depths off by
+``relative_object_bias`` either way. Without a depth map the check cannot run and the image rule
+alone decides. Fact: ``{subject: the object, predicate: left_of | right_of, object: the person,
+frame: person}``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections import Counter
 
 import numpy as np
 
+from ..perception.facing import max_turn_deg
 from ..records import Record
 from .step import Candidates, Generated
 from .verify import Sieve, VerifyConfig, scene_for
@@ -34,7 +39,7 @@ from .verify import Sieve, VerifyConfig, scene_for
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
     scene = scene_for(record, config)
     det = record.objects
-    # Scene.is_person, inlined (one pass over the labels, not a method call per box).
+    # A person: a person label or a known facing (one pass over the labels).
     people, facing = config.person_labels, det.facing
     persons = [k for k, label in enumerate(scene.labels)
                if label.lower() in people or facing[k] in ("toward_camera", "away_from_camera")]
@@ -43,6 +48,8 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     others = ~np.eye(scene.n, dtype=bool)[persons]  # (persons, n): every other box
     per = np.repeat(persons, scene.n - 1)
     obj = np.nonzero(others)[1]
+    if not len(per):  # a person alone: nothing to ask about
+        return Generated([], Counter())
     sieve = Sieve(len(per))
     scene.check_objects(sieve, per, obj)
     # Per-object facing flags, then per candidate (string comparisons on ten objects, not on every pair).
@@ -57,27 +64,35 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     sieve.check("box_separation", gap >= config.min_box_gap, "boxes_overlap_x")
     cx = scene.x_center
     image_left = cx[obj] < cx[per]  # the object is on the image's left of the person
+    turn = _max_turns(record, persons, config)[per]
     if config.lateral_check and record.depth is not None:
         d = scene.depth
+        focal, _ = scene.focal_lengths
         with np.errstate(invalid="ignore", divide="ignore"):
             if record.depth.metric:
-                z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)
-                zp, zo = z[per][None], z[obj][None]
+                z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)[None]
+                zp, zo = z[:, per], z[:, obj]
             else:
                 # Relative depth: inverse depth up to a scale (harmless: the check is scale-free), an
-                # unknown shift in [0, inverse_floor] and a per-object bias. Treating it as metric
-                # bends the geometry, so the check must hold on a grid of shifts, with the object's
-                # depth off by the bias either way.
+                # unknown shift within shift_bounds and a per-object bias. Treating it as metric
+                # bends the geometry, so the check must hold for every shift on a grid, with each
+                # of the two depths off by the bias either way.
                 inv = d if record.depth.kind == "inverse_depth" else 1.0 / d
-                t = scene.inverse_floor * np.asarray(config.relative_shifts)[:, None]
+                bounds = scene.shift_bounds
+                t = np.linspace(*bounds, config.shift_steps)[:, None] if bounds is not None else np.full((1, 1), np.nan)
                 z = np.where(inv - t > 0, 1.0 / (inv - t), np.nan)  # (shifts, objects)
-                bias = 1.0 + config.relative_object_bias
-                zp = np.tile(z[:, per], (3, 1))
-                zo = np.concatenate([z[:, obj], z[:, obj] * bias, z[:, obj] / bias])
-        has = np.isfinite(zo[0]) & np.isfinite(zp[0])
+                b = 1.0 + config.relative_object_bias
+                factors = np.array([1.0, b, 1.0 / b])
+                fp, fo = np.repeat(factors, 3), np.tile(factors, 3)  # every pair of factors
+                zp = (z[:, None, per] * fp[None, :, None]).reshape(-1, len(per))
+                zo = (z[:, None, obj] * fo[None, :, None]).reshape(-1, len(per))
+        has = np.isfinite(zo).all(0) & np.isfinite(zp).all(0)
         sieve.check("depth_valid", has, "depth_invalid")
-        sieve.check("lateral_dominance", _lateral_ok(zp, zo, cx[per], cx[obj], record.width, config).all(0),
-                    "lateral_ambiguous")
+        ok = np.ones(len(per), dtype=bool)
+        for f in focal.tolist():
+            ok &= _lateral_ok(zp, zo, cx[per], cx[obj], record.width, f, turn).all(0)
+        sieve.check("lateral_dominance", ok, "lateral_ambiguous")
+    sieve.evidence["max_turn"] = turn
     # Facing the camera mirrors left and right; facing away keeps the camera's.
     person_left = image_left ^ toward[per]
     predicate = np.where(person_left, "left_of", "right_of")
@@ -85,30 +100,28 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     return Generated(Candidates(sieve, obj, per, predicate), sieve.drops)
 
 
-def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray, width: int,
-                config: VerifyConfig) -> np.ndarray:
-    """No turn up to ``perspective_max_yaw_deg`` flips the side, for camera depths ``zp`` of the
-    people and ``zo`` of the objects (``(variants, candidates)``; NaN fails)."""
-    # Camera-frame ground-plane positions (focal length from an assumed, narrow field of view:
-    # a narrow view under-states lateral offsets, which keeps the check conservative).
-    tan_half_fov, tan_yaw = _tangents(config.assumed_hfov_deg, config.perspective_max_yaw_deg)
-    f = width / 2 / tan_half_fov
-    px, pz = (cxp - width / 2) / f * zp, zp
-    ox, oz = (cxo - width / 2) / f * zo, zo
+def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray, width: int, focal: float,
+                turn_deg: np.ndarray) -> np.ndarray:
+    """No turn up to ``turn_deg`` (per candidate) flips the side, for camera depths ``zp`` of the
+    people and ``zo`` of the objects (``(variants, candidates)``; NaN fails) and focal length
+    ``focal`` in pixels."""
+    px, pz = (cxp - width / 2) / focal * zp, zp
+    ox, oz = (cxo - width / 2) / focal * zo, zo
     norm = np.hypot(px, pz)
     dx, dz = ox - px, oz - pz
     with np.errstate(invalid="ignore", divide="ignore"):
         along = (dx * px + dz * pz) / norm  # offset along the camera-person ray
         across = np.abs(dx * pz - dz * px) / norm  # offset across it (the image's left/right)
-        return np.where(np.isfinite(zo) & np.isfinite(zp), across >= tan_yaw * np.abs(along), False)
+        ok = across >= np.tan(np.radians(turn_deg)) * np.abs(along)
+    return np.where(np.isfinite(zo) & np.isfinite(zp) & (turn_deg < 90.0), ok, False)
 
 
-_TANGENTS: dict[tuple[float, float], tuple[np.floating, np.floating]] = {}
-
-
-def _tangents(hfov_deg: float, max_yaw_deg: float) -> tuple[np.floating, np.floating]:
-    """``tan(hfov / 2)`` and ``tan(max_yaw)`` (numpy scalars, as computed inline before), per config."""
-    key = (hfov_deg, max_yaw_deg)
-    if key not in _TANGENTS:
-        _TANGENTS[key] = (np.tan(np.radians(hfov_deg) / 2), np.tan(np.radians(max_yaw_deg)))
-    return _TANGENTS[key]
+def _max_turns(record: Record, persons: list[int], config: VerifyConfig) -> np.ndarray:
+    """Per object, the largest turn (degrees) its keypoints allow (:func:`.facing.max_turn_deg`);
+    ``perspective_max_yaw_deg`` for people without keypoints; NaN for the others."""
+    det = record.objects
+    out = np.full(len(det), np.nan)
+    for k in persons:
+        kp = det.keypoints[k]
+        out[k] = max_turn_deg(kp, prior=config.turn_prior) if np.isfinite(kp).any() else config.perspective_max_yaw_deg
+    return out

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...builders.schema import PREDICATES, RELATION_TASKS, TASKS, VERIFICATION, make_id, validate_row
+from ...builders.schema import RELATION_TASKS, TASKS, VERIFICATION, fact_error, make_id, size_ok, validate_row
 from ..base import Step
 from ..records import Record
 from .templates import OPPOSITE, SIDE_WORDS, TEMPLATES, Template, display_label, plural, sentence
@@ -235,9 +235,9 @@ def _relation(task: str, cand: Candidate, scene: Scene, rng: np.random.Generator
     return t, slots, objects, fact_row
 
 
-_FRAMES = {"near_far": "camera", "left_right": "camera", "perspective": "person"}
 _VERIFICATION_ORDER = ("checks", "depth_margin", "depth_subject", "depth_object", "box_gap", "overlap_iou",
-                       "min_box_area", "facing", "facing_confidence", "depth_source", "box_source")
+                       "min_box_area", "facing", "facing_confidence", "facing_max_turn_deg", "focal_source",
+                       "depth_source", "box_source")
 if tuple(VERIFICATION) != _VERIFICATION_ORDER:  # relation rows spell the struct out in this order
     raise ImportError(f"verification fields changed: {tuple(VERIFICATION)} (update _render_relation)")
 
@@ -293,11 +293,14 @@ def _render_relation(task: str, cand: Candidate, scene: Scene, rng: np.random.Ge
     checks = cand.passed()
     area, labels, boxes = scene.area_list, scene.labels, scene.boxes
     near_far = task == "near_far"
+    lateral = "lateral_dominance" in checks
     if task == "perspective":
         det = rec.objects
         facing, facing_confidence = det.facing[o], float(det.facing_confidence[o])
+        max_turn = cand.evidence_of("max_turn")
+        focal_source = scene.focal_lengths[1] if lateral else None
     else:
-        facing = facing_confidence = None
+        facing = facing_confidence = max_turn = focal_source = None
     width, height = int(rec.width), int(rec.height)
     row = {
         "id": make_id(rec.source, rec.image_id, task, index),
@@ -321,14 +324,14 @@ def _render_relation(task: str, cand: Candidate, scene: Scene, rng: np.random.Ge
             "min_box_area": min(area[k] for k in objects),
             "facing": facing,
             "facing_confidence": facing_confidence,
-            "depth_source": rec.depth.source if near_far or "lateral_dominance" in checks else None,
+            "facing_max_turn_deg": max_turn,
+            "focal_source": focal_source,
+            "depth_source": rec.depth.source if near_far or lateral else None,
             "box_source": rec.box_source,
         },
     }
     box_ok = scene.row_box_ok
-    ok = (width > 0 and height > 0 and all(box_ok[k] for k in objects) and fact["predicate"] in PREDICATES
-          and fact["frame"] == _FRAMES[task] and 0 <= fact["subject"] < len(objects)
-          and 0 <= fact["object"] < len(objects))
+    ok = size_ok(width, height) and all(box_ok[k] for k in objects) and fact_error(task, fact, len(objects)) is None
     return row, ok
 
 

@@ -19,14 +19,18 @@ Relative (non-metric) depth is trusted for order only. Near/far then also asks t
 object's nearest part (``span_quantile`` of its whole box's own pixels) lie behind the nearer
 object's value by ``min_range_margin`` of the image's depth range (``depth_span``): an open shape
 whose box mostly shows the background behind it (an umbrella) cannot pass for the background.
-Perspective's lateral check must hold for every shift of the inverse depth on a grid up to
-:attr:`Scene.inverse_floor`, with a per-object bias either way.
+On metric depth, an object whose own nearest part lies much nearer than its value is such an open
+shape and gets no depth. Perspective's lateral check must hold for every shift of the inverse
+depth on a grid within :attr:`Scene.shift_bounds`, with each depth off by
+``relative_object_bias`` either way, and for every focal length of :attr:`Scene.focal_lengths`.
 
 Depth margin: ``1 - nearer / farther`` of the two robust values. It is the same for depth and
 inverse depth (``1 - (1/f) / (1/n) == 1 - n / f``) and for any global scale, so one threshold
-serves metric and relative models. Relative (affine-ambiguous) inverse depth can also carry an
-unknown shift, which ratios do not survive; for ``kind="inverse_depth"`` with ``metric=False``
-the difference must also be a fraction ``min_range_margin`` of the image's robust depth range.
+serves metric and relative models. Relative (affine-ambiguous) inverse depth also carries an
+unknown shift of either sign, which ratios do not survive: the ratio is taken at the low bound of
+:attr:`Scene.shift_bounds` (assumption: the image's far end is at least ``min_far_near_ratio``
+times as far as its near end), after each depth is moved by ``relative_object_bias`` against the
+pair; the difference must also be a fraction ``min_range_margin`` of the image's depth range.
 
 Example:
     >>> import numpy as np
@@ -48,12 +52,14 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ...builders.schema import BBOX_SCALE
-from ..records import DepthMap, Record
+from ...builders.schema import normalize_bboxes, object_error
+from ..perception.facing import DEFAULT_TURN_PRIOR, TurnPrior
+from ..records import DETECTOR_OBJECTS, DepthMap, Record, box_intersections, box_iou, iou_of
 from .templates import display_label
 
 CHECKS = (
     "exhaustive",  # counting/grounding: every instance of the label is boxed
+    "detector_agrees",  # counting/grounding, a detector beside the annotations: no confident box of the label they miss
     "single_instance",  # no group/crowd box involved
     "not_depiction",  # no drawing/photo of the thing
     "score",  # box score >= min_score
@@ -90,10 +96,10 @@ OBJECT_DROP_REASONS = {
 class VerifyConfig:
     """Thresholds of every check (data, not code). Fractions are of the image width/height/area.
 
-    Defaults aim at 100 % precision on exact depth and >= 99 % on monocular-like depth (global
-    scale and shift, ~10 % per-object bias, blur, noise): a 10 % bias on each of two objects moves
-    their ratio by at most ``1.1 / 0.9 = 1.22`` (margin 0.18), so the default margin 0.3 needs
-    about 2.5 sigma of a Gaussian 10 % bias to flip an answer at the threshold.
+    Defaults aim at 100 % precision on exact depth and >= 99.5 % on monocular-like depth (global
+    scale, shifts of either sign, ~15 % per-object bias, blur, noise). Relative depth: the ratio of
+    a pair is taken after each depth is moved by ``relative_object_bias`` against it (a factor
+    ``1.15 ** 2``) and at the flattest shift the image allows, then asked for ``min_depth_margin``.
 
     >>> VerifyConfig(min_depth_margin=0.2).min_depth_margin
     0.2
@@ -134,27 +140,37 @@ class VerifyConfig:
     min_box_gap: float = 0.0  # horizontal gap between the boxes / width (0: touching allowed, <0: overlap)
     min_facing_confidence: float = 0.5  # facing estimates below this are not trusted
     person_labels: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child")  # case-insensitive
+    detector_min_score: float = 0.5  # a detector box beside annotations this confident contradicts them
+    detector_match_iou: float = 0.5  # ... unless it overlaps an annotated box of its label this much
     lateral_check: bool = True  # perspective with depth: the lateral offset must outweigh a turned person
-    perspective_max_yaw_deg: float = 30.0  # how far "toward/away from camera" people may be turned
-    assumed_hfov_deg: float = 50.0  # horizontal field of view assumed for the focal length (narrow = safe)
-    relative_shifts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # non-metric depth: shifts tried, x inverse_floor
-    relative_object_bias: float = 0.1  # non-metric depth: per-object depth error the lateral check tolerates
+    perspective_max_yaw_deg: float = 45.0  # turn assumed for a person whose facing came without keypoints
+    turn_prior: TurnPrior = DEFAULT_TURN_PRIOR  # body ratios, view elevation, keypoint error (facing.max_turn_deg)
+    hfov_prior_deg: tuple[float, float] = (20.0, 120.0)  # horizontal field of view of photos without EXIF focal length
+    focal_steps: int = 5  # focal lengths tried across hfov_prior_deg (log-spaced)
+    exif_focal_tolerance: float = 0.05  # EXIF focal length: tried at (1 -/+ this) x its value
+    min_far_near_ratio: float = 3.0  # relative depth: the image's far end is at least this many times as far as its near end
+    shift_steps: int = 5  # relative depth: shifts tried between the bounds the far end and min_far_near_ratio give
+    relative_object_bias: float = 0.15  # relative depth: per-object error (factor 1 -/+ this) the checks tolerate
 
     def __post_init__(self) -> None:
         for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
                      "min_range_margin", "occlusion_min_fraction", "ground_min_dy", "max_referring_iou",
                      "min_facing_confidence", "depth_alt_min_margin", "container_tolerance", "max_near_share",
-                     "span_quantile"):
+                     "span_quantile", "detector_min_score", "detector_match_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if not 0.0 <= self.perspective_max_yaw_deg < 90.0 or not 1.0 <= self.assumed_hfov_deg < 180.0:
+        lo_fov, hi_fov = self.hfov_prior_deg
+        if not 0.0 <= self.perspective_max_yaw_deg < 90.0 or not 1.0 <= lo_fov <= hi_fov < 180.0:
             raise ValueError(
-                f"need 0 <= perspective_max_yaw_deg < 90 and 1 <= assumed_hfov_deg < 180, got "
-                f"{self.perspective_max_yaw_deg!r}, {self.assumed_hfov_deg!r}"
+                f"need 0 <= perspective_max_yaw_deg < 90 and 1 <= hfov_prior_deg[0] <= hfov_prior_deg[1] < 180, got "
+                f"{self.perspective_max_yaw_deg!r}, {self.hfov_prior_deg!r}"
             )
-        if not all(0.0 <= s <= 1.0 for s in self.relative_shifts) or not self.relative_shifts:
-            raise ValueError(f"relative_shifts must be fractions in [0, 1], got {self.relative_shifts!r}")
+        if self.focal_steps < 1 or self.shift_steps < 1 or not 0.0 <= self.exif_focal_tolerance < 1.0:
+            raise ValueError(f"focal_steps and shift_steps must be >= 1 and exif_focal_tolerance in [0, 1), got "
+                             f"{self.focal_steps!r}, {self.shift_steps!r}, {self.exif_focal_tolerance!r}")
+        if not self.min_far_near_ratio > 1.0:
+            raise ValueError(f"min_far_near_ratio must be > 1, got {self.min_far_near_ratio!r}")
         if not 0.0 <= self.relative_object_bias < 1.0:
             raise ValueError(f"relative_object_bias must be in [0, 1), got {self.relative_object_bias!r}")
         if not 0.0 < self.near_share_ratio < 1.0:
@@ -406,9 +422,7 @@ class Scene:
         self.n = len(det)
         size = np.array([rec.width, rec.height, rec.width, rec.height], dtype=np.float64)
         self.xyxy = np.minimum(np.maximum(det.xyxy, 0.0), size)  # clipped to the image (np.clip is slower)
-        # Vectorized normalize_bbox (same float ops, same round-half-even): one numpy pass per record.
-        # (np.minimum / np.maximum instead of np.clip: the same ints, without np.clip's Python wrapper)
-        self.boxes = np.minimum(np.maximum(np.round(self.xyxy / size * 1000), 0), 1000).astype(int).tolist()
+        self.boxes = normalize_bboxes(self.xyxy, rec.width, rec.height)  # the schema's rule, one numpy pass
         self.labels = det.labels
         self.area_frac = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1]) / (rec.width * rec.height)
         self.label_count = Counter(self.labels)
@@ -441,10 +455,9 @@ class Scene:
 
     @_cached
     def row_box_ok(self) -> list[bool]:
-        """Per object: its entry in a row's ``objects`` passes ``validate_row`` (a label, a bbox of 4
-        ints in 0..1000 with x1 <= x2 and y1 <= y2); checked once per record, not once per row."""
-        return [len(b) == 4 and all(type(v) is int and 0 <= v <= BBOX_SCALE for v in b)
-                and b[0] <= b[2] and b[1] <= b[3] and bool(label) for b, label in zip(self.boxes, self.labels)]
+        """Per object: its entry in a row's ``objects`` passes the schema's rule
+        (:func:`~spatialforge.builders.schema.object_error`); asked once per record, not once per row."""
+        return [object_error(label, b) is None for b, label in zip(self.boxes, self.labels)]
 
     @_cached
     def _all_eligible(self) -> bool:
@@ -467,16 +480,13 @@ class Scene:
     @_cached
     def _intersections(self) -> tuple[np.ndarray, np.ndarray]:
         """``(pairwise intersection areas, box areas)`` in pixels."""
-        b = self.xyxy
-        iw = np.maximum(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0)
-        ih = np.maximum(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0)
-        return iw * ih, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        inter, area, _ = box_intersections(self.xyxy, self.xyxy)
+        return inter, area
 
     @_cached
     def iou(self) -> np.ndarray:
         inter, area = self._intersections
-        union = area[:, None] + area[None, :] - inter
-        return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        return iou_of(inter, area, area)
 
     @_cached
     def xyxy_list(self) -> list[list[float]]:
@@ -512,14 +522,32 @@ class Scene:
         if k not in self._mentions:
             label = self.labels[k]
             text = f"the {display_label(label)}"
-            if self.label_count[label] > 1 or not self.exhaustive[label]:
+            if self.label_count[label] > 1 or not self.exhaustive[label] or label in self.detector_extra:
                 text += f" at {box_text(self.boxes[k])}"
             self._mentions[k] = text
         return self._mentions[k]
 
-    def is_person(self, k: int) -> bool:
-        det = self.record.objects
-        return self.labels[k].lower() in self.config.person_labels or det.facing[k] in ("toward_camera", "away_from_camera")
+    @_cached
+    def detector_extra(self) -> frozenset[str]:
+        """Labels of which a detector run beside the annotations (``record.meta["detector_objects"]``)
+        has a box scored ``>= detector_min_score`` that overlaps no annotated box of its label at
+        IoU ``>= detector_match_iou`` (case-insensitive labels): a count or a "the cup" they break."""
+        det = self.record.meta.get(DETECTOR_OBJECTS)
+        if det is None or not len(det):
+            return frozenset()
+        cfg = self.config
+        mine = {label.lower(): label for label in self.label_count}
+        iou = box_iou(det.xyxy, self.xyxy) if self.n else np.zeros((len(det), 0))
+        lower = [label.lower() for label in self.labels]
+        extra = set()
+        for k, label in enumerate(det.labels):
+            key = label.lower()
+            if key not in mine or det.scores[k] < cfg.detector_min_score:
+                continue
+            same = [j for j, other in enumerate(lower) if other == key]
+            if not same or iou[k, same].max() < cfg.detector_match_iou:
+                extra.add(mine[key])
+        return frozenset(extra)
 
     # -- depth
     @_cached
@@ -573,6 +601,18 @@ class Scene:
             whole = _Samples(depth, boxes, 0.0, cfg.depth_max_samples)
             whole.exclude(partial | contains.T, boxes)
             tail = whole.robust(*args, tail_quantile=cfg.span_quantile)[2]
+            if depth.metric:
+                # Metric depth: an object whose own nearest part lies much nearer than its value is
+                # an open shape the inner box sees through (an umbrella cut by the frame, its pole
+                # out of view): no depth (relative depth asks depth_span of each pair instead).
+                with np.errstate(invalid="ignore"):
+                    if depth.kind == "depth":
+                        open_shape = tail < values * (1.0 - cfg.near_share_ratio)
+                    else:
+                        open_shape = tail * (1.0 - cfg.near_share_ratio) > values
+                open_shape &= ~contains.any(1)  # inside another box: the container rule above decided
+                mixed |= open_shape
+                values[open_shape] = np.nan
         return values, mixed, tail
 
     @_cached
@@ -580,7 +620,7 @@ class Scene:
         if self.record.depth is None:
             return np.full(self.n, np.nan), np.zeros(self.n, dtype=bool), np.full(self.n, np.nan)
         depth = self.record.depth
-        return self._depth_of(depth, span=not depth.metric and self.config.span_check)
+        return self._depth_of(depth, span=self.config.span_check)
 
     @property
     def depth(self) -> np.ndarray:
@@ -624,15 +664,41 @@ class Scene:
         return 0.0 if q is None else q[1] - q[0]
 
     @_cached
-    def inverse_floor(self) -> float:
-        """Inverse depth of the image's far end (``range_quantiles``): for relative inverse depth,
-        an upper bound on its unknown shift (nothing visible lies beyond infinity)."""
+    def shift_bounds(self) -> tuple[float, float] | None:
+        """Bounds ``(lo, hi)`` on the unknown shift ``t`` of relative inverse depth (true inverse
+        depth ``~ value - t``), or None without two valid pixels.
+
+        With ``a``, ``b`` the inverse depth of the image's far and near end (``range_quantiles``):
+        nothing visible lies beyond infinity, so ``t <= a``; the far end is at least
+        ``min_far_near_ratio`` (``R``) times as far as the near end, ``(b - t) >= R (a - t)``, so
+        ``t >= (R a - b) / (R - 1)``. For non-metric ``kind="depth"`` the values are inverted first.
+        """
         q = self._range_values
         if q is None:
-            return 0.0
+            return None
         if self.record.depth.kind == "inverse_depth":
-            return max(q[0], 0.0)
-        return 1.0 / q[1] if q[1] > 0 else 0.0
+            a, b = q
+        else:
+            if q[0] <= 0:
+                return None
+            a, b = 1.0 / q[1], 1.0 / q[0]
+        r = self.config.min_far_near_ratio
+        return (r * a - b) / (r - 1.0), a
+
+    @_cached
+    def focal_lengths(self) -> tuple[np.ndarray, str]:
+        """Focal lengths (pixels of the record's grid) the geometry checks try, and where they come
+        from: ``record.meta["focal_px"]`` (from EXIF, see the readers) within
+        ``exif_focal_tolerance``, else ``focal_steps`` values across ``hfov_prior_deg``."""
+        cfg, rec = self.config, self.record
+        focal = rec.meta.get("focal_px")
+        if focal:
+            tol = cfg.exif_focal_tolerance
+            return np.array([focal * (1 - tol), focal * (1 + tol)]), str(rec.meta.get("focal_source", "exif"))
+        lo, hi = (math.radians(v) / 2 for v in cfg.hfov_prior_deg)
+        f_lo, f_hi = rec.width / 2 / math.tan(hi), rec.width / 2 / math.tan(lo)
+        f = np.geomspace(f_lo, f_hi, cfg.focal_steps) if cfg.focal_steps > 1 else np.array([math.sqrt(f_lo * f_hi)])
+        return f, f"prior:hfov{cfg.hfov_prior_deg[0]:g}-{cfg.hfov_prior_deg[1]:g}"
 
     def occlusion_consistent(self, near: int, far: int) -> bool | None:
         """Does the overlap of two boxes show the nearer object? None when there is no evidence.
@@ -742,6 +808,9 @@ def label_groups(scene: Scene) -> tuple[list[str], list[list[int]], Sieve]:
     labels = sorted(by_label)
     sieve = Sieve(len(labels))
     sieve.check("exhaustive", [scene.exhaustive[label] for label in labels], "not_exhaustive")
+    if DETECTOR_OBJECTS in scene.record.meta:
+        extra = scene.detector_extra
+        sieve.check("detector_agrees", [label not in extra for label in labels], "detector_extra_instance")
     return labels, [by_label[label] for label in labels], sieve
 
 

@@ -1,0 +1,117 @@
+"""How far a person may be turned, read from keypoints, decides perspective questions.
+
+Hand-made scenes: a camera at the origin (x right, z forward), a person 4 m ahead on the optical
+axis facing the camera turned by ``theta`` about the vertical, one object beside them, depth maps
+painted box by box. Keypoints are the projections, written out here, of a body whose shoulder
+joints are 0.40 m apart, hip joints 0.22 m, 1.43 m and 0.92 m above the ground. The truth is the
+object's side in the person's own frame: a person facing the camera turned by ``theta`` has their
+right along ``(-cos theta, 0, sin theta)``.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from spatialforge.processing.perception.facing import facing_from_keypoints, max_turn_deg
+from spatialforge.processing.records import DepthMap, Detections, Record
+from spatialforge.processing.tasks.step import TaskStep
+from spatialforge.processing.tasks.verify import VerifyConfig
+
+W, H = 200, 100
+FOCAL = 100 / math.tan(math.radians(30))  # 60-degree horizontal view
+PERSON_Z = 4.0
+GROUND_Y = 95.0  # image row of the person's feet
+
+
+def keypoints(theta_deg: float) -> np.ndarray:
+    """COCO keypoints of the person turned ``theta_deg`` from facing the camera (all visible)."""
+    s = FOCAL / PERSON_Z  # pixels per meter at the person
+    c = math.cos(math.radians(theta_deg))
+    kp = np.zeros((17, 3), np.float32)
+    cx = W / 2
+    kp[0] = (cx, GROUND_Y - 1.60 * s, 2)  # nose: the face is seen
+    kp[1], kp[2] = (cx + 0.035 * s * c, GROUND_Y - 1.63 * s, 2), (cx - 0.035 * s * c, GROUND_Y - 1.63 * s, 2)
+    kp[5], kp[6] = (cx + 0.20 * s * c, GROUND_Y - 1.43 * s, 2), (cx - 0.20 * s * c, GROUND_Y - 1.43 * s, 2)
+    kp[11], kp[12] = (cx + 0.11 * s * c, GROUND_Y - 0.92 * s, 2), (cx - 0.11 * s * c, GROUND_Y - 0.92 * s, 2)
+    return kp
+
+
+def scene(theta_deg: float, obj_x: float, obj_z: float, with_keypoints: bool = True) -> Record:
+    """The person and a 0.3 m wide object at camera coordinates ``(obj_x, obj_z)`` (meters)."""
+    s = FOCAL / PERSON_Z
+    person = [W / 2 - 0.25 * s, GROUND_Y - 1.75 * s, W / 2 + 0.25 * s, GROUND_Y]
+    u = W / 2 + FOCAL * obj_x / obj_z
+    half = 0.15 * FOCAL / obj_z
+    obj = [u - half, 60.0, u + half, 60.0 + 2 * half]
+    depth = np.full((H, W), 20.0, np.float32)
+    for box, z in ((obj, obj_z), (person, PERSON_Z)):  # far to near
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        depth[y1:y2, x1:x2] = z
+    kps = np.full((2, 17, 3), np.nan, np.float32)
+    facing, confidence = ["unknown", "unknown"], [0.0, 0.0]
+    if with_keypoints:
+        kps[0] = keypoints(theta_deg)
+    else:  # a facing from elsewhere: the turn is not known
+        facing[0], confidence[0] = facing_from_keypoints(keypoints(theta_deg))
+    det = Detections(np.array([person, obj]), ["person", "cup"], keypoints=kps, facing=facing,
+                     facing_confidence=confidence)
+    rec = Record("test", f"turn{theta_deg}", W, H, objects=det, depth=DepthMap(depth, "depth", metric=True, source="test"))
+    rec.meta["focal_px"], rec.meta["focal_source"] = FOCAL, "exif:FocalLengthIn35mmFilm"
+    return rec
+
+
+def person_frame_side(theta_deg: float, obj_x: float, obj_z: float) -> str:
+    t = math.radians(theta_deg)
+    lateral = -obj_x * math.cos(t) + (obj_z - PERSON_Z) * math.sin(t)
+    return "right_of" if lateral > 0 else "left_of"
+
+
+def perspective_rows(rec: Record, config: VerifyConfig | None = None) -> list[dict]:
+    from spatialforge.processing.perception.facing import apply_facing
+
+    apply_facing(rec)
+    out = TaskStep(tasks=["perspective"], config=config, max_per_task={"perspective": None}, on_invalid_row="error").process(rec)
+    return out.rows
+
+
+def test_keypoints_of_a_person_turned_50_degrees_read_as_confidently_frontal():
+    facing, confidence = facing_from_keypoints(keypoints(50))
+    assert facing == "toward_camera" and confidence >= VerifyConfig().min_facing_confidence
+    assert max_turn_deg(keypoints(50)) >= 50  # the bound holds ...
+    assert max_turn_deg(keypoints(10)) < max_turn_deg(keypoints(50))  # ... and tightens as the shoulders widen
+
+
+def test_person_turned_50_degrees_is_not_asked_about_an_object_behind_them():
+    # The object is 1 m to the image's right and 1.5 m behind the person: mirroring says "on their
+    # left", but turned 50 degrees it is on their right.
+    assert person_frame_side(50, 1.0, 5.5) == "right_of"
+    rec = scene(50, 1.0, 5.5)
+    assert perspective_rows(rec) == []
+    assert rec.drops["perspective/lateral_ambiguous"] == 1
+    # A guard that assumes a fixed 30-degree turn (no keypoints to bound it) lets the wrong row through.
+    old = perspective_rows(scene(50, 1.0, 5.5, with_keypoints=False), VerifyConfig(perspective_max_yaw_deg=30.0))
+    assert [r["fact"]["predicate"] for r in old] == ["left_of"]
+
+
+def test_person_turned_10_degrees_keeps_an_object_beside_them():
+    assert person_frame_side(10, 1.5, 4.5) == "left_of"
+    rows = perspective_rows(scene(10, 1.5, 4.5))
+    assert len(rows) == 1
+    row = rows[0]
+    fact = row["fact"]
+    assert row["objects"][fact["object"]]["label"] == "person" and fact["predicate"] == "left_of"
+    v = row["verification"]
+    assert "lateral_dominance" in v["checks"] and v["focal_source"] == "exif:FocalLengthIn35mmFilm"
+    assert 10 <= v["facing_max_turn_deg"] < 90
+
+
+@pytest.mark.parametrize("theta", [0, 10, 30, 50, 70])
+def test_turn_bound_is_never_below_the_true_turn(theta):
+    assert max_turn_deg(keypoints(theta)) >= theta
+
+
+def test_a_person_alone_gives_no_question():
+    rec = scene(10, 1.5, 4.5)
+    rec.objects = rec.objects[[0]]
+    assert perspective_rows(rec) == [] and not any(k.startswith("perspective/") for k in rec.drops)
