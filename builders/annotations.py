@@ -46,6 +46,12 @@ class AnnotationShards:
     tasks: list[str] = field(default_factory=list)
     mixed: bool = False  # files may hold rows of several tasks (a bare file or glob): filter by task
     reader: object | None = None  # format "chat": the ChatReader that turns samples into rows
+    # Row range [start, stop) of each entry of ``files`` (raw rows, before the task filter); None or
+    # a None entry: the whole file. Set when files are cut into more shards (see ``cut_shards``).
+    ranges: list[tuple[int, int] | None] | None = None
+
+    def range_of(self, k: int) -> tuple[int, int] | None:
+        return None if self.ranges is None else self.ranges[k]
 
     @property
     def task_filter(self) -> list[str] | None:
@@ -195,6 +201,31 @@ def _open(path: str, download_config=None):
     return open(path, "rb")
 
 
+def count_rows(path: str, fmt: str, download_config=None) -> int:
+    """Rows of one shard: the Parquet footer's count, or the non-empty lines of a JSONL file."""
+    with _open(path, download_config) as f:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(f).metadata.num_rows
+        return sum(1 for line in f if line.strip())
+
+
+def cut_shards(files: list[str], fmt: str, pieces: int, download_config=None) -> tuple[list[str], list[tuple[int, int]]]:
+    """Cut every file into ``pieces`` row ranges of (nearly) equal size, file by file.
+
+    ``len(files) * pieces`` shards result, so a ``world_size`` that divides ``pieces`` divides the
+    shard count, and rank ``r`` of ``split_dataset_by_node`` reads only its ranges of each file.
+    """
+    out_files, ranges = [], []
+    for path in files:
+        n = count_rows(path, fmt, download_config)
+        for k in range(pieces):
+            out_files.append(path)
+            ranges.append((n * k // pieces, n * (k + 1) // pieces))
+    return out_files, ranges
+
+
 def iter_batches(
     path: str,
     fmt: str,
@@ -202,6 +233,7 @@ def iter_batches(
     batch_size: int = 1024,
     tasks: list[str] | None = None,
     download_config=None,
+    rows: tuple[int, int] | None = None,
     reader=None,
 ):
     """Yield ``pyarrow.Table`` batches of at most ``batch_size`` rows of one shard, in file order.
@@ -210,6 +242,8 @@ def iter_batches(
     ``schema.arrow_schema()``; missing ones come back null. Parquet is read in record batches with
     only the needed columns; JSONL in chunks of lines; chat files through ``reader`` (a
     ``ChatReader``). If ``tasks`` is given, rows of other tasks are left out (for files that mix tasks).
+    ``rows=(start, stop)`` keeps only the file's raw rows ``start <= k < stop`` (counted before the
+    task filter; Parquet row groups outside are not read).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -231,14 +265,14 @@ def iter_batches(
             from spatialforge.processing.training.parse import ChatReader
 
             reader = ChatReader()
-        rows = []
+        chunk: list[dict] = []  # chat files are never cut into row ranges (``rows`` is None)
         for row in reader.read(path):
-            rows.append(row)
-            if len(rows) >= batch_size:
-                yield finish(pa.Table.from_pylist(rows, schema=schema))
-                rows = []
-        if rows:
-            yield finish(pa.Table.from_pylist(rows, schema=schema))
+            chunk.append(row)
+            if len(chunk) >= batch_size:
+                yield finish(pa.Table.from_pylist(chunk, schema=schema))
+                chunk = []
+        if chunk:
+            yield finish(pa.Table.from_pylist(chunk, schema=schema))
         return
     with _open(path, download_config) as f:
         if fmt == "parquet":
@@ -250,7 +284,15 @@ def iter_batches(
                 raise unreadable(path, "Parquet", err) from err
             check_columns(path, pf.schema_arrow.names, need)
             present = [c for c in need if c in pf.schema_arrow.names]
-            batches = pf.iter_batches(batch_size=batch_size, columns=present)
+            groups, first = list(range(pf.num_row_groups)), 0
+            if rows is not None:  # only the row groups that overlap the range
+                bounds, groups = [0], []
+                for g in range(pf.num_row_groups):
+                    bounds.append(bounds[-1] + pf.metadata.row_group(g).num_rows)
+                    if bounds[g] < rows[1] and bounds[g + 1] > rows[0]:
+                        groups.append(g)
+                first = bounds[groups[0]] if groups else 0
+            batches = _in_range(pf.iter_batches(batch_size=batch_size, columns=present, row_groups=groups), rows, first)
             while True:
                 try:
                     rb = next(batches, None)
@@ -269,15 +311,17 @@ def iter_batches(
                         raise cast_error(path, table, schema, err) from err
                 yield finish(table)
         elif fmt == "jsonl":
-            rows: list[dict] = []
+            chunk: list[dict] = []
             keys: set[str] = set()
+            start, stop = rows if rows is not None else (0, None)
+            k = -1
 
-            def table_of(rows: list[dict]) -> pa.Table:
+            def table_of(chunk: list[dict]) -> pa.Table:
                 check_columns(path, sorted(keys), need)
                 try:
-                    return pa.Table.from_pylist(rows, schema=schema)
+                    return pa.Table.from_pylist(chunk, schema=schema)
                 except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-                    loose = pa.Table.from_pylist([{k: r.get(k) for k in need} for r in rows])
+                    loose = pa.Table.from_pylist([{k: r.get(k) for k in need} for r in chunk])
                     raise cast_error(path, loose, schema, err) from err
 
             for lineno, line in enumerate(f, 1):
@@ -285,6 +329,11 @@ def iter_batches(
                     line = line[3:]
                 if not line.strip():
                     continue
+                k += 1
+                if k < start:
+                    continue
+                if stop is not None and k >= stop:
+                    break
                 try:
                     row = json.loads(line.decode("utf-8"))
                 except UnicodeDecodeError as err:
@@ -293,12 +342,77 @@ def iter_batches(
                     raise ShardError(f"{path}:{lineno}: not a JSON object ({err})") from err
                 if not isinstance(row, dict):
                     raise ShardError(f"{path}:{lineno}: not a JSON object, got {type(row).__name__}")
-                rows.append(row)
+                chunk.append(row)
                 keys.update(row)
-                if len(rows) >= batch_size:
-                    yield finish(table_of(rows))
-                    rows = []
-            if rows:
-                yield finish(table_of(rows))
+                if len(chunk) >= batch_size:
+                    yield finish(table_of(chunk))
+                    chunk = []
+            if chunk:
+                yield finish(table_of(chunk))
         else:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _in_range(batches, rows: tuple[int, int] | None, first: int):
+    """Record batches sliced to the raw rows ``rows`` of a file; ``first`` is the file row of the first batch."""
+    if rows is None:
+        yield from batches
+        return
+    pos = first
+    for rb in batches:
+        lo, hi = max(rows[0] - pos, 0), min(rows[1] - pos, rb.num_rows)
+        pos += rb.num_rows
+        if hi > lo:
+            yield rb.slice(lo, hi - lo)
+        if pos >= rows[1]:
+            return
+
+
+def _image_runs(batches):
+    """``(key, table)`` per run of rows of one image in a shard's batches (``key`` = source, image_id)."""
+    import pyarrow.compute as pc
+
+    for table in batches:
+        if not table.num_rows:
+            continue
+        keys = pc.binary_join_element_wise(table.column("source"), table.column("image_id"), "\x00")
+        keys = keys.combine_chunks() if hasattr(keys, "combine_chunks") else keys
+        change = pc.indices_nonzero(pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1))).to_pylist()
+        starts = [0] + [k + 1 for k in change]
+        for a, b in zip(starts, starts[1:] + [table.num_rows]):
+            yield keys[a].as_py(), table.slice(a, b - a)
+
+
+def iter_image_merged_batches(paths: list[str], fmt: str, columns: list[str] | None = None, batch_size: int = 1024,
+                              tasks: list[str] | None = None, download_config=None, reader=None):
+    """Batches of several shards read side by side, the rows of one image together.
+
+    For shard ``k`` of every task (the pipeline writes it from the same images, each file sorted by
+    id): a merge on ``(source, image_id)``, so one image's grounding, counting, ... rows come in a
+    row, in the order of ``paths``. Every row of every file comes exactly once whatever the order
+    of the files' images (an image in an order the others do not share is simply not joined).
+    """
+    import heapq
+
+    import pyarrow as pa
+
+    runs = [_image_runs(iter_batches(p, fmt, columns, batch_size, tasks, download_config, reader=reader)) for p in paths]
+    heap = []
+    for i, it in enumerate(runs):
+        first = next(it, None)
+        if first is not None:
+            heap.append((first[0], i, first[1]))
+    heapq.heapify(heap)
+    out, n = [], 0
+    while heap:
+        key, i, table = heapq.heappop(heap)
+        out.append(table)
+        n += table.num_rows
+        nxt = next(runs[i], None)
+        if nxt is not None:
+            heapq.heappush(heap, (nxt[0], i, nxt[1]))
+        if n >= batch_size and (not heap or heap[0][0] != key):  # never cut an image's rows
+            yield pa.concat_tables(out)
+            out, n = [], 0
+    if out:
+        yield pa.concat_tables(out)

@@ -137,10 +137,10 @@ def scan_images(
     invalid: Counter = Counter()
     invalid_first: dict[str, list[str]] = {}
     invalid_rows = 0
-    for path, expected in zip(shards.files, file_tasks(shards)):
+    for k, (path, expected) in enumerate(zip(shards.files, file_tasks(shards))):
         for batch in iter_batches(
             path, shards.format, VALIDATED_COLUMNS, batch_size=8192, tasks=shards.task_filter, download_config=download_config,
-            reader=shards.reader,
+            reader=shards.reader, rows=shards.range_of(k),
         ):
             problems = row_problems(batch, expected)
             if problems:

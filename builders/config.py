@@ -63,6 +63,17 @@ class SpatialForgeConfig(datasets.BuilderConfig):
     # their relative image paths are under, and the model family whose box values their text holds.
     media_root: str | None = None
     model_family: str = "qwen3-vl"
+    # Streaming for one rank of a DDP job (both set, or neither): ``as_streaming_dataset`` returns
+    # ``split_dataset_by_node(ds, rank, world_size)`` and checks the images of that rank's rows only.
+    # When the number of annotation files is not a multiple of world_size, every file is cut into
+    # world_size row ranges, so each rank still reads only its share (instead of every rank reading
+    # every row and keeping 1/world_size of them).
+    rank: int | None = None
+    world_size: int | None = None
+    # Streaming several tasks: read shard k of every task side by side, so all rows of one image
+    # (grounding, counting, near_far, ...) come in a row (the pipeline writes shard k of every task
+    # from the same images). Shards are then the shard names, not the files; the rows are the same.
+    group_tasks: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,3 +109,10 @@ class SpatialForgeConfig(datasets.BuilderConfig):
             raise ValueError(f"image_check must be 'decode' or 'header', got {self.image_check!r}")
         if not isinstance(self.check_threads, int) or self.check_threads <= 0:
             raise ValueError(f"check_threads must be a positive int, got {self.check_threads!r}")
+        if (self.rank is None) != (self.world_size is None):
+            raise ValueError(f"rank and world_size go together, got rank={self.rank!r}, world_size={self.world_size!r}")
+        if self.world_size is not None and (
+            not isinstance(self.world_size, int) or self.world_size <= 0 or not isinstance(self.rank, int)
+            or not 0 <= self.rank < self.world_size
+        ):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank!r}, world_size={self.world_size!r}")

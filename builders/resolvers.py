@@ -86,6 +86,8 @@ REFUSED = "refused under every on_missing_image policy (a security boundary, not
 _SQL_CHUNK = 900  # bound parameters per query (old SQLite builds allow 999)
 _CHECK_CHUNK = 64  # images per task of the check thread pool
 _CHECK_BLOCK = 32_768  # images whose stored checks are read (and new ones written) at once
+# Seconds a process waits for another one writing the same index (SQLite busy timeout, build lock).
+_LOCK_TIMEOUT = 600
 # Stored outcomes of inspect_image: valid while the file keeps its size and mtime and the pixel
 # limits are the same (``limits``, see _limits_key).
 _CHECKS_TABLE = (
@@ -134,7 +136,9 @@ class ImageIndex:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            self._conn = sqlite3.connect(self.path, check_same_thread=False)
+            # Several ranks / workers write checks into one index: wait for the write lock instead
+            # of failing with "database is locked".
+            self._conn = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT, check_same_thread=False)
             self._pid = os.getpid()
         return self._conn
 
@@ -187,13 +191,21 @@ class ImageIndex:
         """
         if not rows:
             return
-        conn = self.conn
-        try:
-            with conn:  # one transaction
-                conn.execute(_CHECKS_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
-                conn.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        except sqlite3.OperationalError as err:
-            logger.warning("could not store %d image checks in %s (%s); they will be redone next time", len(rows), self.path, err)
+        for attempt in range(2):
+            conn = self.conn
+            try:
+                with conn:  # one transaction
+                    conn.execute(_CHECKS_TABLE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+                    conn.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                return
+            except sqlite3.OperationalError as err:
+                # SQLITE_READONLY_DBMOVED: another process rebuilt the index (a new file renamed over
+                # the one this connection has open); write into the new file instead.
+                if attempt == 0 and "readonly" in str(err) and os.access(os.path.dirname(self.path) or ".", os.W_OK):
+                    self.close()
+                    continue
+                logger.warning("could not store %d image checks in %s (%s); they will be redone next time", len(rows), self.path, err)
+                return
 
     def meta(self, name: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
@@ -442,7 +454,16 @@ class Resolver:
             with self._lock:
                 if self._index is None:
                     if not self.is_fresh():
-                        self.build_index()
+                        # Ranks started at once must not all rebuild and rename over each other (a
+                        # connection to a renamed-over file fails with "attempt to write a readonly
+                        # database"): one builds under an inter-process lock, the others wait and
+                        # then find the index fresh.
+                        from filelock import FileLock
+
+                        os.makedirs(os.path.dirname(self.index_path), exist_ok=True)
+                        with FileLock(self.index_path + ".lock", timeout=_LOCK_TIMEOUT):
+                            if not self.is_fresh():
+                                self.build_index()
                     self._index = ImageIndex(self.root_real, self.kind, self.index_path)
         return self._index
 

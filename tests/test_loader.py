@@ -131,9 +131,9 @@ def test_torch_dataloader_two_workers_yield_every_row_once(fx, tmp_path):
 
 
 def test_load_dataset_one_liner(fx, tmp_path):
-    ds = load_dataset(fx.annotations, task="perspective", image_dirs=fx.image_dirs, cache_dir=str(tmp_path / "c"))
+    ds = load_dataset(fx.annotations, task="perspective", split="train", image_dirs=fx.image_dirs, cache_dir=str(tmp_path / "c"))
     assert isinstance(ds, datasets.Dataset) and ds["id"] == [r["id"] for r in fx.rows_of("perspective")]
-    it = load_dataset(fx.annotations, "perspective", image_dirs=fx.image_dirs, streaming=True)
+    it = load_dataset(fx.annotations, "perspective", "train", image_dirs=fx.image_dirs, streaming=True)
     assert isinstance(it, datasets.IterableDataset) and [r["id"] for r in it] == ds["id"]
 
 

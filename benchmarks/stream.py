@@ -1,0 +1,132 @@
+"""Training-stream benchmark: the data side of a training loop against the loader's raw stream.
+
+Prints, in one run, on the demo's rows and images (``spatialforge demo --no-mono``, made in a temp
+folder unless ``--demo`` names one):
+
+1. raw: ``spatialforge_10m.load_dataset(..., streaming=True)`` (images decoded by ``datasets``)
+   through a ``DataLoader`` with ``--workers`` workers: rows/s;
+2. train: ``TrainingStream`` (shuffle buffer, one row per sample) + ``ChatCollator`` (chat messages,
+   chat template, a LLaVA-1.5-shaped processor: CLIP 224 px crop, 256 image tokens) through the
+   same ``DataLoader``: rows/s, and its ratio to raw (goal >= 0.8);
+   (and the stream alone, without the collator, to show where the time goes);
+3. grouped: the same with ``group_by_image=True`` (all adjacent QA pairs of one image in one
+   multi-turn sample: one decode and one image preprocessing for them): QA pairs/s, and its ratio
+   to 2 (goal >= 2).
+
+    python benchmarks/stream.py                          # ~2 min on 2 cores
+    python benchmarks/stream.py --scenes 600 --batch-size 16 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _setup_env(tmp: str) -> None:
+    os.environ.setdefault("SPATIALFORGE_CACHE", os.path.join(tmp, "sfcache"))
+    os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(tmp, "hf"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _example():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "train_tiny.py")
+    spec = importlib.util.spec_from_file_location("train_tiny", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(batch) -> int:
+    if isinstance(batch, list):  # raw rows
+        return len(batch)
+    return int(batch["n_rows"])
+
+
+def _timed(loader) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = sum(_rows(b) for b in loader)
+    return n, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo", help="existing `spatialforge demo --out` folder (default: make one)")
+    parser.add_argument("--scenes", type=int, default=300, help="scenes of the demo made when --demo is not given")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per batch")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--task", default="all", help="task (config) to stream")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each measurement (best is kept)")
+    args = parser.parse_args(argv)
+
+    tmp = tempfile.mkdtemp(prefix="sf-bench-stream-")
+    _setup_env(tmp)
+    import torch
+    from transformers import AutoProcessor
+
+    import spatialforge_10m
+    from spatialforge.processing.training.collate import ChatCollator
+    from spatialforge.processing.training.stream import TrainingStream
+
+    demo = args.demo
+    if demo is None:
+        demo = os.path.join(tmp, "demo")
+        cli = os.path.join(os.path.dirname(sys.executable), "spatialforge")
+        done = subprocess.run([cli, "demo", "--scenes", str(args.scenes), "--out", demo, "--no-mono", "--no-load"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"spatialforge demo failed: {done.stderr.strip().splitlines()[-1:]}")
+    data = os.path.join(demo, "dataset-exact")
+    image_dirs = {"objects365": os.path.join(demo, "objects365", "images")}
+    ex = _example()
+    model_dir = ex.build_tiny_llava(os.path.join(tmp, "llava"), ex.rows_text(data, args.task), image_size=224, patch=14)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    collator = ChatCollator(processor)
+
+    def collate(samples):
+        batch = collator(samples)
+        batch["n_rows"] = sum(len(s["rows"]) for s in samples)
+        return batch
+
+    def loader(ds, fn):
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=fn)
+
+    raw = spatialforge_10m.load_dataset(data, args.task, "train", image_dirs=image_dirs, streaming=True)
+    index = os.path.join(tmp, "index")
+    flat = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=index)
+    grouped = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, group_by_image=True, index_dir=index)
+    runs = {
+        "raw": (raw, list),
+        "stream": (flat, list),
+        "train": (flat, collate),
+        "grouped": (grouped, collate),
+    }
+    # Interleaved repeats, best of each: the load of a shared machine drifts between runs.
+    best: dict[str, float] = {}
+    rows: dict[str, int] = {}
+    for _ in range(args.repeats):
+        for name, (ds, fn) in runs.items():
+            n, t = _timed(loader(ds, fn))
+            rows[name], best[name] = n, max(best.get(name, 0.0), n / t)
+    samples = sum(1 for _ in grouped)
+
+    print(f"stream benchmark: {rows['raw']} rows of {data} (task {args.task}), batch {args.batch_size}, "
+          f"{args.workers} DataLoader workers, best of {args.repeats}, torch {torch.__version__}")
+    r_raw = best["raw"]
+    print(f"  raw loader stream (images decoded by datasets)        {r_raw:8.1f} rows/s")
+    print(f"  TrainingStream alone (shuffle buffer, decode)         {best['stream']:8.1f} rows/s   "
+          f"ratio to raw {best['stream'] / r_raw:.2f}")
+    print(f"  TrainingStream + ChatCollator (template, processor)   {best['train']:8.1f} rows/s   "
+          f"ratio to raw {best['train'] / r_raw:.2f} (goal >= 0.8)")
+    print(f"  grouped by image ({rows['grouped'] / max(samples, 1):.2f} QA pairs per sample)           "
+          f"{best['grouped']:8.1f} QA pairs/s  ratio to one row per sample {best['grouped'] / best['train']:.2f} (goal >= 2), "
+          f"to raw rows/s {best['grouped'] / r_raw:.2f}")
+
+if __name__ == "__main__":
+    main()
