@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ...builders.schema import BBOX_SCALE
+from ...builders.schema import BBOX_SCALE, normalize_bboxes
 
 # --------------------------------------------------------------------------------- model families
 
@@ -160,7 +160,7 @@ def unconvert_box(box: Sequence[int], grid: tuple[int, int]) -> list[int]:
     gw, gh = grid
     if (gw, gh) == (BBOX_SCALE, BBOX_SCALE):
         return [int(v) for v in box]
-    return [min(BBOX_SCALE, max(0, round(v / s * BBOX_SCALE))) for v, s in zip(box, (gw, gh, gw, gh))]
+    return normalize_bboxes([box], gw, gh)[0]
 
 
 def _box_slots(box: Sequence[int]) -> dict[str, int]:

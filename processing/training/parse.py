@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from ...builders.schema import COLUMNS, VERIFICATION, make_id
+from ...builders.schema import COLUMNS, VERIFICATION, make_id, normalize_bboxes
 from ..tasks.templates import OPPOSITE, SIDE_WORDS, TEMPLATES
 from .formats import (
     BBOX_TAG,
@@ -182,8 +182,8 @@ class ChatReader:
                 if box is None or (not norm1 and not all(size)):
                     counts["swift_bbox_unreadable"] += 1
                     return m.group(0)
-                scale = (1, 1, 1, 1) if norm1 else (size[0], size[1], size[0], size[1])
-                return "[" + ", ".join(str(round(v / s * 1000)) for v, s in zip(box, scale)) + "]"
+                width, height = (1, 1) if norm1 else size
+                return "[" + ", ".join(str(v) for v in normalize_bboxes([box], width, height)[0]) + "]"
 
             turns = [re.sub(r"<bbox>|<ref-object>", fill, t) for t in turns]
         if len(turns) % 2:
