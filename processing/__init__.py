@@ -3,7 +3,7 @@
 Data flow, one :class:`~.records.Record` per image, each stage in its own folder::
 
     readers/       source annotations and images -> Record (pixel boxes on the EXIF-transposed grid)
-       |             coco.py (Objects365), openimages.py, pixmo.py, folder.py, hf.py
+       |             coco.py (Objects365), openimages.py, pixmo.py, folder.py, hf.py, fiftyone.py
     perception/    what the source lacks: detection.py (boxes), depth_files.py / depth_models.py
        |             (depth), pose.py + facing.py (which way a person faces)
     tasks/         six task generators + verification: step.py runs grounding.py, referring.py,

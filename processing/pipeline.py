@@ -222,7 +222,7 @@ def make_reader(cfg: GenerateConfig) -> Reader:
     if cfg.source == "folder":
         return FolderReader(cfg.images, **common)
     if cfg.source == "fiftyone":
-        from .inspect.fiftyone import FiftyOneReader
+        from .readers.fiftyone import FiftyOneReader
 
         return FiftyOneReader(cfg.fiftyone_dataset, cfg.fiftyone_label_field, **common)
     return HFDatasetReader(cfg.annotations, cfg.cache_dir, split=cfg.hf_split, **common)

@@ -139,7 +139,7 @@ def test_fiftyone_source_gives_the_same_rows_as_the_coco_reader(fo, generated, t
 
 
 def test_reader_flags_problems_and_fields(fo, tmp_path):
-    from spatialforge.processing.inspect.fiftyone import FiftyOneReader
+    from spatialforge.processing.readers.fiftyone import FiftyOneReader
 
     for i in range(3):
         Image.new("RGB", (200, 100), (i * 60, 0, 0)).save(tmp_path / f"img{i}.png")

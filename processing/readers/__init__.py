@@ -8,7 +8,7 @@ One module per source, plus the shared parts::
     json_stream.py  streaming JSON for multi-GB COCO files
     coco.py         Objects365 / COCO JSON          openimages.py  OpenImages CSVs
     pixmo.py        Pixmo rows (points)             folder.py      any folder of images
-    hf.py           a local Hugging Face dataset
+    hf.py           a local Hugging Face dataset      fiftyone.py    a FiftyOne dataset (lazy import)
 
 Every reader lists its items first (image ids, sorted, deterministic) and then reads any subset of
 them, so executors can split the work into stable shards whatever the number of workers::
