@@ -59,7 +59,7 @@ _VERSION = "1.0.0"
 _REPORT_FILE = "spatialforge_image_report.json"
 
 
-def _group_tasks(tasks: list[list[str] | None]) -> list[str] | None:
+def _tasks_of_group(tasks: list[list[str] | None]) -> list[str] | None:
     """The tasks rows of a group of files may have: every member's, or None if one member mixes tasks."""
     if any(t is None for t in tasks):
         return None
@@ -158,9 +158,9 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
             if per_rank:
                 local = dataclasses.replace(local, files=[f for g in groups[rank::world_size] for f in g])
             self._prescan(local, streaming)
-            expected = [_group_tasks([task_of.get(f) for f in g]) for g in groups]
+            expected = [_tasks_of_group([task_of.get(f) for f in g]) for g in groups]
             return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={
-                "files": groups, "ranges": [None] * len(groups), "file_tasks": expected})]
+                "files": groups, "ranges": [None] * len(groups), "expected_tasks": expected})]
         if per_rank and len(files) % world_size and shards.format in ("parquet", "jsonl"):
             # split_dataset_by_node would otherwise fall back to "1 example in world_size": every
             # rank reading (and checking) every row. Cut each file into world_size row ranges.
@@ -183,7 +183,7 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         # LISTS of files and row ranges: datasets shards them across split_dataset_by_node ranks,
         # DataLoader workers and num_proc jobs, each reading disjoint shards.
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={
-            "files": files, "ranges": ranges, "file_tasks": [task_of.get(f) for f in files]})]
+            "files": files, "ranges": ranges, "expected_tasks": [task_of.get(f) for f in files]})]
 
     def _task_groups(self, files: list[str]) -> list[list[str]] | None:
         """Files of several tasks grouped by shard name (``data/<task>/<name>``), in reading order;
@@ -351,7 +351,7 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         )
 
     def _generate_tables(self, files: list[str], ranges: list[tuple[int, int] | None] | None = None,
-                         file_tasks: list[list[str] | None] | None = None):
+                         expected_tasks: list[list[str] | None] | None = None):
         """Annotation record batches with the rows of bad images (and, under ``on_invalid_row``
         ``warn`` / ``skip``, rows that break the schema) removed and an ``image`` column
         ``{"bytes": None, "path": <absolute path>}`` in front: the one reading path of both modes."""
@@ -367,7 +367,7 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
                 tables = iter_batches(path, shards.format, list(COLUMNS), self.config.batch_size, shards.task_filter,
                                       download_config, reader=shards.reader, rows=rows)
             for batch_idx, table in enumerate(tables):
-                problems = row_problems(table, file_tasks[file_idx] if file_tasks is not None else None)
+                problems = row_problems(table, expected_tasks[file_idx] if expected_tasks is not None else None)
                 if problems:  # counted by the pre-scan, which refused them under "error"
                     table = table.filter(pc.invert(any_problem(problems)))
                 image_paths = self._image_paths(table)
@@ -420,9 +420,9 @@ class SpatialForge10M(datasets.GeneratorBasedBuilder):
         return paths.combine_chunks() if isinstance(paths, pa.ChunkedArray) else paths
 
     def _generate_examples(self, files: list[str], ranges: list[tuple[int, int] | None] | None = None,
-                           file_tasks: list[list[str] | None] | None = None):
+                           expected_tasks: list[list[str] | None] | None = None):
         """Rows of :meth:`_generate_tables` (used by ``download_and_prepare``)."""
-        for key, table in self._generate_tables(files, ranges, file_tasks):
+        for key, table in self._generate_tables(files, ranges, expected_tasks):
             for k, row in enumerate(table.to_pylist()):
                 yield Key(key.original_shard_id, key.item_or_batch_id * 10**9 + k), row
 

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import typer
 
-from .common import EXIT_FAILED, EXIT_USAGE
+from .common import EXIT_FAILED, EXIT_USAGE, fail
 
 
 def _verbose(ctx: typer.Context, verbose: bool) -> bool:
@@ -34,9 +34,8 @@ def _expected(err: BaseException) -> bool:
 def _fail(err: BaseException) -> NoReturn:
     """One line; exit 2 for bad input (a missing file, a malformed value), 1 when the work failed."""
     message = " ".join(str(err).split()) or type(err).__name__
-    typer.echo(f"Error: {message} (--verbose shows the traceback)", err=True)
     bad_input = isinstance(err, (ValueError, FileNotFoundError))
-    raise typer.Exit(EXIT_USAGE if bad_input else EXIT_FAILED) from None
+    fail(f"{message} (--verbose shows the traceback)", EXIT_USAGE if bad_input else EXIT_FAILED)
 
 
 def register(app: typer.Typer) -> None:
