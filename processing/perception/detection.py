@@ -563,12 +563,26 @@ class DetectionStep(BatchStep):
         det, drops = detections_from_transformers(
             result, None, record.width, record.height, self.threshold, self.nms_iou, self.min_size
         )
-        for reason, n in drops.items():
-            if n:
-                record.drop(f"detection_{reason}", n)
-        if self.beside and len(record.objects) and not self.overwrite:
-            record.meta[DETECTOR_OBJECTS] = det
-            return
-        record.objects = det
-        record.box_source = f"model:{self.model_id}"
-        record.exhaustive_labels = set(self.exhaustive_labels)
+        attach_detections(record, det, drops, f"model:{self.model_id}", beside=self.beside, overwrite=self.overwrite,
+                          exhaustive_labels=self.exhaustive_labels)
+
+
+def attach_detections(record: Record, det: Detections, drops: Mapping[str, int], box_source: str, *, beside: bool,
+                      overwrite: bool = False, exhaustive_labels: Sequence[str] = ()) -> None:
+    """Give ``record`` a detector's boxes, as every detector step does (a model, a results file).
+
+    The drops of :func:`detections_from_transformers` are counted as ``detection_<reason>``. With
+    ``beside`` and boxes already there (source annotations, unless ``overwrite``), the boxes go to
+    ``record.meta["detector_objects"]``, where the tasks check the annotations against them;
+    otherwise they become the record's objects (``box_source``), exhaustive for
+    ``exhaustive_labels`` only.
+    """
+    for reason, n in drops.items():
+        if n:
+            record.drop(f"detection_{reason}", n)
+    if beside and len(record.objects) and not overwrite:
+        record.meta[DETECTOR_OBJECTS] = det
+        return
+    record.objects = det
+    record.box_source = box_source
+    record.exhaustive_labels = set(exhaustive_labels)
