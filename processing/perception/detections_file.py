@@ -16,7 +16,7 @@ wrong) and keeps the boxes per image; entries of images the input does not have,
 source does not know, are counted by reason (``unknown_image_id``, ``unknown_category_id``,
 ``unknown_category_name``) and left out. :class:`DetectionsFromFile` then hands each record its
 boxes through the same code as a detector model
-(:func:`~.detection.detections_from_transformers`: score threshold, clipping, class-wise NMS;
+(:func:`~.detection.detections_from_transformers`: score threshold, clipping, degenerate boxes;
 :func:`~.detection.attach_detections`: beside source annotations into
 ``record.meta["detector_objects"]``, where the tasks drop what the detector contradicts). An image
 the file lists no box for was looked at and nothing was found: it gets no detector boxes.
@@ -51,7 +51,7 @@ from ..base import Step
 from ..readers.base import BadInputError
 from ..readers.json_stream import _JsonStream
 from ..records import Record
-from .detection import attach_detections, detections_from_transformers
+from .detection import attach_detections, check_threshold, detections_from_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,11 @@ class DetectionsFromFile(Step):
     Args:
         cache_dir: where :func:`convert` wrote ``detections.npz``.
         name_of_file: the file's name, kept as the boxes' ``box_source`` (``file:<name>``).
-        threshold, nms_iou, min_size: as :class:`~.detection.DetectionStep` applies them.
+        threshold, min_size: as :class:`~.detection.DetectionStep` applies them (beside annotations
+            the threshold is at most :data:`~.detection.BESIDE_MIN_SCORE`).
+        nms_iou: class-wise NMS; default None: a results file holds a detector's final boxes (its
+            own NMS has run), and a second one would remove an instance half hidden behind another
+            of its label, which is what the boxes beside the annotations are there to find.
         beside: records with source annotations get the boxes in ``record.meta["detector_objects"]``.
 
     Counts (``objects_dropped``): ``grid_mismatch``, boxes of an image whose annotation grid the
@@ -293,7 +297,7 @@ class DetectionsFromFile(Step):
     name = "detections"
 
     def __init__(self, cache_dir: str | os.PathLike, name_of_file: str, threshold: float = 0.3,
-                 nms_iou: float | None = 0.5, min_size: float = 1.0, beside: bool = True) -> None:
+                 nms_iou: float | None = None, min_size: float = 1.0, beside: bool = True) -> None:
         super().__init__()
         self.cache_dir = Path(cache_dir)
         self.box_source = f"file:{name_of_file}"
@@ -324,7 +328,8 @@ class DetectionsFromFile(Step):
                     return record
                 xyxy = xyxy * np.array([record.width / aw, record.height / ah] * 2)
         result = {"boxes": xyxy, "scores": a["scores"][lo:hi], "text_labels": [self._vocab[c] for c in a["labels"][lo:hi]]}
-        det, drops = detections_from_transformers(result, None, record.width, record.height, self.threshold,
+        threshold = check_threshold(record, self.threshold, self.beside)
+        det, drops = detections_from_transformers(result, None, record.width, record.height, threshold,
                                                   self.nms_iou, self.min_size)
         attach_detections(record, det, drops, self.box_source, beside=self.beside)
         return record
