@@ -53,6 +53,8 @@ def test_the_detections_file_buys_precision_the_annotations_alone_lack(result):
             assert with_file[task].wrong <= alone[task].wrong, (name, task)
         if VARIANTS[name].annotations.exact and VARIANTS[name].depth is None:
             assert all(rep.precision == 1.0 for rep in with_file.values()), name
+        found, total = result.left_out_found[name]
+        assert total > 0 and (found == total if VARIANTS[name].annotations.exact else found <= total), name
     assert "annotations alone, no detector: precision" in result.table()
 
 

@@ -250,3 +250,27 @@ def test_the_detector_like_file_finds_most_left_out_instances_and_scores_them_lo
     assert left_out > 5 and found / left_out >= 0.8
     assert found_any < visible  # it misses some (small, hidden) instances: the annotations are not its copy
     assert np.median(left_scores) < np.median(seen_scores)
+
+
+@pytest.mark.slow  # about a minute: two seed families through files and `generate` on four variants
+@pytest.mark.parametrize("seed", [7, 8])
+def test_through_detections_files_every_wrong_row_is_an_instance_the_detector_missed(tmp_path, seed):
+    # The user's path end to end (files -> generate --detections -> rows), on seed families of
+    # their own: exact boxes and depth with the exact detector make every task exact; with the
+    # detector-like one, a row may only be wrong about a label of which the file misses an instance
+    # the annotations leave out (the limit of any detector beside them), never otherwise.
+    from spatialforge.processing.synth.demo import detections_name, left_out_missed, run_demo
+
+    result = run_demo(tmp_path / "demo", scenes=100, seed=seed, load=False, alone=False)
+    for name, reports in result.reports.items():
+        path = result.out / "objects365" / "detections" / detections_name(name)
+        missed, total = left_out_missed(json.loads(path.read_text()), load_truth(result.out / "objects365" / "truth.json"))
+        assert total > 0
+        for task, rep in reports.items():
+            assert rep.rows > 0 or task == "perspective", (name, task)
+            if name == "exact":
+                assert rep.precision == 1.0, (name, task, rep.failures[:3])
+            assert rep.wrong <= len(rep.failures)  # every wrong row is listed (fewer than the report keeps)
+            for failure in rep.failures:
+                label = str(failure.get("ambiguous_mention") or failure.get("label")).lower()
+                assert (failure["image_id"], label) in missed, (name, task, failure)

@@ -29,7 +29,7 @@ Example:
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "results.json"
     >>> _ = path.write_text(json.dumps([{"image_id": "img1", "category_name": "cup", "bbox": [1, 2, 3, 4], "score": 0.9}]))
     >>> res = load_results(path, image_ids=["img1"])
-    >>> res.boxes["img1"][0].tolist(), res.labels["img1"], res.dropped
+    >>> res.boxes["img1"].tolist(), res.labels["img1"], res.dropped
     ([[1.0, 2.0, 4.0, 6.0]], ['cup'], {})
 """
 

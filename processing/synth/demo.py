@@ -88,6 +88,7 @@ class DemoResult:
     reports: dict[str, dict[str, TaskReport]] = field(default_factory=dict)
     filled: dict[str, TaskReport] = field(default_factory=dict)  # near_far on objects filling their box
     alone: dict[str, dict[str, TaskReport]] = field(default_factory=dict)  # the same on the annotations alone
+    left_out_found: dict[str, tuple[int, int]] = field(default_factory=dict)  # detections file: (found, left out)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # generate() stats per pass
     loaded_rows: int | None = None  # rows the builder yielded with their image (exact pass)
     written_rows: int | None = None
@@ -135,6 +136,10 @@ class DemoResult:
             left = ", ".join(f"{n} {r}" for r, n in file_counts["dropped"].items()) or "none"
             lines.append(f"  detections file {detections_name(name)}: {file_counts['entries']} boxes (left out: {left}); "
                          f"questions it contradicts, dropped ({', '.join(DETECTOR_DROPS)}): {', '.join(dropped) or 'none'}")
+        if name in self.left_out_found:
+            found, total = self.left_out_found[name]
+            lines.append(f"  of the {total} visible instances the annotations leave out, the detections file finds {found} "
+                         "(each one it misses can make a count or a \"the cup\" wrong)")
         return lines
 
     def summary(self) -> str:
@@ -172,6 +177,7 @@ class DemoResult:
             "near_far_min_fill": {p: r.to_dict() for p, r in self.filled.items()},
             "annotations_alone": {p: {t: r.to_dict() for t, r in reps.items()} for p, reps in self.alone.items()},
             "detections_file": {p: s.get("detections_file") for p, s in self.stats.items()},
+            "left_out_found": {p: list(v) for p, v in self.left_out_found.items()},
             "loaded_rows": self.loaded_rows,
             "written_rows": self.written_rows,
             "missing_images": self.missing_images,
@@ -265,6 +271,7 @@ def run_demo(
         result.reports[name] = evaluate(rows, truth, stats.get("candidate_drops", {}))
         result.filled[name] = evaluate(rows, truth, stats.get("candidate_drops", {}), min_fill=MIN_FILL)["near_far"]
         result.seconds[f"generate[{name}]"] = time.perf_counter() - start
+        result.left_out_found[name] = left_out_found(json.loads(detections[name].read_text()), truth)
         if alone:
             bare = GenerateConfig(out=str(out / ALONE / f"dataset-{name}"), **common)
             bare_stats = generate(bare)
@@ -291,6 +298,39 @@ def write_detections(scenes, folder: Path, passes: tuple[str, ...]) -> dict[str,
             path.write_text(json.dumps(detection_results(scenes, variant_detector(VARIANTS[name]))))
         paths[name] = path
     return paths
+
+
+def left_out_found(results: list[dict[str, Any]], truth: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+    """``(found, left out)``: the visible instances (:data:`.evaluate.MIN_VISIBLE_PIXELS` or more)
+    the annotations leave out, and how many of them a detection-results file boxes (same label,
+    IoU >= :data:`.evaluate.MIN_IOU`). Image ids are the layout's (``index + 1``)."""
+    missed, total = left_out_missed(results, truth)
+    return total - len(missed), total
+
+
+def left_out_missed(results: list[dict[str, Any]], truth: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, str]], int]:
+    """The ``(image id, label)`` of each left-out visible instance the file misses (see
+    :func:`left_out_found`), and how many instances are left out."""
+    from ..perception.objects365_labels import OBJECTS365_CATEGORIES
+    from ..records import box_iou
+    from .evaluate import MIN_IOU, MIN_VISIBLE_PIXELS
+
+    by_image: dict[int, list[tuple[str, list[float]]]] = {}
+    for e in results:
+        x, y, w, h = e["bbox"]
+        by_image.setdefault(int(e["image_id"]), []).append((OBJECTS365_CATEGORIES[e["category_id"] - 1].lower(), [x, y, x + w, y + h]))
+    missed: list[tuple[str, str]] = []
+    total = 0
+    for stem, t in truth.items():
+        boxes = by_image.get(int(stem.rsplit("_", 1)[-1]), [])
+        for o in t["objects"]:
+            if o["annotated"] or o["box"] is None or o["visible_pixels"] < MIN_VISIBLE_PIXELS:
+                continue
+            total += 1
+            same = [b for label, b in boxes if label == o["label"]]
+            if not same or float(box_iou(np.array([o["box"]]), np.array(same)).max()) < MIN_IOU:
+                missed.append((stem, o["label"]))
+    return missed, total
 
 
 def load_through_builder(dataset_dir: Path, images: Path, cache_dir: Path) -> tuple[int, int]:
