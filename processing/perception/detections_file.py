@@ -6,7 +6,8 @@ entry per box)::
     [{"image_id": 42, "category_id": 18, "bbox": [x, y, w, h], "score": 0.87}, ...]
 
 ``image_id`` is the ``id`` of an image entry of the source COCO JSON (``--annotations``), or an
-image id as the rows write it (the file stem); ``category_id`` is an ``id`` of the source JSON's
+image id as the rows write it (the file stem; for a folder of images the relative path without
+its suffix); ``category_id`` is an ``id`` of the source JSON's
 ``categories``; ``category_name`` may be given instead (or as well: then both must agree).
 ``bbox`` is in pixels on the grid of the annotations (an image whose annotations the reader rescales
 gets its detections rescaled the same way).
