@@ -2,7 +2,7 @@
 
 Step order (a plain list; every executor runs the same one)::
 
-    reader -> [DetectionStep] -> [DepthFromFiles | DepthModelStep] -> [DepthModelStep(target="alt")]
+    reader -> [DetectionStep | DetectionsFromFile] -> [DepthFromFiles | DepthModelStep] -> [DepthModelStep(target="alt")]
            -> [PoseStep | FacingFromKeypoints] -> TaskStep -> [PointCounting (pixmo)] -> ParquetWriter
 
 Model steps are imported only when their option is set, inside the worker that runs them, so
@@ -50,7 +50,7 @@ DEFAULT_NUM_SHARDS = 8
 _RUN_FIELDS = ("out", "workers", "progress", "overwrite", "allow_existing", "model_ids", "prefetch", "executor",
                "ray_address", "ray_concurrency", "ray_num_gpus", "ray_cpu_concurrency")
 EXECUTORS = ("local", "ray")
-_PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir")
+_PATH_FIELDS = ("annotations", "images", "class_descriptions", "image_labels", "depth_dir", "detections")
 _MODEL_FIELDS = ("depth_model", "detector", "pose_model", "second_depth_model")
 _DTYPES = ("auto", "fp32", "float32", "fp16", "float16", "bf16", "bfloat16")  # as depth_models.DTYPES (no torch import here)
 
@@ -80,7 +80,8 @@ class GenerateConfig:
     detector: str | None = None  # HF detection model id or folder: adds boxes (e.g. to a folder of photos)
     detector_labels: tuple[str, ...] | None = None  # zero-shot detectors: the labels to look for
     pose_model: str | None = None  # HF pose model id or folder: person keypoints -> facing (perspective task)
-    detector_threshold: float = 0.3  # detector: minimum score of a kept box
+    detector_threshold: float = 0.3  # detector or detections: minimum score of a kept box
+    detections: str | None = None  # COCO detection-results JSON: precomputed boxes, used as a detector's output
     depth_flip_tta: bool = False  # depth_model: also predict the mirrored image; near_far must agree with both
     second_depth_model: str | None = None  # HF depth model id or folder: a second depth signal near_far must agree with
     ground_contact: bool = False  # near_far: the object whose box bottom is lower must be the nearer one (opt-in)
@@ -111,7 +112,7 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        for name in ("out", "annotations", "images", "class_descriptions", "image_labels", "depth_dir"):
+        for name in ("out", "annotations", "images", "class_descriptions", "image_labels", "depth_dir", "detections"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, os.fspath(value))
@@ -141,6 +142,11 @@ class GenerateConfig:
             raise ValueError("give depth_flip_tta or second_depth_model, not both: each is the second depth signal")
         if self.second_depth_model and not (self.depth_model or self.depth_dir):
             raise ValueError(f"second_depth_model {self.second_depth_model!r} checks a first depth: give depth_model or depth_dir too")
+        if self.detections is not None:
+            if self.detector:
+                raise ValueError(f"give detector or detections, not both (got {self.detector!r} and {self.detections!r})")
+            if not Path(self.detections).is_file():
+                raise ValueError(f"detections {self.detections!r} is not a file")
         if not 0.0 <= self.detector_threshold <= 1.0:
             raise ValueError(f"detector_threshold must be in [0, 1], got {self.detector_threshold!r}")
         if self.dtype not in _DTYPES:
@@ -204,6 +210,11 @@ class GenerateConfig:
         return Path(self.out) / ".spatialforge" / "cache" / "images"
 
     @property
+    def detections_cache_dir(self) -> Path:
+        """Where the detections file is converted once into per-image boxes that every worker reads."""
+        return Path(self.out) / ".spatialforge" / "cache" / "detections"
+
+    @property
     def annotation_cache_dir(self) -> Path:
         """Where the annotations are converted once into a per-image table that every worker reads its shard of."""
         return Path(self.out) / ".spatialforge" / "cache" / "annotations"
@@ -246,7 +257,7 @@ def input_identity(cfg: GenerateConfig) -> dict[str, Any]:
     executor records each file a shard read), so a changed one redoes only the shards that read it.
     """
     out: dict[str, Any] = {}
-    for name in ("annotations", "class_descriptions", "image_labels"):
+    for name in ("annotations", "class_descriptions", "image_labels", "detections"):
         value = getattr(cfg, name)
         if not value:
             continue
@@ -270,7 +281,30 @@ def prepare_inputs(cfg: GenerateConfig) -> int:
     reader = make_reader(cfg)
     if isinstance(reader, TableReader):
         reader.prepare()
-    return len(reader.items())
+    items = reader.items()
+    if cfg.detections:
+        from .perception.detections_file import convert
+
+        coco = cfg.annotations if cfg.source == "objects365" else None
+        convert(cfg.detections, cfg.detections_cache_dir, items, coco)
+    return len(items)
+
+
+def _finalize_with_detections(finalize: Any, cache_dir: Path, out_dir: Path, stats: dict[str, Any]) -> None:
+    """``finalize`` with what the detections file left out (unknown image ids, labels) in ``stats``:
+    beside the detections step's own counts, and as ``detections_file``."""
+    from .perception.detections_file import cached_counts
+
+    counts = cached_counts(cache_dir)
+    if counts is not None:
+        stats["detections_file"] = counts
+        for step in stats.get("steps", []):
+            if step.get("name") == "detections" and counts["dropped"]:
+                merged = {**step.get("objects_dropped", {})}
+                for reason, n in counts["dropped"].items():
+                    merged[reason] = merged.get(reason, 0) + n
+                step["objects_dropped"] = dict(sorted(merged.items()))
+    finalize(out_dir, stats)
 
 
 def _facing_step(person_labels: tuple[str, ...] | None = None) -> Step | None:
@@ -330,6 +364,11 @@ def build_steps(cfg: GenerateConfig, tasks: Step | None = None) -> list[Step]:
     from .output.parquet import ParquetWriter
 
     steps: list[Step] = [make_reader(cfg)]
+    if cfg.detections:
+        from .perception.detections_file import DetectionsFromFile
+
+        # the same place and the same rules as a detector model (beside source annotations)
+        steps.append(DetectionsFromFile(cfg.detections_cache_dir, Path(cfg.detections).name, threshold=cfg.detector_threshold))
     if cfg.detector:
         from .perception.detection import DetectionStep
 
@@ -460,6 +499,8 @@ def generate(cfg: GenerateConfig, build: Any = None) -> dict[str, Any]:
         progress=cfg.progress,
         prepare=partial(prepare_inputs, cfg),
     )
+    if cfg.detections:
+        common["finalize"] = partial(_finalize_with_detections, common["finalize"], cfg.detections_cache_dir)
     build = build if build is not None else partial(build_steps, run_cfg)
     if cfg.executor == "ray":
         from .executors.ray import RayExecutor

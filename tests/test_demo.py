@@ -5,6 +5,7 @@ import json
 import pytest
 
 from spatialforge.processing.synth.demo import DETECTOR_ANNOTATIONS, read_rows, run_demo
+from spatialforge.builders.schema import TASKS
 from spatialforge.processing.synth.scenes import VARIANTS
 
 @pytest.fixture(scope="module")
@@ -31,14 +32,30 @@ def test_every_row_written_loads_through_the_builder_with_its_image(result):
 
 @pytest.mark.parametrize("task", ["grounding", "referring", "counting"])
 def test_perception_rows_are_consistent_and_judged_against_every_visible_instance(result, task):
-    # The demo runs on annotations alone: consistent with them by construction; judged against
-    # every visible instance (the annotations leave occluded ones out) they may err, and the
-    # table says by how much (tests/test_precision.py adds a detector beside them).
+    # Consistent with the annotations by construction; judged against every visible instance (the
+    # annotations leave occluded ones out) with the detections file beside them, and, on the
+    # annotations alone, less precise (the table shows both).
     for name, reports in result.reports.items():
         rep = reports[task]
         assert rep.rows > 0, (name, task)
         assert rep.consistency == 1.0, (name, task, rep.failures[:2])
         assert rep.precision is not None and 0 < rep.yield_ <= 1
+
+
+def test_the_detections_file_buys_precision_the_annotations_alone_lack(result):
+    for name in VARIANTS:
+        with_file, alone = result.reports[name], result.alone[name]
+        assert result.stats[name]["detections_file"]["entries"] > 0
+        assert with_file["counting"].drop_reasons["detector_extra_instance"] > 0
+        assert "detector_extra_instance" not in alone["counting"].drop_reasons
+        assert sum(with_file[t].wrong for t in ("grounding", "counting")) < sum(alone[t].wrong for t in ("grounding", "counting"))
+        for task in TASKS:
+            assert with_file[task].wrong <= alone[task].wrong, (name, task)
+        if VARIANTS[name].annotations.exact and VARIANTS[name].depth is None:
+            assert all(rep.precision == 1.0 for rep in with_file.values()), name
+        found, total = result.left_out_found[name]
+        assert total > 0 and (found == total if VARIANTS[name].annotations.exact else found <= total), name
+    assert "annotations alone, no detector: precision" in result.table()
 
 
 def test_near_far_is_right_on_objects_that_fill_their_box(result):

@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "f88b4c71165627793f0d48d262ee3a41ab8539d59280a14bbe9b7c365afe7af7"
+PINNED = "9e49c62464d9e4851ee16271f326d45e76565ccb6be05f37afff219c85897662"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

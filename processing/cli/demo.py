@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         mono: bool = typer.Option(True, "--mono/--no-mono", help="Also run the variants on monocular-like depth (scale, shifts of either sign, 15% per-object bias, blur, noise)."),
         variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run (default: exact,mono,detector,detector-mono): exact or detector-like boxes and keypoints, exact or monocular-like depth."),
         load: bool = typer.Option(True, "--load/--no-load", help="Load the result through the SpatialForge10M builder, images joined."),
+        alone: bool = typer.Option(True, "--annotations-alone/--no-annotations-alone", help="Also run every variant on the annotations alone, without the detections file, to show what the detector beside them buys."),
     ) -> None:
         """Render scenes with known truth, run the pipeline on them, and print precision and yield per task.
 
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         if not mono:
             passes = tuple(p for p in passes if VARIANTS[p].depth is None)
         result = run_demo(out, scenes=scenes, seed=seed, workers=workers, width=width, height=height,
-                          passes=passes, load=load, progress=True)  # fmt: skip
+                          passes=passes, load=load, progress=True, alone=alone)  # fmt: skip
         typer.echo(result.table())
         typer.echo("yield = rows written / candidates; pass = candidates passing verification (before per-image caps);")
         typer.echo("precision = rows whose structured answer matches the truth; ambig = rows on pairs whose truth depends")

@@ -50,6 +50,17 @@ OWL_TYPES = ("owlv2", "owlvit")
 # on probabilities and normalized boxes (fp32; half precision rounds differently per op order).
 OWL_CHECK_LABELS = 8
 OWL_CHECK_ATOL = {"fp32": 1e-4, "half": 2e-2}
+BESIDE_MIN_SCORE = 0.05
+"""Beside source annotations a detector's boxes only check them, so they are kept down to this score
+(the usual floor of COCO-style detection results) even under a higher ``threshold``: a low-scored box
+may be an instance the annotations leave out, and a false contradiction costs one question where a
+missed one costs a wrong answer."""
+
+
+def check_threshold(record: Record, threshold: float, beside: bool, overwrite: bool = False) -> float:
+    """The score threshold of a detector's boxes for ``record``: ``threshold``, or at most
+    :data:`BESIDE_MIN_SCORE` when they go beside its annotations (:func:`attach_detections`)."""
+    return min(threshold, BESIDE_MIN_SCORE) if beside and len(record.objects) and not overwrite else threshold
 
 
 # -- boxes ---------------------------------------------------------------------------------------
@@ -274,7 +285,7 @@ class DetectionStep(BatchStep):
         model: Hub id or local folder (loaded once per worker in :meth:`setup`).
         labels: open vocabulary: the prompts (default: the 365 Objects365 categories); closed set:
             classes to keep (default: all of the model's classes).
-        threshold: minimum score of a kept box.
+        threshold: minimum score of a kept box (beside annotations: at most :data:`BESIDE_MIN_SCORE`).
         nms_iou: class-wise NMS IoU threshold (``None`` disables NMS).
         batch_size, device, dtype: as in :class:`~.depth_models.DepthModelStep`.
         mode: ``auto`` (from the config's ``model_type``), ``closed`` or ``open``.
@@ -560,15 +571,30 @@ class DetectionStep(BatchStep):
         ]
 
     def _write(self, record: Record, result: dict) -> None:
+        threshold = check_threshold(record, self.threshold, self.beside, self.overwrite)
         det, drops = detections_from_transformers(
-            result, None, record.width, record.height, self.threshold, self.nms_iou, self.min_size
+            result, None, record.width, record.height, threshold, self.nms_iou, self.min_size
         )
-        for reason, n in drops.items():
-            if n:
-                record.drop(f"detection_{reason}", n)
-        if self.beside and len(record.objects) and not self.overwrite:
-            record.meta[DETECTOR_OBJECTS] = det
-            return
-        record.objects = det
-        record.box_source = f"model:{self.model_id}"
-        record.exhaustive_labels = set(self.exhaustive_labels)
+        attach_detections(record, det, drops, f"model:{self.model_id}", beside=self.beside, overwrite=self.overwrite,
+                          exhaustive_labels=self.exhaustive_labels)
+
+
+def attach_detections(record: Record, det: Detections, drops: Mapping[str, int], box_source: str, *, beside: bool,
+                      overwrite: bool = False, exhaustive_labels: Sequence[str] = ()) -> None:
+    """Give ``record`` a detector's boxes, as every detector step does (a model, a results file).
+
+    The drops of :func:`detections_from_transformers` are counted as ``detection_<reason>``. With
+    ``beside`` and boxes already there (source annotations, unless ``overwrite``), the boxes go to
+    ``record.meta["detector_objects"]``, where the tasks check the annotations against them;
+    otherwise they become the record's objects (``box_source``), exhaustive for
+    ``exhaustive_labels`` only.
+    """
+    for reason, n in drops.items():
+        if n:
+            record.drop(f"detection_{reason}", n)
+    if beside and len(record.objects) and not overwrite:
+        record.meta[DETECTOR_OBJECTS] = det
+        return
+    record.objects = det
+    record.box_source = box_source
+    record.exhaustive_labels = set(exhaustive_labels)

@@ -11,9 +11,14 @@ What it does, all offline and in a few tens of seconds on 2 cores:
    detector-like boxes and noisy, partly missing keypoints, and a depth folder that errs the way
    monocular models do (global scale, shifts of either sign, 15 % per-object bias, blurred
    edges, noise), as relative inverse depth;
-3. runs ``generate`` (reader -> depth from files -> facing from keypoints -> six tasks with
-   verification -> Parquet + dataset card) once per variant;
-4. judges every written row against the truth (:mod:`.evaluate`) and loads the exact dataset
+3. writes what a detector run beside the annotations finds, as COCO detection-results files
+   (:func:`.scenes.detection_results`): on the exact variants every instance the image shows with
+   its exact box, on the detector variants a detector-like one (misses and low scores for small and
+   occluded instances, jittered boxes, boxes of a wrong label);
+4. runs ``generate --detections`` (reader -> detections file -> depth from files -> facing from
+   keypoints -> six tasks with verification -> Parquet + dataset card) once per variant, and once
+   more on the annotations alone (``annotations-only/``), so the table shows what the detector buys;
+5. judges every written row against the truth (:mod:`.evaluate`) and loads the exact dataset
    back through the ``SpatialForge10M`` builder with the images joined.
 
 Layout of ``out``::
@@ -24,7 +29,9 @@ Layout of ``out``::
     out/objects365/depth/<stem>.npy          exact depth (meters, 0 = sky)
     out/objects365/depth_mono/<stem>.npy     monocular-like relative inverse depth
     out/objects365/truth.json
+    out/objects365/detections/<detector>.json  COCO detection results (exact.json, detector-like.json)
     out/dataset-<variant>/                   Hub-ready dataset folders (README.md, data/<task>/)
+    out/annotations-only/dataset-<variant>/  the same without the detections file
     out/report.json
 
 Example:
@@ -45,7 +52,16 @@ from typing import Any
 import numpy as np
 
 from .evaluate import TaskReport, evaluate, format_report
-from .scenes import VARIANTS, load_truth, make_scenes, observed_depth, write_objects365_layout
+from .scenes import (
+    EXACT_DETECTOR,
+    VARIANTS,
+    detection_results,
+    load_truth,
+    make_scenes,
+    observed_depth,
+    variant_detector,
+    write_objects365_layout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +70,13 @@ PASSES = tuple(VARIANTS)
 MIN_FILL = 0.3  # near_far is also reported on objects covering at least this share of their box
 PASS_TITLES = {name: v.title for name, v in VARIANTS.items()}
 DETECTOR_ANNOTATIONS = "zhiyuan_objv2_train_detector.json"
+ALONE = "annotations-only"  # folder of the datasets made from the annotations alone (no detections file)
+DETECTOR_DROPS = ("detector_extra_instance",)  # candidate drop reasons of the detector beside the annotations
+
+
+def detections_name(variant: str) -> str:
+    """File name of the detections a variant runs with (one per kind of detector)."""
+    return "exact.json" if variant_detector(VARIANTS[variant]) == EXACT_DETECTOR else "detector-like.json"
 
 
 @dataclass
@@ -64,6 +87,8 @@ class DemoResult:
     scenes: int
     reports: dict[str, dict[str, TaskReport]] = field(default_factory=dict)
     filled: dict[str, TaskReport] = field(default_factory=dict)  # near_far on objects filling their box
+    alone: dict[str, dict[str, TaskReport]] = field(default_factory=dict)  # the same on the annotations alone
+    left_out_found: dict[str, tuple[int, int]] = field(default_factory=dict)  # detections file: (found, left out)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # generate() stats per pass
     loaded_rows: int | None = None  # rows the builder yielded with their image (exact pass)
     written_rows: int | None = None
@@ -81,6 +106,7 @@ class DemoResult:
                     f"  near_far on objects covering >= {MIN_FILL:.0%} of their box: precision {nf.precision:.4f} "
                     f"({nf.rows} rows; {nf.excluded} rows about open shapes such as umbrellas left out)"
                 )
+            parts += self.detector_lines(name)
         if len(self.reports) > 1:
             parts.append("")
             parts.append(self.summary())
@@ -92,6 +118,29 @@ class DemoResult:
             )
         parts.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return "\n".join(parts)
+
+    def detector_lines(self, name: str) -> list[str]:
+        """What the detections file bought on one variant: precision on the annotations alone, the
+        candidates it dropped by reason, and the entries of the file left out by reason."""
+        lines = []
+        alone = self.alone.get(name)
+        if alone:
+            cells = ", ".join(f"{t} {'-' if r.precision is None else f'{r.precision:.4f}'} ({r.wrong} wrong)"
+                              for t, r in alone.items())
+            lines.append(f"  annotations alone, no detector: precision {cells}")
+        drops = self.stats.get(name, {}).get("candidate_drops", {})
+        dropped = [f"{t} {n}" for reason, n in sorted(drops.items()) for t, _, why in [reason.partition("/")]
+                   if why in DETECTOR_DROPS]
+        file_counts = self.stats.get(name, {}).get("detections_file")
+        if file_counts is not None:
+            left = ", ".join(f"{n} {r}" for r, n in file_counts["dropped"].items()) or "none"
+            lines.append(f"  detections file {detections_name(name)}: {file_counts['entries']} boxes (left out: {left}); "
+                         f"questions it contradicts, dropped ({', '.join(DETECTOR_DROPS)}): {', '.join(dropped) or 'none'}")
+        if name in self.left_out_found:
+            found, total = self.left_out_found[name]
+            lines.append(f"  of the {total} visible instances the annotations leave out, the detections file finds {found} "
+                         "(each one it misses can make a count or a \"the cup\" wrong)")
+        return lines
 
     def summary(self) -> str:
         """One line per task, one column per variant: precision, pass rate before caps and rows."""
@@ -112,6 +161,12 @@ class DemoResult:
                 rate = "-" if rep.pass_rate is None else f"{rep.pass_rate:.3f}"
                 cells.append(f"{f'{prec} / {rate} / {rep.rows}':>{width}}")
             lines.append(f"{task:<12} " + " ".join(cells))
+        if self.alone:
+            lines.append("precision on the annotations alone (no detector beside them)")
+            for task in TASKS:
+                cells = [self.alone.get(name, {}).get(task) for name in names]
+                lines.append(f"{task:<12} " + " ".join(
+                    f"{'-' if rep is None or rep.precision is None else f'{rep.precision:.4f}':>{width}}" for rep in cells))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +175,9 @@ class DemoResult:
             "scenes": self.scenes,
             "reports": {p: {t: r.to_dict() for t, r in reps.items()} for p, reps in self.reports.items()},
             "near_far_min_fill": {p: r.to_dict() for p, r in self.filled.items()},
+            "annotations_alone": {p: {t: r.to_dict() for t, r in reps.items()} for p, reps in self.alone.items()},
+            "detections_file": {p: s.get("detections_file") for p, s in self.stats.items()},
+            "left_out_found": {p: list(v) for p, v in self.left_out_found.items()},
             "loaded_rows": self.loaded_rows,
             "written_rows": self.written_rows,
             "missing_images": self.missing_images,
@@ -157,8 +215,11 @@ def run_demo(
     passes: tuple[str, ...] = PASSES,
     load: bool = True,
     progress: bool = False,
+    alone: bool = True,
 ) -> DemoResult:
-    """Run the demo into ``out`` (overwriting a previous demo there) and return what it measured."""
+    """Run the demo into ``out`` (overwriting a previous demo there) and return what it measured.
+
+    ``alone``: also run every variant on the annotations alone (no detections file beside them)."""
     from ..pipeline import GenerateConfig, generate
 
     unknown = [p for p in passes if p not in PASSES]
@@ -180,6 +241,7 @@ def run_demo(
             raise ValueError(f"passes {passes} observe annotations {len(noisy)} ways; the layout holds one noisy JSON")
         write_objects365_layout(rendered, out / "objects365", noise=noisy.pop(), annotations_name=DETECTOR_ANNOTATIONS,
                                 write_files=False)
+    detections = write_detections(rendered, layout.root / "detections", passes)
     result.seconds["scenes"] = time.perf_counter() - start
     logger.info("wrote %d scenes to %s", scenes, layout.root)
     truth = load_truth(layout.truth)
@@ -189,9 +251,8 @@ def run_demo(
         folder, kind = ("depth", "depth") if variant.depth is None else ("depth_mono", "inverse_depth")
         annotations = layout.annotations if variant.annotations.exact else layout.annotations.with_name(DETECTOR_ANNOTATIONS)
         start = time.perf_counter()
-        cfg = GenerateConfig(
+        common = dict(
             source="objects365",
-            out=str(out / f"dataset-{name}"),
             annotations=str(annotations),
             images=str(layout.images),
             depth_dir=str(layout.root / folder),
@@ -203,12 +264,18 @@ def run_demo(
             progress=progress,
             synthetic=True,
         )
+        cfg = GenerateConfig(out=str(out / f"dataset-{name}"), detections=str(detections[name]), **common)
         stats = generate(cfg)
         rows = read_rows(cfg.out)
         result.stats[name] = stats
         result.reports[name] = evaluate(rows, truth, stats.get("candidate_drops", {}))
         result.filled[name] = evaluate(rows, truth, stats.get("candidate_drops", {}), min_fill=MIN_FILL)["near_far"]
         result.seconds[f"generate[{name}]"] = time.perf_counter() - start
+        result.left_out_found[name] = left_out_found(json.loads(detections[name].read_text()), truth)
+        if alone:
+            bare = GenerateConfig(out=str(out / ALONE / f"dataset-{name}"), **common)
+            bare_stats = generate(bare)
+            result.alone[name] = evaluate(read_rows(bare.out), truth, bare_stats.get("candidate_drops", {}))
         if name == "exact":
             result.written_rows = len(rows)
 
@@ -219,6 +286,51 @@ def run_demo(
 
     (out / "report.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
     return result
+
+
+def write_detections(scenes, folder: Path, passes: tuple[str, ...]) -> dict[str, Path]:
+    """The COCO detection-results file of each pass's detector (one file per kind), ``pass -> path``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in passes:
+        path = folder / detections_name(name)
+        if path not in paths.values():
+            path.write_text(json.dumps(detection_results(scenes, variant_detector(VARIANTS[name]))))
+        paths[name] = path
+    return paths
+
+
+def left_out_found(results: list[dict[str, Any]], truth: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+    """``(found, left out)``: the visible instances (:data:`.evaluate.MIN_VISIBLE_PIXELS` or more)
+    the annotations leave out, and how many of them a detection-results file boxes (same label,
+    IoU >= :data:`.evaluate.MIN_IOU`). Image ids are the layout's (``index + 1``)."""
+    missed, total = left_out_missed(results, truth)
+    return total - len(missed), total
+
+
+def left_out_missed(results: list[dict[str, Any]], truth: Mapping[str, Mapping[str, Any]]) -> tuple[list[tuple[str, str]], int]:
+    """The ``(image id, label)`` of each left-out visible instance the file misses (see
+    :func:`left_out_found`), and how many instances are left out."""
+    from ..perception.objects365_labels import OBJECTS365_CATEGORIES
+    from ..records import box_iou
+    from .evaluate import MIN_IOU, MIN_VISIBLE_PIXELS
+
+    by_image: dict[int, list[tuple[str, list[float]]]] = {}
+    for e in results:
+        x, y, w, h = e["bbox"]
+        by_image.setdefault(int(e["image_id"]), []).append((OBJECTS365_CATEGORIES[e["category_id"] - 1].lower(), [x, y, x + w, y + h]))
+    missed: list[tuple[str, str]] = []
+    total = 0
+    for stem, t in truth.items():
+        boxes = by_image.get(int(stem.rsplit("_", 1)[-1]), [])
+        for o in t["objects"]:
+            if o["annotated"] or o["box"] is None or o["visible_pixels"] < MIN_VISIBLE_PIXELS:
+                continue
+            total += 1
+            same = [b for label, b in boxes if label == o["label"]]
+            if not same or float(box_iou(np.array([o["box"]]), np.array(same)).max()) < MIN_IOU:
+                missed.append((stem, o["label"]))
+    return missed, total
 
 
 def load_through_builder(dataset_dir: Path, images: Path, cache_dir: Path) -> tuple[int, int]:

@@ -140,7 +140,7 @@ class VerifyConfig:
     min_box_gap: float = 0.0  # horizontal gap between the boxes / width (0: touching allowed, <0: overlap)
     min_facing_confidence: float = 0.5  # facing estimates below this are not trusted
     person_labels: tuple[str, ...] = ("person", "man", "woman", "boy", "girl", "child")  # case-insensitive
-    detector_min_score: float = 0.5  # a detector box beside annotations this confident contradicts them
+    detector_min_score: float = 0.0  # a detector box beside annotations this confident contradicts them (0: every box the detector kept)
     detector_match_iou: float = 0.5  # ... unless it overlaps an annotated box of its label this much
     lateral_check: bool = True  # perspective with depth: the lateral offset must outweigh a turned person
     perspective_max_yaw_deg: float = 45.0  # turn assumed for a person whose facing came without keypoints
@@ -530,24 +530,24 @@ class Scene:
     @_cached
     def detector_extra(self) -> frozenset[str]:
         """Labels of which a detector run beside the annotations (``record.meta["detector_objects"]``)
-        has a box scored ``>= detector_min_score`` that overlaps no annotated box of its label at
-        IoU ``>= detector_match_iou`` (case-insensitive labels): a count or a "the cup" they break."""
+        has a box scored ``>= detector_min_score`` that no annotated box of its label accounts for
+        (case-insensitive labels): a count or a "the cup" they break.
+
+        Each annotated box accounts for one detector box at most (:func:`unmatched_detections`): two
+        detector boxes on one annotated cup are a second cup the annotation left out (one behind
+        the other), not one cup seen twice."""
         det = self.record.meta.get(DETECTOR_OBJECTS)
         if det is None or not len(det):
             return frozenset()
         cfg = self.config
         mine = {label.lower(): label for label in self.label_count}
-        iou = box_iou(det.xyxy, self.xyxy) if self.n else np.zeros((len(det), 0))
-        lower = [label.lower() for label in self.labels]
-        extra = set()
-        for k, label in enumerate(det.labels):
-            key = label.lower()
-            if key not in mine or det.scores[k] < cfg.detector_min_score:
-                continue
-            same = [j for j, other in enumerate(lower) if other == key]
-            if not same or iou[k, same].max() < cfg.detector_match_iou:
-                extra.add(mine[key])
-        return frozenset(extra)
+        keep = np.array([label.lower() in mine for label in det.labels]) & (det.scores >= cfg.detector_min_score)
+        if not keep.any():
+            return frozenset()
+        idx = np.flatnonzero(keep)
+        extra = unmatched_detections(det.xyxy[idx], [det.labels[k] for k in idx], det.scores[idx], self.xyxy,
+                                     self.labels, cfg.detector_match_iou)
+        return frozenset(mine[det.labels[idx[k]].lower()] for k in extra)
 
     # -- depth
     @_cached
@@ -723,6 +723,34 @@ class Scene:
         if near_side + far_side < self.config.occlusion_min_pixels:
             return None
         return near_side >= self.config.occlusion_min_fraction * (near_side + far_side)
+
+
+def unmatched_detections(det_xyxy: np.ndarray, det_labels: Sequence[str], det_scores: np.ndarray,
+                         xyxy: np.ndarray, labels: Sequence[str], min_iou: float) -> list[int]:
+    """Detector boxes that no annotated box of their label (case-insensitive) accounts for.
+
+    Matched one to one, highest score first, each to the free annotated box of its label it
+    overlaps most at IoU ``>= min_iou``; the indices of the boxes left without one.
+
+    >>> unmatched_detections(np.array([[0, 0, 10, 10], [1, 0, 11, 10]]), ["cup", "cup"], np.array([0.9, 0.4]),
+    ...                      np.array([[0, 0, 10, 10]]), ["Cup"], 0.5)
+    [1]
+    """
+    if not len(det_xyxy):
+        return []
+    iou = box_iou(np.asarray(det_xyxy, float), np.asarray(xyxy, float)) if len(xyxy) else np.zeros((len(det_xyxy), 0))
+    lower = [label.lower() for label in labels]
+    free = np.ones(len(lower), dtype=bool)
+    out = []
+    for k in np.argsort(-np.asarray(det_scores, np.float64), kind="stable").tolist():
+        same = np.array([other == det_labels[k].lower() for other in lower], dtype=bool) & free
+        cand = np.where(same, iou[k], -1.0)
+        j = int(cand.argmax()) if len(cand) else -1
+        if j < 0 or cand[j] < min_iou:
+            out.append(k)
+        else:
+            free[j] = False
+    return sorted(out)
 
 
 def box_text(box: Sequence[int]) -> str:
