@@ -187,13 +187,22 @@ class DepthMap:
             raise ValueError(f"depth must be a 2-D (height, width) array, got shape {self.values.shape}")
         if self.kind not in ("depth", "inverse_depth"):
             raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {self.kind!r}")
-        finite = np.isfinite(self.values)
+        values = self.values
+        # All finite (NaN and +-inf show in the extremes, two reductions without a map-sized array):
+        # a given mask is kept as it is, instead of being ANDed into a fresh finite mask.
+        all_finite = bool(values.size) and bool(np.isfinite(values.max())) and bool(np.isfinite(values.min()))
         if self.valid is not None:
             valid = np.asarray(self.valid, dtype=bool)
-            if valid.shape == finite.shape:  # AND into the fresh finite mask: one map-sized array less
-                np.logical_and(valid, finite, out=finite)
-            else:  # broadcasting (or a shape the check below refuses): the plain AND
-                finite = valid & finite
+            if all_finite and valid.shape == values.shape:
+                finite = valid
+            else:
+                finite = np.isfinite(values)
+                if valid.shape == finite.shape:  # AND into the fresh finite mask: one map-sized array less
+                    np.logical_and(valid, finite, out=finite)
+                else:  # broadcasting (or a shape the check below refuses): the plain AND
+                    finite = valid & finite
+        else:
+            finite = np.ones(values.shape, dtype=bool) if all_finite else np.isfinite(values)
         self.valid = finite
         if self.valid.shape != self.values.shape:
             raise ValueError(f"valid mask {self.valid.shape} does not match depth {self.values.shape}")

@@ -59,11 +59,8 @@ def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple
             values = values[..., 0]
         if values.ndim != 2:
             raise BadInputError(f"depth file {str(path)!r} must hold a 2-D array, got shape {values.shape}")
-        values = values.astype(np.float32)
-        valid = np.isfinite(values)
-        if kind == "depth":
-            valid &= values > 0
-        return values, valid
+        values = values.astype(np.float32, copy=False)  # a float32 file is used as read: no map-sized copy
+        return values, _valid_mask(values, kind)
     from PIL import Image
 
     with Image.open(path) as im:
@@ -73,6 +70,20 @@ def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple
     valid = raw > 0
     values = raw / 1000.0 if kind == "depth" else raw
     return values.astype(np.float32), valid
+
+
+def _valid_mask(values: np.ndarray, kind: DepthKind) -> np.ndarray:
+    """``isfinite(values)``, and ``values > 0`` for ``kind="depth"``, in one map-sized pass where the
+    map's extremes are finite (the common case: NaN and +-inf would show in its max or min)."""
+    if values.size and np.isfinite(values.max()):  # no NaN, no +inf
+        if kind == "depth":
+            return values > 0  # also excludes -inf
+        if np.isfinite(values.min()):
+            return np.ones(values.shape, dtype=bool)
+    valid = np.isfinite(values)
+    if kind == "depth":
+        valid &= values > 0
+    return valid
 
 
 MAX_DEPTH_ELEMENTS = 1 << 28
