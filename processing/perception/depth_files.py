@@ -101,13 +101,7 @@ def _load_npy(path: Path) -> np.ndarray:
             raise BadInputError(f"depth file {str(path)!r} is a .npz archive named .npy: save one array with np.save")
         if magic != b"\x93NUMPY":
             raise BadInputError(f"depth file {str(path)!r} is not a .npy file (it starts with {magic!r})")
-        f.seek(0)
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        try:
-            shape, fortran, dtype = read(f)
-        except (ValueError, SyntaxError) as err:
-            raise BadInputError(f"depth file {str(path)!r} has a malformed .npy header ({err})") from err
+        shape, fortran, dtype = _npy_header(f, path)
         if dtype.kind != "f":
             raise BadInputError(
                 f"depth file {str(path)!r} holds {dtype} values; depth must be float (meters, or disparity for "
@@ -121,6 +115,34 @@ def _load_npy(path: Path) -> np.ndarray:
     if data.size != count:
         raise BadInputError(f"depth file {str(path)!r} is cut short: {data.size} of {count} values")
     return data.reshape(shape, order="F" if fortran else "C")
+
+
+_HEADERS: dict[bytes, tuple] = {}  # raw .npy header -> its parse (a folder of depth maps shares a few headers)
+
+
+def _npy_header(f, path: Path) -> tuple:
+    """``(shape, fortran, dtype)`` of the ``.npy`` header at the start of ``f``, which is left at the
+    data. numpy's parser (``ast.literal_eval`` of the header text) runs once per distinct header."""
+    f.seek(0)
+    prefix = f.read(8)
+    wide = prefix[6:8] != b"\x01\x00"  # versions 2 and 3 store the header length in 4 bytes
+    size = f.read(4 if wide else 2)
+    raw = prefix + size + f.read(int.from_bytes(size, "little")) if len(size) == (4 if wide else 2) else b""
+    parsed = _HEADERS.get(raw) if raw else None
+    if parsed is not None:
+        return parsed
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        parsed = read(f)
+    except (ValueError, SyntaxError) as err:
+        raise BadInputError(f"depth file {str(path)!r} has a malformed .npy header ({err})") from err
+    if raw and f.tell() == len(raw):
+        if len(_HEADERS) >= 64:
+            _HEADERS.clear()
+        _HEADERS[raw] = parsed
+    return parsed
 
 
 class DepthFromFiles(Step):
