@@ -128,3 +128,27 @@ def test_a_perception_row_its_parts_cannot_vouch_for_goes_to_validate_row():
     assert [r["objects"][0]["label"] for r in rec.rows] == ["cup", "cup"]
     with pytest.raises(ValueError, match="label is empty"):
         TaskStep(tasks=["grounding"], on_invalid_row="error").process(Record("test", "2", 100, 100, objects=det))
+
+
+def test_a_vouched_mask_is_kept_and_replace_checks_again():
+    import dataclasses
+
+    values = np.ones((3, 4), np.float32)
+    mask = np.ones((3, 4), bool)
+    mask[1, 1] = False
+    d = DepthMap(values, "depth", valid=mask, valid_is_finite=True)
+    assert d.valid is mask
+    holes = values.copy()
+    holes[0, 0] = np.nan
+    again = dataclasses.replace(d, values=holes)  # a new map: not vouched for, checked
+    np.testing.assert_array_equal(again.valid, mask & np.isfinite(holes))
+
+
+def test_depth_files_step_marks_holes_invalid(tmp_path):
+    from spatialforge.processing.perception.depth_files import DepthFromFiles
+
+    values = np.full((4, 6), 2.0, np.float32)
+    values[0, :3] = [np.nan, np.inf, 0.0]
+    np.save(tmp_path / "img.npy", values)
+    rec = DepthFromFiles(tmp_path).process(Record("test", "img", 6, 4))
+    np.testing.assert_array_equal(rec.depth.valid, np.isfinite(values) & (values > 0))

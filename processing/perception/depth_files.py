@@ -51,7 +51,8 @@ def resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple[np.ndarray, np.ndarray]:
-    """``(values, valid)`` of a ``.npy`` (float) or 16-bit ``.png`` depth file (see module docstring)."""
+    """``(values, valid)`` of a ``.npy`` (float) or 16-bit ``.png`` depth file (see module docstring);
+    float32 values, and ``valid`` is False wherever they are not finite."""
     path = Path(path)
     if path.suffix == ".npy":
         values = _load_npy(path)
@@ -227,5 +228,6 @@ class DepthFromFiles(Step):
             valid=valid,
             source=f"file:{self.kind}",
             metric=self.kind == "depth",
+            valid_is_finite=True,  # load_depth_file's mask (resized with the values: still so)
         )
         return record
