@@ -229,8 +229,8 @@ def main_end_to_end(args) -> None:
         print(f"ratio generate / bare: {bare / gen:.3f}   goal: >= 0.5 (best of {rounds} rounds of {n} images)")
         steps = ", ".join(f"{s['name']} {s['seconds'] / n * 1e6:.0f} us" for s in stats["steps"])
         rest = gen - stats["seconds"]
-        print(f"  generate per image: {steps}; outside the shard (run folder, annotation table, rebalancing, "
-              f"blind baseline, card): {rest * 1e3:.0f} ms in all ({rest / n * 1e6:.0f} us/image)")
+        print(f"  generate per image: {steps}; outside the shard loop (run folder, annotation table, input file "
+              f"hashes, rebalancing, blind baseline, card): {rest * 1e3:.0f} ms in all ({rest / n * 1e6:.0f} us/image)")
         if big:
             bare_big, gen_big, _ = _best_pair(large, tmp / "large", rounds)
             added = big - n
