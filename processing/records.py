@@ -180,20 +180,36 @@ class DepthMap:
     valid: np.ndarray | None = None
     source: str = "unknown"
     metric: bool = False  # True when values are meters (scale known)
+    # The caller vouches that ``valid`` (float32 ``values``' shape) is False wherever ``values`` is not
+    # finite, e.g. :func:`~.perception.depth_files.load_depth_file`'s mask: the check over the map is skipped.
+    valid_is_finite: dataclasses.InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, valid_is_finite: bool = False) -> None:
         self.values = np.asarray(self.values, dtype=np.float32)
         if self.values.ndim != 2:
             raise ValueError(f"depth must be a 2-D (height, width) array, got shape {self.values.shape}")
         if self.kind not in ("depth", "inverse_depth"):
             raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {self.kind!r}")
-        finite = np.isfinite(self.values)
+        values = self.values
+
+        def all_finite() -> bool:  # NaN and +-inf show in the extremes: two reductions, no map-sized array
+            return bool(values.size) and bool(np.isfinite(values.max())) and bool(np.isfinite(values.min()))
+
+        # On an all-finite map (or one its caller vouches for) a given mask is kept as it is, instead
+        # of being ANDed into a fresh finite mask.
+
         if self.valid is not None:
             valid = np.asarray(self.valid, dtype=bool)
-            if valid.shape == finite.shape:  # AND into the fresh finite mask: one map-sized array less
-                np.logical_and(valid, finite, out=finite)
-            else:  # broadcasting (or a shape the check below refuses): the plain AND
-                finite = valid & finite
+            if valid.shape == values.shape and (valid_is_finite or all_finite()):
+                finite = valid
+            else:
+                finite = np.isfinite(values)
+                if valid.shape == finite.shape:  # AND into the fresh finite mask: one map-sized array less
+                    np.logical_and(valid, finite, out=finite)
+                else:  # broadcasting (or a shape the check below refuses): the plain AND
+                    finite = valid & finite
+        else:
+            finite = np.ones(values.shape, dtype=bool) if all_finite() else np.isfinite(values)
         self.valid = finite
         if self.valid.shape != self.values.shape:
             raise ValueError(f"valid mask {self.valid.shape} does not match depth {self.values.shape}")

@@ -51,7 +51,8 @@ def resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple[np.ndarray, np.ndarray]:
-    """``(values, valid)`` of a ``.npy`` (float) or 16-bit ``.png`` depth file (see module docstring)."""
+    """``(values, valid)`` of a ``.npy`` (float) or 16-bit ``.png`` depth file (see module docstring);
+    float32 values, and ``valid`` is False wherever they are not finite."""
     path = Path(path)
     if path.suffix == ".npy":
         values = _load_npy(path)
@@ -59,11 +60,8 @@ def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple
             values = values[..., 0]
         if values.ndim != 2:
             raise BadInputError(f"depth file {str(path)!r} must hold a 2-D array, got shape {values.shape}")
-        values = values.astype(np.float32)
-        valid = np.isfinite(values)
-        if kind == "depth":
-            valid &= values > 0
-        return values, valid
+        values = values.astype(np.float32, copy=False)  # a float32 file is used as read: no map-sized copy
+        return values, _valid_mask(values, kind)
     from PIL import Image
 
     with Image.open(path) as im:
@@ -73,6 +71,20 @@ def load_depth_file(path: str | os.PathLike, kind: DepthKind = "depth") -> tuple
     valid = raw > 0
     values = raw / 1000.0 if kind == "depth" else raw
     return values.astype(np.float32), valid
+
+
+def _valid_mask(values: np.ndarray, kind: DepthKind) -> np.ndarray:
+    """``isfinite(values)``, and ``values > 0`` for ``kind="depth"``, in one map-sized pass where the
+    map's extremes are finite (the common case: NaN and +-inf would show in its max or min)."""
+    if values.size and np.isfinite(values.max()):  # no NaN, no +inf
+        if kind == "depth":
+            return values > 0  # also excludes -inf
+        if np.isfinite(values.min()):
+            return np.ones(values.shape, dtype=bool)
+    valid = np.isfinite(values)
+    if kind == "depth":
+        valid &= values > 0
+    return valid
 
 
 MAX_DEPTH_ELEMENTS = 1 << 28
@@ -90,13 +102,7 @@ def _load_npy(path: Path) -> np.ndarray:
             raise BadInputError(f"depth file {str(path)!r} is a .npz archive named .npy: save one array with np.save")
         if magic != b"\x93NUMPY":
             raise BadInputError(f"depth file {str(path)!r} is not a .npy file (it starts with {magic!r})")
-        f.seek(0)
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        try:
-            shape, fortran, dtype = read(f)
-        except (ValueError, SyntaxError) as err:
-            raise BadInputError(f"depth file {str(path)!r} has a malformed .npy header ({err})") from err
+        shape, fortran, dtype = _npy_header(f, path)
         if dtype.kind != "f":
             raise BadInputError(
                 f"depth file {str(path)!r} holds {dtype} values; depth must be float (meters, or disparity for "
@@ -110,6 +116,34 @@ def _load_npy(path: Path) -> np.ndarray:
     if data.size != count:
         raise BadInputError(f"depth file {str(path)!r} is cut short: {data.size} of {count} values")
     return data.reshape(shape, order="F" if fortran else "C")
+
+
+_HEADERS: dict[bytes, tuple] = {}  # raw .npy header -> its parse (a folder of depth maps shares a few headers)
+
+
+def _npy_header(f, path: Path) -> tuple:
+    """``(shape, fortran, dtype)`` of the ``.npy`` header at the start of ``f``, which is left at the
+    data. numpy's parser (``ast.literal_eval`` of the header text) runs once per distinct header."""
+    f.seek(0)
+    prefix = f.read(8)
+    wide = prefix[6:8] != b"\x01\x00"  # versions 2 and 3 store the header length in 4 bytes
+    size = f.read(4 if wide else 2)
+    raw = prefix + size + f.read(int.from_bytes(size, "little")) if len(size) == (4 if wide else 2) else b""
+    parsed = _HEADERS.get(raw) if raw else None
+    if parsed is not None:
+        return parsed
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        parsed = read(f)
+    except (ValueError, SyntaxError) as err:
+        raise BadInputError(f"depth file {str(path)!r} has a malformed .npy header ({err})") from err
+    if raw and f.tell() == len(raw):
+        if len(_HEADERS) >= 64:
+            _HEADERS.clear()
+        _HEADERS[raw] = parsed
+    return parsed
 
 
 class DepthFromFiles(Step):
@@ -194,5 +228,6 @@ class DepthFromFiles(Step):
             valid=valid,
             source=f"file:{self.kind}",
             metric=self.kind == "depth",
+            valid_is_finite=True,  # load_depth_file's mask (resized with the values: still so)
         )
         return record

@@ -316,6 +316,9 @@ class Reader(Step):
             kp = flags[i].get("keypoints")
             if kp is None:
                 continue
+            if fn is None and isinstance(kp, np.ndarray):  # already an array (the annotation table's): no copy
+                keypoints[out_i] = kp
+                continue
             kp = np.array(kp, dtype=np.float64)
             if fn is not None:
                 kp[:, :2] = fn(kp[:, :2])
@@ -339,6 +342,10 @@ class Reader(Step):
         """Mask of boxes to keep: non-finite, zero-area and fully-outside boxes are dropped (counted);
         partly-outside boxes are kept and clipped by the caller (noted ``bbox_clipped``)."""
         keep = np.ones(len(xyxy), dtype=bool)
+        x1, y1, x2, y2 = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4).T
+        with np.errstate(invalid="ignore"):
+            if ((x1 >= 0) & (y1 >= 0) & (x2 <= width) & (y2 <= height) & (x2 > x1) & (y2 > y1)).all():
+                return keep  # every box finite, with an area, inside the image: nothing to drop or note
         for i, box in enumerate(xyxy):
             x1, y1, x2, y2 = box
             if not np.isfinite(box).all():

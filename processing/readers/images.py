@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +150,21 @@ def _same_aspect(w1: float, h1: float, w2: float, h2: float) -> bool:
     return abs(r1 - r2) <= ASPECT_TOLERANCE * r2
 
 
+_IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _is_file(path: str) -> bool:
+    """``Path(path).is_file()`` on a string: the same answer, and the same errors raised."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as err:
+        if err.errno not in _IGNORED_ERRNOS and getattr(err, "winerror", None) not in (21, 123, 1921):
+            raise
+        return False
+    except ValueError:
+        return False
+
+
 class ImageIndex:
     """Find image files under a root: by relative path (any suffix of it), else by file stem.
 
@@ -183,10 +200,13 @@ class ImageIndex:
         if relpath:
             parts = Path(relpath).parts
             # "images/v2/patch16/x.jpg" is found under root "images/v2", "images", or the patch dir.
+            # The candidates as strings: the same paths pathlib would build (parts are normalized, and a
+            # root of "." is left to pathlib, which drops it), without a Path object per candidate.
+            root = str(self.root)
             for i in range(len(parts)):
-                candidate = self.root.joinpath(*parts[i:])
-                if candidate.is_file():
-                    return str(candidate)
+                candidate = os.path.join(root, *parts[i:]) if root != "." else str(self.root.joinpath(*parts[i:]))
+                if _is_file(candidate):
+                    return candidate
         if stem:
             for ext in ("", ".jpg", ".jpeg", ".png"):
                 candidate = self.root / f"{stem}{ext}"

@@ -335,6 +335,18 @@ def _render_relation(task: str, cand: Candidate, scene: Scene, rng: np.random.Ge
     return row, ok
 
 
+def _plain_row_ok(task: str, row: dict[str, Any], cand: Candidate, scene: Scene) -> bool:
+    """Whether a :func:`render` row of a grounding / referring / counting candidate passes every
+    check of ``validate_row``, from the parts it was built from (False: ask ``validate_row``)."""
+    objects = cand.objects
+    box_ok = scene.row_box_ok
+    if not size_ok(row["width"], row["height"]) or not all(box_ok[k] for k in objects):
+        return False
+    if task == "counting":
+        return row["count"] is not None and row["count"] >= 0
+    return row["count"] is None and (task not in ("grounding", "referring") or len(objects) > 0)
+
+
 class TaskStep(Step):
     """Generate, verify and phrase QA rows for every record (appended to ``record.rows``).
 
@@ -418,7 +430,8 @@ class TaskStep(Step):
                 if relation:
                     row, ok = _render_relation(task, cand, scene, rng, n_rows)
                 else:
-                    row, ok = render(task, cand, scene, rng, n_rows), False
+                    row = render(task, cand, scene, rng, n_rows)
+                    ok = _plain_row_ok(task, row, cand, scene)
                 try:
                     if not ok:
                         validate_row(row)

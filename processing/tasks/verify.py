@@ -509,9 +509,14 @@ class Scene:
 
     def check_groups(self, sieve: Sieve, groups: Sequence[Sequence[int]], skip: tuple[str, ...] = ()) -> None:
         """Per-object checks on candidates made of variable-size groups of objects (all must pass)."""
+        all_ok = self._all_eligible
         for name, ok_obj in self.object_ok.items():
-            if name not in skip:
-                sieve.check(name, [bool(ok_obj[list(g)].all()) for g in groups], OBJECT_DROP_REASONS[name])
+            if name in skip:
+                continue
+            if all_ok:  # the common case: nothing to drop, only record the check
+                sieve.passed_all(name)
+                continue
+            sieve.check(name, [bool(ok_obj[list(g)].all()) for g in groups], OBJECT_DROP_REASONS[name])
 
     def mention(self, k: int) -> str:
         """``the cup`` when the label names one boxed thing, else ``the cup at [x1, y1, x2, y2]``.
