@@ -159,6 +159,25 @@ class SceneConfig:
     wall_prob: float = 0.5  # chance a scene ends in a wall (no sky) instead of open ground and sky
     wall_distance: tuple[float, float] = (6.0, 30.0)  # meters ahead of the camera, on the ground
     max_ground_distance: float = 80.0  # ground farther than this is rendered as sky (a hole)
+    # Label priors, as photos have them: (category, near, far) ground distances replacing the
+    # category's own range, and categories placed only in the image's left third.
+    distances: tuple[tuple[str, float, float], ...] = ()
+    left_categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [c for c, *_ in self.distances if c not in CATEGORIES] + [c for c in self.left_categories if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"distances and left_categories must name categories of CATEGORIES, got {unknown}")
+        bad = [(c, lo, hi) for c, lo, hi in self.distances if not 0 < lo <= hi]
+        if bad:
+            raise ValueError(f"distances must satisfy 0 < near <= far, got {bad}")
+
+    def distance(self, category: str) -> tuple[float, float]:
+        """Ground distance range a category is placed at (``distances``, else the category's own)."""
+        for name, lo, hi in self.distances:
+            if name == category:
+                return lo, hi
+        return CATEGORIES[category].distance
 
 
 DEFAULT_CONFIG = SceneConfig()
@@ -168,6 +187,17 @@ NARROW_CONFIG = SceneConfig(
 )
 """The scenes of earlier releases: people within 25 degrees of toward/away, 55-70 degree views, sky
 at the far end, every solid inside the frame."""
+CORRELATED_CONFIG = SceneConfig(
+    people=(1, 3), wall_prob=0.8, wall_distance=(32.0, 40.0),
+    distances=(("Person", 2.0, 5.0), ("Car", 12.0, 30.0), ("Traffic Light", 12.0, 30.0), ("Bench", 10.0, 25.0)),
+    left_categories=("Fire Hydrant",),
+)
+"""Scenes with a deliberate label-depth and label-side correlation, stronger than the categories'
+own ranges: people always in front (2-5 m), cars, traffic lights and benches behind (10-30 m), walls
+behind everything, fire hydrants always in the image's left third. A text-only model answers many
+of their relation questions from the labels alone until the rows are rebalanced."""
+FAMILIES: dict[str, SceneConfig] = {"default": DEFAULT_CONFIG, "correlated": CORRELATED_CONFIG}
+"""Scene families by name (``spatialforge demo --family``)."""
 
 
 @dataclass(frozen=True)
@@ -488,8 +518,11 @@ def make_scene(
         for _ in range(30):  # rejection sampling: in view, not intersecting another solid
             scale = float(1.0 + rng.uniform(-cat.scale_jitter, cat.scale_jitter))
             lo, hi = _object_aabb(cat, scale)
-            dist = float(rng.uniform(*cat.distance))
-            u = float(rng.uniform(-0.1, 1.1) if config.truncation else rng.uniform(0.05, 0.95)) * width
+            dist = float(rng.uniform(*config.distance(name)))
+            u_lo, u_hi = (-0.1, 1.1) if config.truncation else (0.05, 0.95)
+            if name in config.left_categories:
+                u_hi = 1.0 / 3.0
+            u = float(rng.uniform(u_lo, u_hi)) * width
             gz = dist
             gx = (u - cam.cx) / cam.fx * (gz * math.cos(cam.pitch) + cam.height * math.sin(cam.pitch))
             radius = float(np.hypot(max(abs(lo[0]), hi[0]), max(abs(lo[2]), hi[2])))
