@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "f88b4c71165627793f0d48d262ee3a41ab8539d59280a14bbe9b7c365afe7af7"
+PINNED = "81d7d45c30047cb560b94b0f7619c2bb49a307b7c571fbe88efaa9a458bd4097"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:
