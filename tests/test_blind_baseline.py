@@ -14,11 +14,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from _relation_rows import by_task, relation_rows
 from spatialforge.builders.schema import RELATION_TASKS
 from spatialforge.processing.output.balance import blind_baseline, select_balanced
-from spatialforge.processing.perception.facing import FacingFromKeypoints
-from spatialforge.processing.synth.scenes import CORRELATED_CONFIG, VARIANTS, make_scenes, variant_record
-from spatialforge.processing.tasks.step import TaskStep
+from spatialforge.processing.synth.scenes import CORRELATED_CONFIG, make_scenes
 
 N_SCENES = 700
 
@@ -31,16 +30,7 @@ def scenes():
 @pytest.fixture(scope="module")
 def rows(scenes):
     # No per-image caps: every verified candidate, so that the baseline has rows enough to resolve 3 points.
-    step = TaskStep(tasks=RELATION_TASKS, seed=0, max_per_task=dict.fromkeys(RELATION_TASKS), on_invalid_row="error")
-    facing = FacingFromKeypoints()
-    out = []
-    for s in scenes:
-        out += step.process(facing.process(variant_record(s, VARIANTS["exact"]))).rows
-    return out
-
-
-def of_task(rows, task):
-    return [r for r in rows if r["task"] == task]
+    return relation_rows(scenes)
 
 
 @pytest.mark.slow
@@ -58,9 +48,9 @@ def test_the_family_carries_the_correlation_in_its_truth(scenes):
 
 @pytest.mark.slow
 def test_labels_answer_the_questions_before_rebalancing(rows):
-    near_far = blind_baseline(of_task(rows, "near_far"))
+    near_far = blind_baseline(by_task(rows, "near_far"))
     assert near_far["accuracy"] > near_far["majority"] + 0.15, near_far
-    hydrant = [r for r in of_task(rows, "left_right") if "fire hydrant" in {o["label"].lower() for o in r["objects"]}]
+    hydrant = [r for r in by_task(rows, "left_right") if "fire hydrant" in {o["label"].lower() for o in r["objects"]}]
     blind = blind_baseline(hydrant)
     assert blind["rows"] >= 100 and blind["accuracy"] > blind["majority"] + 0.15, blind
 
@@ -68,7 +58,7 @@ def test_labels_answer_the_questions_before_rebalancing(rows):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", RELATION_TASKS)
 def test_rebalanced_rows_leave_a_text_only_model_within_three_points(rows, task):
-    task_rows = of_task(rows, task)
+    task_rows = by_task(rows, task)
     keep, cost = select_balanced(task_rows, seed=0)
     kept = [r for r, k in zip(task_rows, keep) if k]
     before, after = blind_baseline(task_rows), blind_baseline(kept)
