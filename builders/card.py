@@ -249,13 +249,19 @@ def card_body(stats: Mapping[str, Any], pretty_name: str = "SpatialForge",
             "5-fold cross-validated) predicting whether the first-named object holds the relation (is the",
             "nearer / the left one; perspective: the object is on the person's left). Relation rows are",
             "rebalanced so that, per label pair and question form, both sides are equally frequent",
-            "(dropped rows: `<task>/rebalanced`).",
+            "(dropped rows: `<task>/rebalanced`). The accuracy is the mean over repeated",
+            "cross-validations with different folds (spread: their standard deviation); the standard",
+            "error is what the number of rows leaves open, whatever the folds: a gap to the majority",
+            "smaller than about twice it is not resolved.",
             "",
-            "| task | rows | blind accuracy | majority rate |",
-            "|---|---:|---:|---:|",
+            "| task | rows | blind accuracy | spread over folds | standard error | majority rate |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for task, b in blind.items():
-            lines.append(f"| {task} | {b['rows']:,} | {b['accuracy']:.3f} | {b['majority']:.3f} |")
+            spread, stderr = b.get("spread"), b.get("stderr")
+            lines.append(f"| {task} | {b['rows']:,} | {b['accuracy']:.3f} | "
+                         f"{'-' if spread is None else f'{spread:.3f}'} | {'-' if stderr is None else f'{stderr:.3f}'} | "
+                         f"{b['majority']:.3f} |")
         lines.append("")
     lines += [
         "## Images",

@@ -9,8 +9,7 @@ from collections import Counter
 
 import pytest
 
-from spatialforge.builders.schema import RELATION_TASKS
-from spatialforge.processing.perception.facing import FacingFromKeypoints
+from _relation_rows import by_task, relation_rows
 from spatialforge.processing.output.balance import (
     balance_key,
     blind_baseline,
@@ -18,25 +17,14 @@ from spatialforge.processing.output.balance import (
     question_words,
     select_balanced,
 )
-from spatialforge.processing.synth.scenes import VARIANTS, make_scenes, variant_record
-from spatialforge.processing.tasks.step import TaskStep
+from spatialforge.processing.synth.scenes import make_scenes
 
 pytestmark = pytest.mark.slow  # about 20 s: 300 scenes through the relation tasks
 
 
 @pytest.fixture(scope="module")
 def rows():
-    scenes = make_scenes(300, seed=21, width=160, height=120)
-    step = TaskStep(tasks=RELATION_TASKS, seed=0, max_per_task=dict.fromkeys(RELATION_TASKS), on_invalid_row="error")
-    facing = FacingFromKeypoints()
-    out = []
-    for s in scenes:
-        out += step.process(facing.process(variant_record(s, VARIANTS["exact"]))).rows
-    return out
-
-
-def by_task(rows, task):
-    return [r for r in rows if r["task"] == task]
+    return relation_rows(make_scenes(300, seed=21, width=160, height=120))
 
 
 def test_question_words_drop_box_coordinates():

@@ -41,7 +41,10 @@ def test_depth_is_camera_z_of_the_ground_and_sky_is_a_hole(scenes):
     z = s.depth[rows, cols].astype(float)
     pts = np.stack([(cols + 0.5 - cam.cx) / cam.fx * z, (rows + 0.5 - cam.cy) / cam.fy * z, z], 1)
     world = cam.center + pts @ cam.rotation.T
-    assert np.abs(world[:, 1]).max() < 1e-3 * z.max()  # ground pixels back-project onto Y = 0
+    slope_x, slope_z = s.ground_slope  # the ground rises by these per meter across and along the view
+    assert s.wall is None and (slope_x, slope_z) != (0.0, 0.0)
+    # ground pixels back-project onto the ground plane Y = slope_x X + slope_z Z
+    assert np.abs(world[:, 1] - slope_x * world[:, 0] - slope_z * world[:, 2]).max() < 1e-3 * z.max()
     top = s.depth[0]
     assert (top == SKY).all()  # a camera pitched down a little still sees sky in the first row
 

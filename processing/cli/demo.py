@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run (default: exact,mono,detector,detector-mono): exact or detector-like boxes and keypoints, exact or monocular-like depth."),
         load: bool = typer.Option(True, "--load/--no-load", help="Load the result through the SpatialForge10M builder, images joined."),
         alone: bool = typer.Option(True, "--annotations-alone/--no-annotations-alone", help="Also run every variant on the annotations alone, without the detections file, to show what the detector beside them buys."),
+        family: str = typer.Option("default", "--family", help="Scene family: default, or correlated (people always in front, cars and benches behind, fire hydrants on the left: what the cards' blind baselines and rebalancing are for)."),
     ) -> None:
         """Render scenes with known truth, run the pipeline on them, and print precision and yield per task.
 
@@ -29,16 +30,19 @@ def register(app: typer.Typer) -> None:
         """
         from ..synth.demo import run_demo
 
-        from ..synth.scenes import VARIANTS
+        from ..synth.scenes import FAMILIES, VARIANTS
 
         passes = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else tuple(VARIANTS)
         unknown = [p for p in passes if p not in VARIANTS]
         if unknown:
             raise typer.BadParameter(f"--variants must be among {','.join(VARIANTS)}, got {','.join(unknown)}")
+        if family not in FAMILIES:
+            raise typer.BadParameter(f"--family must be one of {','.join(FAMILIES)}, got {family}")
         if not mono:
             passes = tuple(p for p in passes if VARIANTS[p].depth is None)
         result = run_demo(out, scenes=scenes, seed=seed, workers=workers, width=width, height=height,
-                          passes=passes, load=load, progress=True, alone=alone)  # fmt: skip
+                          passes=passes, load=load, progress=True, alone=alone,
+                          family=family)  # fmt: skip
         typer.echo(result.table())
         typer.echo("yield = rows written / candidates; pass = candidates passing verification (before per-image caps);")
         typer.echo("precision = rows whose structured answer matches the truth; ambig = rows on pairs whose truth depends")

@@ -42,6 +42,7 @@ CANONICAL = {"near_far": "nearer_than", "left_right": "left_of", "perspective": 
 """The predicate whose holder is "the first side" of a relation, per task."""
 OPPOSITE = {"nearer_than": "farther_than", "farther_than": "nearer_than", "left_of": "right_of", "right_of": "left_of"}
 BLIND_MAX_ROWS = 20000  # the blind baseline reads at most this many rows per task (a seeded sample)
+BLIND_REPEATS = 5  # cross-validations with different fold assignments the blind baseline averages
 _NUMBER = re.compile(r"\d+")
 _WORD = re.compile(r"[a-z]+")
 
@@ -195,24 +196,43 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int
     return w
 
 
-def blind_baseline(rows: Sequence[Mapping[str, Any]], folds: int = 5, seed: int = 0) -> dict[str, Any] | None:
+def blind_baseline(rows: Sequence[Mapping[str, Any]], folds: int = 5, seed: int = 0,
+                   repeats: int = BLIND_REPEATS) -> dict[str, Any] | None:
     """Cross-validated accuracy of a text-only model predicting :func:`first_holds` from the
-    question's words, beside the majority rate; None with fewer than ``2 * folds`` rows."""
+    question's words, beside the majority rate; None with fewer than ``2 * folds`` rows.
+
+    The cross-validation is repeated ``repeats`` times with a different seeded assignment of rows
+    to folds: ``accuracy`` is the mean, ``spread`` the standard deviation over the repeats (what
+    the choice of folds alone moves it by). ``stderr`` is the binomial standard error of an
+    accuracy measured on ``rows`` rows: the repeats cannot remove what the rows themselves leave
+    open, so a gap to the majority smaller than about two ``stderr`` is not resolved (a few dozen
+    rows leave about ten points open either way).
+    """
     if len(rows) < 2 * folds:
         return None
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
     order = sorted(range(len(rows)), key=lambda k: _rank(seed, rows[k]["id"]))
     if len(order) > BLIND_MAX_ROWS:
         order = order[:BLIND_MAX_ROWS]
     y = np.array([first_holds(rows[k]) for k in order], float)
     x = _features([rows[k]["question"] for k in order])
-    fold = np.arange(len(order)) % folds
-    correct = 0
-    for f in range(folds):
-        train, test = fold != f, fold == f
-        w = _fit_logistic(x[train], y[train])
-        correct += int(((x[test] @ w > 0) == (y[test] > 0.5)).sum())
+    accuracies = []
+    for r in range(repeats):
+        # Repeat 0 keeps the sample's own order; later repeats deal the rows to folds afresh.
+        draw = np.arange(len(order)) if r == 0 else np.argsort([_rank(seed, f"{r}\x1f{rows[k]['id']}") for k in order])
+        fold = np.empty(len(order), int)
+        fold[draw] = np.arange(len(order)) % folds
+        correct = 0
+        for f in range(folds):
+            train, test = fold != f, fold == f
+            w = _fit_logistic(x[train], y[train])
+            correct += int(((x[test] @ w > 0) == (y[test] > 0.5)).sum())
+        accuracies.append(correct / len(order))
+    accuracy = float(np.mean(accuracies))
     majority = float(max(y.mean(), 1 - y.mean()))
-    return {"rows": len(order), "accuracy": correct / len(order), "majority": majority}
+    return {"rows": len(order), "accuracy": accuracy, "majority": majority, "repeats": repeats,
+            "spread": float(np.std(accuracies)), "stderr": float(np.sqrt(accuracy * (1 - accuracy) / len(order)))}
 
 
 def blind_baselines(out_dir: str | os.PathLike, seed: int = 0, tasks: Sequence[str] = RELATION_TASKS) -> dict[str, Any]:

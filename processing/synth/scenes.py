@@ -1,8 +1,8 @@
 """Synthetic 3D scenes with known truth, rendered with numpy.
 
 Every scene is a pinhole camera above a ground plane with simple solids standing on it (boxes,
-vertical cylinders, spheres and thin billboards composed into Objects365 categories) and people
-with a known facing direction. A z-buffer renderer gives the RGB image, the exact metric depth map
+vertical cylinders, spheres and thin billboards composed into Objects365 categories; some lifted
+off the ground, as on a shelf the annotations do not box) and people with a known facing direction. A z-buffer renderer gives the RGB image, the exact metric depth map
 (camera-space ``z`` in meters, ``0`` where a ray sees sky), an instance map and, from the visible
 pixels, the 2D boxes a human annotator would draw. People carry the 17 COCO keypoints projected
 through the camera, with body sides right: a person facing the camera has their LEFT shoulder on
@@ -159,15 +159,56 @@ class SceneConfig:
     wall_prob: float = 0.5  # chance a scene ends in a wall (no sky) instead of open ground and sky
     wall_distance: tuple[float, float] = (6.0, 30.0)  # meters ahead of the camera, on the ground
     max_ground_distance: float = 80.0  # ground farther than this is rendered as sky (a hole)
+    # Label priors, as photos have them: (category, near, far) ground distances replacing the
+    # category's own range, and categories placed only in the image's left third.
+    distances: tuple[tuple[str, float, float], ...] = ()
+    left_categories: tuple[str, ...] = ()
+    # Objects off the ground (on a shelf, a wall bracket, a ledge the annotations do not box): the
+    # chance a non-person object is lifted, and by how much (meters): its box bottom is then no
+    # ground contact.
+    lift_prob: float = 0.15
+    lift: tuple[float, float] = (0.3, 1.5)
+    # Sloped ground, the camera standing on its origin: the slope across the view (rising to the
+    # camera's right: the same image row is nearer ground on one side) and along it, in degrees.
+    # Steeper downhill views with a wall close behind leave the whole image within less than
+    # VerifyConfig.min_far_near_ratio of depth, which the relative-depth shift bound assumes.
+    ground_roll_deg: tuple[float, float] = (-8.0, 8.0)
+    ground_pitch_deg: tuple[float, float] = (-3.0, 3.0)
+
+    def __post_init__(self) -> None:
+        unknown = [c for c, *_ in self.distances if c not in CATEGORIES] + [c for c in self.left_categories if c not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"distances and left_categories must name categories of CATEGORIES, got {unknown}")
+        bad = [(c, lo, hi) for c, lo, hi in self.distances if not 0 < lo <= hi]
+        if bad:
+            raise ValueError(f"distances must satisfy 0 < near <= far, got {bad}")
+
+    def distance(self, category: str) -> tuple[float, float]:
+        """Ground distance range a category is placed at (``distances``, else the category's own)."""
+        for name, lo, hi in self.distances:
+            if name == category:
+                return lo, hi
+        return CATEGORIES[category].distance
 
 
 DEFAULT_CONFIG = SceneConfig()
 NARROW_CONFIG = SceneConfig(
     fov_deg=(55.0, 70.0), camera_height=(1.2, 1.8), pitch_deg=(2.0, 14.0), people_turned_anywhere=False,
-    truncation=False, wall_prob=0.0,
+    truncation=False, wall_prob=0.0, lift_prob=0.0, ground_roll_deg=(0.0, 0.0), ground_pitch_deg=(0.0, 0.0),
 )
 """The scenes of earlier releases: people within 25 degrees of toward/away, 55-70 degree views, sky
 at the far end, every solid inside the frame."""
+CORRELATED_CONFIG = SceneConfig(
+    people=(2, 5), wall_prob=0.8, wall_distance=(32.0, 40.0),
+    distances=(("Person", 2.0, 5.0), ("Car", 12.0, 30.0), ("Traffic Light", 12.0, 30.0), ("Bench", 10.0, 25.0)),
+    left_categories=("Fire Hydrant",),
+)
+"""Scenes with a deliberate label-depth and label-side correlation, stronger than the categories'
+own ranges: people always in front (2-5 m), cars, traffic lights and benches behind (10-30 m), walls
+behind everything, fire hydrants always in the image's left third. A text-only model answers many
+of their relation questions from the labels alone until the rows are rebalanced."""
+FAMILIES: dict[str, SceneConfig] = {"default": DEFAULT_CONFIG, "correlated": CORRELATED_CONFIG}
+"""Scene families by name (``spatialforge demo --family``)."""
 
 
 @dataclass(frozen=True)
@@ -269,7 +310,7 @@ class SceneObject:
 
     instance: int  # value of this object in ``Scene.instances``
     category: str  # Objects365 category name
-    position: np.ndarray  # world (X, 0, Z) of the footprint center
+    position: np.ndarray  # world (X, lift, Z) of the footprint center (lift 0: on the ground)
     yaw: float  # radians, see module docstring
     scale: float
     center_cam: np.ndarray  # camera-space center of the solid's bounding volume
@@ -331,6 +372,7 @@ class Scene:
     instances: np.ndarray  # (H, W) int16, -1 = ground/sky/wall, else SceneObject.instance
     objects: list[SceneObject] = field(default_factory=list)
     wall: float | None = None  # world Z of the wall that closes the view (None: open ground and sky)
+    ground_slope: tuple[float, float] = (0.0, 0.0)  # ground rise per meter along world X and Z
 
     @property
     def image_id(self) -> str:
@@ -386,7 +428,7 @@ class Scene:
                 )
             objs.append(item)
         return {"image_id": self.image_id, "width": self.width, "height": self.height, "camera": cam.to_dict(),
-                "wall": self.wall, "objects": objs}
+                "wall": self.wall, "ground_slope": list(self.ground_slope), "objects": objs}
 
     def observed(self, noise: AnnotationNoise = EXACT_ANNOTATIONS) -> tuple[np.ndarray, np.ndarray]:
         """Boxes ``(n, 4)`` and COCO keypoints ``(n, 17, 3)`` (NaN for non-people) of the annotated
@@ -470,6 +512,11 @@ def make_scene(
     cam = Camera(f, f, width / 2, height / 2, float(rng.uniform(*config.camera_height)), math.radians(rng.uniform(*config.pitch_deg)))
 
     wall = float(rng.uniform(*config.wall_distance)) if rng.random() < config.wall_prob else None
+    slope = (0.0, 0.0)
+    if config.ground_roll_deg != (0.0, 0.0) or config.ground_pitch_deg != (0.0, 0.0):  # its own stream, as the lifts
+        ground_rng = scene_rng(seed, index, "ground")
+        slope = (math.tan(math.radians(ground_rng.uniform(*config.ground_roll_deg))),
+                 math.tan(math.radians(ground_rng.uniform(*config.ground_pitch_deg))))
     names = [n for n in CATEGORIES if n != PERSON]
     n_people = int(rng.integers(config.people[0], config.people[1] + 1))
     n_total = max(n_people, int(rng.integers(config.objects[0], config.objects[1] + 1)))
@@ -483,13 +530,19 @@ def make_scene(
 
     placed: list[tuple[SceneObject, Category, np.ndarray, np.ndarray]] = []
     footprints: list[tuple[float, float, float]] = []  # (X, Z, radius)
+    lift_rng = scene_rng(seed, index, "lift")  # its own stream: the other draws stay those of ground-only scenes
     for name in wanted:
+        lifted = name != PERSON and config.lift_prob > 0 and lift_rng.random() < config.lift_prob
+        lift = float(lift_rng.uniform(*config.lift)) if lifted else 0.0
         cat = CATEGORIES[name]
         for _ in range(30):  # rejection sampling: in view, not intersecting another solid
             scale = float(1.0 + rng.uniform(-cat.scale_jitter, cat.scale_jitter))
             lo, hi = _object_aabb(cat, scale)
-            dist = float(rng.uniform(*cat.distance))
-            u = float(rng.uniform(-0.1, 1.1) if config.truncation else rng.uniform(0.05, 0.95)) * width
+            dist = float(rng.uniform(*config.distance(name)))
+            u_lo, u_hi = (-0.1, 1.1) if config.truncation else (0.05, 0.95)
+            if name in config.left_categories:
+                u_hi = 1.0 / 3.0
+            u = float(rng.uniform(u_lo, u_hi)) * width
             gz = dist
             gx = (u - cam.cx) / cam.fx * (gz * math.cos(cam.pitch) + cam.height * math.sin(cam.pitch))
             radius = float(np.hypot(max(abs(lo[0]), hi[0]), max(abs(lo[2]), hi[2])))
@@ -499,7 +552,7 @@ def make_scene(
                 yaw, facing, delta = _person_yaw(rng, gx, gz, config)
             else:
                 yaw, facing, delta = float(rng.uniform(-math.pi, math.pi)), None, None
-            pos = np.array([gx, 0.0, gz])
+            pos = np.array([gx, slope[0] * gx + slope[1] * gz + lift, gz])
             rot = _yaw_matrix(yaw)
             corners_cam = cam.world_to_camera(_corners(lo, hi) @ rot.T + pos)
             if (corners_cam[:, 2] < 0.3).any():
@@ -526,7 +579,7 @@ def make_scene(
             footprints.append((gx, gz, radius))
             break
 
-    scene = _render(seed, index, width, height, cam, placed, rng, config, wall)
+    scene = _render(seed, index, width, height, cam, placed, rng, config, wall, slope)
     return scene
 
 
@@ -632,7 +685,7 @@ def _hit_part(part: Part, scale: float, o: np.ndarray, d: np.ndarray) -> tuple[n
 
 
 def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Generator, config: SceneConfig,
-            wall: float | None = None) -> Scene:
+            wall: float | None = None, slope: tuple[float, float] = (0.0, 0.0)) -> Scene:
     ux, vy = _rays(width, height, cam.fx, cam.fy, cam.cx, cam.cy)
     rot = cam.rotation
     # World-space directions (z_cam = 1 keeps the ray parameter equal to camera-space depth).
@@ -640,7 +693,10 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
     dwz = rot[2, 1] * vy + rot[2, 2]
     depth = np.full((height, width), np.inf)
     with np.errstate(divide="ignore"):
-        tg = np.where(dwy < 0, -cam.height / np.where(dwy < 0, dwy, -1), np.inf)
+        # The ground Y = slope_x X + slope_z Z meets the ray (0, height, 0) + t (ux, dwy, dwz) at
+        # t = height / (slope_x ux + slope_z dwz - dwy), where that is positive.
+        rise = slope[0] * ux + slope[1] * dwz - dwy
+        tg = np.where(rise > 0, cam.height / np.where(rise > 0, rise, 1), np.inf)
     gx, gz = ux * tg, dwz * tg
     ground = np.isfinite(tg) & (np.hypot(gx, gz) <= config.max_ground_distance)
     if wall is not None:  # a vertical wall across the view at world Z = wall hides the far ground and the sky
@@ -744,7 +800,7 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
     depth_m = np.where(np.isfinite(depth), depth, SKY).astype(np.float32)
     noise = scene_rng(seed, index, "grain").normal(0, 3.0, (height, width, 1)).astype(np.float32)
     rgb = np.clip(image + noise, 0, 255).astype(np.uint8)
-    return Scene(seed, index, width, height, cam, rgb, depth_m, instances, objects, wall=wall)
+    return Scene(seed, index, width, height, cam, rgb, depth_m, instances, objects, wall=wall, ground_slope=slope)
 
 
 def _keypoints(obj: SceneObject, cam: Camera, instances: np.ndarray, width: int, height: int) -> np.ndarray:

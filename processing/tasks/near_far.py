@@ -5,7 +5,10 @@ per-object checks of both boxes; ``depth_valid`` (a robust depth for both, see
 :func:`.verify.object_depth`; ``no_depth`` when the record has no depth map at all);
 ``depth_uniform`` (few pixels much nearer than the object's depth: not an open shape such as an
 umbrella over the ground, not hidden behind something unboxed; drop reason ``depth_mixed``);
-``depth_positive``; ``depth_margin`` (``1 - nearer / farther >= min_depth_margin``);
+``depth_positive``; ``depth_margin`` (``1 - nearer / farther >= min_depth_margin``; on relative
+depth a pair short of it, though still ordered after the tolerated bias, passes when the ground
+just below both box bottoms orders it the same way, recorded as ``ground_contact``: see
+:func:`ground_contact_agrees`);
 ``depth_range_margin`` (relative inverse depth only); ``depth_span`` (non-metric depth: the
 farther object's nearest part lies behind the nearer object, see :mod:`.verify`); ``depth_alt`` (a second depth signal in
 ``record.meta["depth_alt"]`` orders the pair the same way); ``ground_contact`` (opt-in); and
@@ -56,9 +59,21 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         if not depth.metric:  # what is left after each depth is off by the tolerated bias, against the pair
             ratio = ratio * (1.0 + config.relative_object_bias) ** 2
         margin = 1.0 - ratio
-    sieve.check("depth_margin", margin >= config.min_depth_margin, "depth_margin")
     i_nearer = di < dj if depth.kind == "depth" else di > dj
     near, far = np.where(i_nearer, i, j), np.where(i_nearer, j, i)
+    rescued = np.zeros(len(i), dtype=bool)
+    if not depth.metric and config.ground_rescue:
+        # A second signal that no depth scale, shift or per-object bias moves: of two objects
+        # standing on the ground, the one on the nearer ground is the nearer; the ground (no
+        # object, so no per-object bias) is read just below each box bottom. It may stand in
+        # for min_depth_margin, not for the order itself: the map must still order the pair after
+        # the tolerated bias (margin > 0), and the other checks below still run.
+        with np.errstate(invalid="ignore"):
+            short = (margin > 0) & (margin < config.min_depth_margin)
+        rescued = short & ground_contact_agrees(scene, record, near, far, config.min_range_margin)
+    sieve.check("depth_margin", (margin >= config.min_depth_margin) | rescued, "depth_margin")
+    if rescued.any():
+        sieve.check("ground_contact", np.ones(len(i), dtype=bool), "ground_contact_disagree", applies=rescued)
     if depth.kind == "inverse_depth" and not depth.metric:
         # An unknown shift breaks ratios: also ask for a share of the image's depth range.
         sieve.check("depth_range_margin", np.abs(di - dj) >= config.min_range_margin * scene.depth_range,
@@ -84,7 +99,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         b, det, h = scene.xyxy, record.objects, record.height
         dy = (b[near, 3] - b[far, 3]) / h  # > 0: the nearer object's bottom is lower in the image
         free = lambda k: ~det.is_truncated[k] & (b[k, 3] < h - 1)  # noqa: E731 -- bottom edge visible
-        applies = (np.abs(dy) >= config.ground_min_dy) & free(near) & free(far)
+        applies = (np.abs(dy) >= config.ground_min_dy) & free(near) & free(far) & ~rescued
         sieve.check("ground_contact", dy > 0, "ground_contact_disagree", applies=applies)
     if config.occlusion_check:
         ok = np.ones(sieve.m, dtype=bool)
@@ -96,3 +111,64 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         sieve.check("occlusion", ok, "occlusion_inconsistent", applies=applies)
     sieve.evidence["depth_margin"] = margin
     return Generated(Candidates(sieve, near, far, "nearer_than"), sieve.drops)
+
+
+def free_bottoms(scene, record: Record) -> np.ndarray:
+    """Per object, whether its box bottom can be a ground contact: not cut by the frame (nor
+    flagged truncated) and no other box reaching into the bottom ``BOTTOM_STRIP`` of it or the
+    ground just below it (an occluder in front, a box it stands on or in)."""
+    b, h = scene.xyxy, record.height
+    n = len(b)
+    if not n:
+        return np.zeros(0, dtype=bool)
+    strip_top = b[:, 3] - BOTTOM_STRIP * (b[:, 3] - b[:, 1])
+    below = b[:, 3] + GROUND_GAP + GROUND_ROWS * (b[:, 3] - b[:, 1])
+    x_overlap = (b[:, None, 0] < b[None, :, 2]) & (b[None, :, 0] < b[:, None, 2])
+    y_overlap = (b[None, :, 3] > strip_top[:, None]) & (b[None, :, 1] < below[:, None])
+    covered = (x_overlap & y_overlap & ~np.eye(n, dtype=bool)).any(1)
+    return ~record.objects.is_truncated & (below < h) & ~covered
+
+
+BOTTOM_STRIP = 0.25  # share of a box's height, at its bottom, that no other box may reach into for a ground contact
+GROUND_GAP = 2.0  # pixels left between a box bottom and the ground sampled below it (blurred depth edges)
+GROUND_ROWS = 0.1  # rows of ground sampled below a box bottom, as a share of the box height (at least one)
+
+
+def ground_below(scene, record: Record) -> np.ndarray:
+    """Per object, the depth map's median in a strip just below its box bottom (the middle half
+    of its width): the ground it stands on, if it stands; NaN where the strip has no valid pixel.
+    Ground carries no per-object bias, so two such values order two contacts whatever the objects'
+    own depths err by."""
+    depth = record.depth
+    b = scene.xyxy
+    sx, sy = depth.width / record.width, depth.height / record.height
+    out = np.full(len(b), np.nan)
+    for k, (x1, y1, x2, y2) in enumerate(b.tolist()):
+        r0 = int(np.ceil((y2 + GROUND_GAP) * sy))
+        r1 = max(r0 + 1, int(np.ceil((y2 + GROUND_GAP + GROUND_ROWS * (y2 - y1)) * sy)))
+        c0, c1 = int(np.floor((x1 + (x2 - x1) / 4) * sx)), int(np.ceil((x2 - (x2 - x1) / 4) * sx))
+        if r0 >= depth.height or c1 <= c0:
+            continue
+        v = depth.values[r0:r1, c0:c1]
+        v = v[depth.valid[r0:r1, c0:c1]] if depth.valid is not None else v.ravel()
+        if v.size:
+            out[k] = float(np.median(v))
+    return out
+
+
+def ground_contact_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray, margin: float) -> np.ndarray:
+    """Per pair, whether the ground below both box bottoms (:func:`ground_below`, both bottoms
+    :func:`free_bottoms`) orders them as ``near``, ``far`` say by ``margin`` of the image's depth
+    range, and neither object is nearer than its own ground by that much (lifted off the ground, on
+    a shelf: then the ground below its bottom is far behind it) nor has its own nearest part
+    (:attr:`.verify.Scene.depth_tail`) that much nearer than its depth (an open shape, an umbrella
+    whose box shows mostly what is behind it: its depth is then that of the background)."""
+    free = free_bottoms(scene, record)
+    if not free.any():
+        return np.zeros(len(near), dtype=bool)
+    sign = -1.0 if record.depth.kind == "depth" else 1.0  # in nearness order: larger = nearer
+    g, d, tail = ground_below(scene, record) * sign, scene.depth * sign, scene.depth_tail * sign
+    tol = margin * scene.depth_range
+    with np.errstate(invalid="ignore"):
+        grounded = free & (d - g <= tol) & (tail - d <= tol)
+        return grounded[near] & grounded[far] & (g[near] - g[far] >= tol)

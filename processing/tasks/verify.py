@@ -129,6 +129,7 @@ class VerifyConfig:
     depth_alt_min_margin: float = 0.0  # margin the second signal must show in the same direction
     ground_contact: bool = False  # opt-in: lower box bottom must be the nearer object
     ground_min_dy: float = 0.02  # bottoms closer than this (fraction of height): no evidence
+    ground_rescue: bool = True  # relative depth: a pair short of min_depth_margin passes when the ground below both orders it alike
     # --- referring
     max_referring_iou: float = 0.5  # a box of another label with IoU >= this makes the region ambiguous
     # --- grounding / counting
