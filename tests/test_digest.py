@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "9e49c62464d9e4851ee16271f326d45e76565ccb6be05f37afff219c85897662"
+PINNED = "741bb225cc28b0dc4058039ad23bc2b04dc9ae3522134ec8d4cd74e9e1d8ff2c"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:
