@@ -1,20 +1,23 @@
 """Training-stream benchmark: the data side of a training loop against the loader's raw stream.
 
 Prints, in one run, on the demo's rows and images (``spatialforge demo --no-mono``, made in a temp
-folder unless ``--demo`` names one):
+folder unless ``--demo`` names one, at ``--width`` x ``--height``: 1024 x 768 by default, the
+size of the Objects365 / OpenImages photos the rows are made from, not the demo's 320 x 240):
 
 1. raw: ``spatialforge_10m.load_dataset(..., streaming=True)`` (images decoded by ``datasets``)
    through a ``DataLoader`` with ``--workers`` workers: rows/s;
-2. train: ``TrainingStream`` (shuffle buffer, one row per sample) + ``ChatCollator`` (chat messages,
-   chat template, a LLaVA-1.5-shaped processor: CLIP 224 px crop, 256 image tokens) through the
-   same ``DataLoader``: rows/s, and its ratio to raw (goal >= 0.8);
-   (and the stream alone, without the collator, to show where the time goes);
+2. train: ``TrainingStream`` (shuffle buffer, one row per sample, ``decode_size=processor``) +
+   ``ChatCollator`` (chat messages, chat template, a LLaVA-1.5-shaped processor: CLIP crop of
+   ``--image-size`` px, patch 14, the real ``CLIPImageProcessor`` on every sample) through the same
+   ``DataLoader`` over the same images: rows/s, and its ratio to raw (goal >= 0.8);
+   (and the stream alone, without the collator, and the training path with images decoded in full
+   (``decode_size=None``), to show where the time goes);
 3. grouped: the same with ``group_by_image=True`` (all adjacent QA pairs of one image in one
    multi-turn sample: one decode and one image preprocessing for them): QA pairs/s, and its ratio
-   to 2 (goal >= 2).
+   to one row per sample (goal >= 2).
 
-    python benchmarks/stream.py                          # ~2 min on 2 cores
-    python benchmarks/stream.py --scenes 600 --batch-size 16 --workers 2
+    python benchmarks/stream.py --scenes 150                  # ~3 min on 2 cores
+    python benchmarks/stream.py --scenes 600 --batch-size 16 --workers 2 --image-size 224
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 
 def _setup_env(tmp: str) -> None:
@@ -49,6 +53,14 @@ def _rows(batch) -> int:
     return int(batch["n_rows"])
 
 
+def _image_sizes(image_dirs: dict[str, str]) -> Counter:
+    """(width, height) of the image files of ``image_dirs``."""
+    from PIL import Image
+
+    files = [os.path.join(d, f) for root in image_dirs.values() for d, _, names in os.walk(root) for f in names]
+    return Counter(Image.open(f).size for f in files)
+
+
 def _timed(loader) -> tuple[int, float]:
     t0 = time.perf_counter()
     n = sum(_rows(b) for b in loader)
@@ -59,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo", help="existing `spatialforge demo --out` folder (default: make one)")
     parser.add_argument("--scenes", type=int, default=300, help="scenes of the demo made when --demo is not given")
+    parser.add_argument("--width", type=int, default=1024, help="image width of the demo made when --demo is not given")
+    parser.add_argument("--height", type=int, default=768, help="image height of the demo made when --demo is not given")
+    parser.add_argument("--image-size", type=int, default=336,
+                        help="the processor's shortest edge and crop (LLaVA-1.5: 336; CLIP ViT-B/16: 224)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per batch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--task", default="all", help="task (config) to stream")
@@ -78,16 +94,18 @@ def main(argv: list[str] | None = None) -> None:
     if demo is None:
         demo = os.path.join(tmp, "demo")
         cli = os.path.join(os.path.dirname(sys.executable), "spatialforge")
-        done = subprocess.run([cli, "demo", "--scenes", str(args.scenes), "--out", demo, "--no-mono", "--no-load"],
-                              capture_output=True, text=True)
+        done = subprocess.run([cli, "demo", "--scenes", str(args.scenes), "--width", str(args.width), "--height",
+                               str(args.height), "--out", demo, "--no-mono", "--no-load"], capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"spatialforge demo failed: {done.stderr.strip().splitlines()[-1:]}")
     data = os.path.join(demo, "dataset-exact")
     image_dirs = {"objects365": os.path.join(demo, "objects365", "images")}
     ex = _example()
-    model_dir = ex.build_tiny_llava(os.path.join(tmp, "llava"), ex.rows_text(data, args.task), image_size=224, patch=14)
+    model_dir = ex.build_tiny_llava(os.path.join(tmp, "llava"), ex.rows_text(data, args.task), image_size=args.image_size,
+                                    patch=14)
     processor = AutoProcessor.from_pretrained(model_dir)
     collator = ChatCollator(processor)
+    sizes = _image_sizes(image_dirs)
 
     def collate(samples):
         batch = collator(samples)
@@ -99,12 +117,15 @@ def main(argv: list[str] | None = None) -> None:
 
     raw = spatialforge_10m.load_dataset(data, args.task, "train", image_dirs=image_dirs, streaming=True)
     index = os.path.join(tmp, "index")
-    flat = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=index)
-    grouped = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, group_by_image=True, index_dir=index)
+    flat = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=index, decode_size=processor)
+    full = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=index)
+    grouped = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, group_by_image=True, index_dir=index,
+                             decode_size=processor)
     runs = {
         "raw": (raw, list),
         "stream": (flat, list),
         "train": (flat, collate),
+        "full": (full, collate),
         "grouped": (grouped, collate),
     }
     # Interleaved repeats, best of each: the load of a shared machine drifts between runs.
@@ -116,14 +137,20 @@ def main(argv: list[str] | None = None) -> None:
             rows[name], best[name] = n, max(best.get(name, 0.0), n / t)
     samples = sum(1 for _ in grouped)
 
+    ip = processor.image_processor
     print(f"stream benchmark: {rows['raw']} rows of {data} (task {args.task}), batch {args.batch_size}, "
           f"{args.workers} DataLoader workers, best of {args.repeats}, torch {torch.__version__}")
+    print(f"  images: {sum(sizes.values())} files of {', '.join(f'{w}x{h} ({n})' for (w, h), n in sizes.most_common())}; "
+          f"processor {type(processor).__name__} + {type(ip).__name__} (shortest edge {ip.size['shortest_edge']}, "
+          f"crop {ip.crop_size['height']}x{ip.crop_size['width']}), decode_size {flat.decode_size}")
     r_raw = best["raw"]
     print(f"  raw loader stream (images decoded by datasets)        {r_raw:8.1f} rows/s")
     print(f"  TrainingStream alone (shuffle buffer, decode)         {best['stream']:8.1f} rows/s   "
           f"ratio to raw {best['stream'] / r_raw:.2f}")
     print(f"  TrainingStream + ChatCollator (template, processor)   {best['train']:8.1f} rows/s   "
           f"ratio to raw {best['train'] / r_raw:.2f} (goal >= 0.8)")
+    print(f"    the same, images decoded in full (decode_size=None) {best['full']:8.1f} rows/s   "
+          f"ratio to raw {best['full'] / r_raw:.2f}")
     print(f"  grouped by image ({rows['grouped'] / max(samples, 1):.2f} QA pairs per sample)           "
           f"{best['grouped']:8.1f} QA pairs/s  ratio to one row per sample {best['grouped'] / best['train']:.2f} (goal >= 2), "
           f"to raw rows/s {best['grouped'] / r_raw:.2f}")

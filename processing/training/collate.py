@@ -94,7 +94,8 @@ class ChatCollator:
         pieces, firsts, images = [], [], []
         for sample in samples:
             image = sample["image"]
-            messages = to_messages(sample["rows"], sample.get("image_path") or "image", self.model_family, image_size=image.size)
+            size = tuple(sample.get("image_size") or image.size)  # the full image's, where it was decoded smaller
+            messages = to_messages(sample["rows"], sample.get("image_path") or "image", self.model_family, image_size=size)
             pieces.append(self.pieces(messages))
             firsts.append(pieces[-1][0][0])
             images.append(image)
