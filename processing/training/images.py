@@ -87,7 +87,7 @@ def resolve_decode_size(decode_size: Any) -> tuple[int, int] | None:
     """``decode_size`` as ``(width, height)``: an int (each side), a pair, a processor, or ``None``."""
     if decode_size is None:
         return None
-    if isinstance(decode_size, bool):
+    if isinstance(decode_size, (bool, float, str)):
         raise ValueError(f"decode_size must be an int, a (width, height) pair, a processor or None, got {decode_size!r}")
     if isinstance(decode_size, int):
         decode_size = (decode_size, decode_size)
