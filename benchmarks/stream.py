@@ -7,17 +7,18 @@ size of the Objects365 / OpenImages photos the rows are made from, not the demo'
 1. raw: ``spatialforge_10m.load_dataset(..., streaming=True)`` (images decoded by ``datasets``)
    through a ``DataLoader`` with ``--workers`` workers: rows/s;
 2. train: ``TrainingStream`` (shuffle buffer, one row per sample, ``decode_size=processor``) +
-   ``ChatCollator`` (chat messages, chat template, a LLaVA-1.5-shaped processor: CLIP crop of
-   ``--image-size`` px, patch 14, the real ``CLIPImageProcessor`` on every sample) through the same
-   ``DataLoader`` over the same images: rows/s, and its ratio to raw (goal >= 0.8);
+   ``ChatCollator`` (chat messages, chat template, a LLaVA-shaped processor: CLIP crop of each
+   ``--image-size`` px, 224 and LLaVA-1.5's 336 by default, patch 14, the real
+   ``CLIPImageProcessor`` on every sample) through the same ``DataLoader`` over the same images:
+   rows/s, and its ratio to raw (goal >= 0.8);
    (and the stream alone, without the collator, and the training path with images decoded in full
    (``decode_size=None``), to show where the time goes);
 3. grouped: the same with ``group_by_image=True`` (all adjacent QA pairs of one image in one
    multi-turn sample: one decode and one image preprocessing for them): QA pairs/s, and its ratio
    to one row per sample (goal >= 2).
 
-    python benchmarks/stream.py --scenes 150                  # ~3 min on 2 cores
-    python benchmarks/stream.py --scenes 600 --batch-size 16 --workers 2 --image-size 224
+    python benchmarks/stream.py --scenes 150                  # ~5 min on 2 cores
+    python benchmarks/stream.py --scenes 600 --batch-size 16 --workers 2 --image-size 336
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def _image_sizes(image_dirs: dict[str, str]) -> Counter:
     return Counter(Image.open(f).size for f in files)
 
 
+class _Collate:
+    """ChatCollator plus the number of QA rows in the batch (samples hold 1 or more)."""
+
+    def __init__(self, processor) -> None:
+        from spatialforge.processing.training.collate import ChatCollator
+
+        self.collator = ChatCollator(processor)
+
+    def __call__(self, samples):
+        batch = self.collator(samples)
+        batch["n_rows"] = sum(len(s["rows"]) for s in samples)
+        return batch
+
+
 def _timed(loader) -> tuple[int, float]:
     t0 = time.perf_counter()
     n = sum(_rows(b) for b in loader)
@@ -73,12 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=300, help="scenes of the demo made when --demo is not given")
     parser.add_argument("--width", type=int, default=1024, help="image width of the demo made when --demo is not given")
     parser.add_argument("--height", type=int, default=768, help="image height of the demo made when --demo is not given")
-    parser.add_argument("--image-size", type=int, default=336,
-                        help="the processor's shortest edge and crop (LLaVA-1.5: 336; CLIP ViT-B/16: 224)")
+    parser.add_argument("--image-size", type=int, nargs="+", default=[224, 336],
+                        help="the processor's shortest edge and crop, one training run each (CLIP ViT-B: 224; LLaVA-1.5: 336)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per batch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--task", default="all", help="task (config) to stream")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each measurement (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each measurement (best is kept)")
     args = parser.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="sf-bench-stream-")
@@ -87,7 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoProcessor
 
     import spatialforge_10m
-    from spatialforge.processing.training.collate import ChatCollator
     from spatialforge.processing.training.stream import TrainingStream
 
     demo = args.demo
@@ -101,33 +115,28 @@ def main(argv: list[str] | None = None) -> None:
     data = os.path.join(demo, "dataset-exact")
     image_dirs = {"objects365": os.path.join(demo, "objects365", "images")}
     ex = _example()
-    model_dir = ex.build_tiny_llava(os.path.join(tmp, "llava"), ex.rows_text(data, args.task), image_size=args.image_size,
-                                    patch=14)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    collator = ChatCollator(processor)
+    text = ex.rows_text(data, args.task)
     sizes = _image_sizes(image_dirs)
-
-    def collate(samples):
-        batch = collator(samples)
-        batch["n_rows"] = sum(len(s["rows"]) for s in samples)
-        return batch
 
     def loader(ds, fn):
         return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=fn)
 
-    raw = spatialforge_10m.load_dataset(data, args.task, "train", image_dirs=image_dirs, streaming=True)
-    index = os.path.join(tmp, "index")
-    flat = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=index, decode_size=processor)
-    full = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=index)
-    grouped = TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, group_by_image=True, index_dir=index,
-                             decode_size=processor)
+    def stream(**kw):
+        return TrainingStream(data, args.task, image_dirs, seed=0, shuffle_buffer=256, index_dir=os.path.join(tmp, "index"), **kw)
+
+    processors = {size: AutoProcessor.from_pretrained(ex.build_tiny_llava(os.path.join(tmp, f"llava-{size}"), text,
+                                                                          image_size=size, patch=14))
+                  for size in args.image_size}
+    first = processors[args.image_size[0]]
     runs = {
-        "raw": (raw, list),
-        "stream": (flat, list),
-        "train": (flat, collate),
-        "full": (full, collate),
-        "grouped": (grouped, collate),
+        "raw": (spatialforge_10m.load_dataset(data, args.task, "train", image_dirs=image_dirs, streaming=True), list),
+        "stream": (stream(decode_size=first), list),
     }
+    for size, processor in processors.items():
+        runs[f"train-{size}"] = (stream(decode_size=processor), _Collate(processor))
+        runs[f"full-{size}"] = (stream(), _Collate(processor))
+    grouped = stream(group_by_image=True, decode_size=first)
+    runs["grouped"] = (grouped, _Collate(first))
     # Interleaved repeats, best of each: the load of a shared machine drifts between runs.
     best: dict[str, float] = {}
     rows: dict[str, int] = {}
@@ -137,23 +146,29 @@ def main(argv: list[str] | None = None) -> None:
             rows[name], best[name] = n, max(best.get(name, 0.0), n / t)
     samples = sum(1 for _ in grouped)
 
-    ip = processor.image_processor
     print(f"stream benchmark: {rows['raw']} rows of {data} (task {args.task}), batch {args.batch_size}, "
           f"{args.workers} DataLoader workers, best of {args.repeats}, torch {torch.__version__}")
-    print(f"  images: {sum(sizes.values())} files of {', '.join(f'{w}x{h} ({n})' for (w, h), n in sizes.most_common())}; "
-          f"processor {type(processor).__name__} + {type(ip).__name__} (shortest edge {ip.size['shortest_edge']}, "
-          f"crop {ip.crop_size['height']}x{ip.crop_size['width']}), decode_size {flat.decode_size}")
+    print(f"  images: {sum(sizes.values())} JPEG files of {', '.join(f'{w}x{h} ({n})' for (w, h), n in sizes.most_common())}, "
+          f"the same for every line; processor {type(first).__name__} + {type(first.image_processor).__name__}")
     r_raw = best["raw"]
-    print(f"  raw loader stream (images decoded by datasets)        {r_raw:8.1f} rows/s")
-    print(f"  TrainingStream alone (shuffle buffer, decode)         {best['stream']:8.1f} rows/s   "
-          f"ratio to raw {best['stream'] / r_raw:.2f}")
-    print(f"  TrainingStream + ChatCollator (template, processor)   {best['train']:8.1f} rows/s   "
-          f"ratio to raw {best['train'] / r_raw:.2f} (goal >= 0.8)")
-    print(f"    the same, images decoded in full (decode_size=None) {best['full']:8.1f} rows/s   "
-          f"ratio to raw {best['full'] / r_raw:.2f}")
-    print(f"  grouped by image ({rows['grouped'] / max(samples, 1):.2f} QA pairs per sample)           "
-          f"{best['grouped']:8.1f} QA pairs/s  ratio to one row per sample {best['grouped'] / best['train']:.2f} (goal >= 2), "
-          f"to raw rows/s {best['grouped'] / r_raw:.2f}")
+
+    def line(label: str, rate: float, unit: str = "rows/s", tail: str = "") -> None:
+        print(f"  {label:<58}{rate:8.1f} {unit:<11}{tail}")
+
+    line("raw loader stream (images decoded by datasets)", r_raw)
+    line(f"TrainingStream alone (shuffle buffer, decode_size {runs['stream'][0].decode_size})", best["stream"],
+         tail=f"ratio to raw {best['stream'] / r_raw:.2f}")
+    for size in processors:
+        train, full = best[f"train-{size}"], best[f"full-{size}"]
+        print(f"  TrainingStream + ChatCollator (template, processor), CLIP {size} px crop, {(size // 14) ** 2} image tokens:")
+        line(f"  decode_size=processor {runs[f'train-{size}'][0].decode_size}", train,
+             tail=f"ratio to raw {train / r_raw:.2f} (goal >= 0.8)")
+        line("  images decoded in full (decode_size=None)", full,
+             tail=f"ratio to raw {full / r_raw:.2f}; decode_size gains {train / full:.2f}x")
+    size = args.image_size[0]
+    line(f"grouped by image ({rows['grouped'] / max(samples, 1):.2f} QA pairs per sample, {size} px)", best["grouped"],
+         "QA pairs/s", f"ratio to one row per sample {best['grouped'] / best[f'train-{size}']:.2f} (goal >= 2), "
+         f"to raw rows/s {best['grouped'] / r_raw:.2f}")
 
 if __name__ == "__main__":
     main()
