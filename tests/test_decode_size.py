@@ -4,6 +4,7 @@ identical where no reduction applies, and the full size kept for the boxes."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 
@@ -139,7 +140,7 @@ def test_stream_decodes_smaller_keeps_the_full_size_and_the_same_samples(tmp_pat
     assert all(s["image_size"] == s["image"].size for s in full)
 
 
-def test_collator_writes_boxes_for_the_full_image_when_it_was_decoded_smaller(tmp_path):
+def test_collator_writes_boxes_for_the_full_image_when_it_was_decoded_smaller(tmp_path, caplog):
     """Qwen2.5-VL box text is in pixels of the image as its processor resizes it: from the full size."""
     from transformers import AutoProcessor
 
@@ -152,7 +153,11 @@ def test_collator_writes_boxes_for_the_full_image_when_it_was_decoded_smaller(tm
     full, size = decode_image(HUBBLE)
     small, _ = decode_image(HUBBLE, (224, 224))
     sample = {"id": "a", "rows": rows, "image_path": HUBBLE}
-    want = collate([dict(sample, image=full)])["input_ids"]
+    with caplog.at_level(logging.INFO, logger="spatialforge.processing.training.collate"):
+        want = collate([dict(sample, image=full)])["input_ids"]
+        collate([dict(sample, image=full)])
+    hints = [r.getMessage() for r in caplog.records if "decode_size=processor" in r.getMessage()]
+    assert collate.decode_size == (32, 32) and len(hints) == 1 and "1000x872" in hints[0]  # said once
     assert torch.equal(collate([dict(sample, image=small, image_size=size)])["input_ids"], want)
     assert not torch.equal(collate([dict(sample, image=small)])["input_ids"], want)  # the size matters here
 
@@ -173,3 +178,22 @@ def test_image_that_goes_bad_mid_stream_is_skipped_and_counted_at_any_decode_siz
     ids = [s["rows"][0]["image_id"] for s in stream]
     assert sorted(ids) == sorted(im.image_id for im in fx.images if im not in (jpeg, png))
     assert stream.counts["corrupt"] == 2 and stream.counts["corrupt_rows"] == 2
+
+
+def test_collator_pixel_values_are_the_processors_own(tmp_path):
+    """RGB images skip the processor's RGB conversion (a copy) and give the same pixel_values; images
+    with transparency go through it (composited on white)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(_example().build_tiny_llava(str(tmp_path / "llava"), ["USER: ASSISTANT: 2"] * 4))
+    rows = [{"id": "mine-a-counting-000", "source": "mine", "image_id": "a", "task": "counting", "width": 512,
+             "height": 600, "question": "How many?", "answer": "2", "objects": [], "fact": None, "count": 2}]
+    photo = decode_image(HOPPER)[0]
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    for image in (photo, rgba):
+        got = ChatCollator(processor)([{"id": "a", "rows": rows, "image": image, "image_path": HOPPER}])["pixel_values"]
+        want = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        assert torch.equal(got, want)
+    assert not torch.equal(*(processor.image_processor(images=[x], return_tensors="pt")["pixel_values"]
+                             for x in (photo, rgba)))  # the alpha matters, so the conversion ran
