@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,10 +79,17 @@ class _Collate:
         return batch
 
 
-def _timed(loader) -> tuple[int, float]:
-    t0 = time.perf_counter()
-    n = sum(_rows(b) for b in loader)
-    return n, time.perf_counter() - t0
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (DataLoader workers, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(loader) -> tuple[int, float, float]:
+    """Rows, wall seconds and CPU seconds (main process + workers) of one pass over ``loader``."""
+    c0, t0 = _cpu(), time.perf_counter()
+    n = sum(_rows(b) for b in loader)  # the DataLoader joins its workers when the pass ends
+    return n, time.perf_counter() - t0, _cpu() - c0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,40 +149,44 @@ def main(argv: list[str] | None = None) -> None:
     runs["grouped"] = (grouped, _Collate(first))
     # Interleaved repeats, best of each: the load of a shared machine drifts between runs.
     best: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU ms per row, least of the repeats: what the load of others changes least
     rows: dict[str, int] = {}
     for _ in range(args.repeats):
         for name, (ds, fn) in runs.items():
-            n, t = _timed(loader(ds, fn))
+            n, t, c = _timed(loader(ds, fn))
             rows[name], best[name] = n, max(best.get(name, 0.0), n / t)
+            cpu[name] = min(cpu.get(name, float("inf")), 1000 * c / n)
     samples = sum(1 for _ in grouped)
     # For reference: the raw stream read in this process (no DataLoader, so no image crosses processes).
-    n, t = _timed(runs["raw"][0])
+    n, t, _ = _timed(runs["raw"][0])
     in_process = n / t
 
     print(f"stream benchmark: {rows['raw']} rows of {data} (task {args.task}), batch {args.batch_size}, "
           f"{args.workers} DataLoader workers, best of {args.repeats}, torch {torch.__version__}")
     print(f"  images: {sum(sizes.values())} JPEG files of {', '.join(f'{w}x{h} ({n})' for (w, h), n in sizes.most_common())}, "
           f"the same for every line; processor {type(first).__name__} + {type(first.image_processor).__name__}")
-    r_raw = best["raw"]
 
-    def line(label: str, rate: float, unit: str = "rows/s", tail: str = "") -> None:
-        print(f"  {label:<58}{rate:8.1f} {unit:<11}{tail}")
+    def line(label: str, name: str, unit: str = "rows/s", tail: str = "") -> None:
+        print(f"  {label:<62}{best[name]:8.1f} {unit:<11}{cpu[name]:6.2f} CPU ms/row  {tail}")
 
-    line("raw loader stream (images decoded by datasets)", r_raw,
+    def ratio(name: str, to: str = "raw") -> str:
+        """Rate ratio, and the same from CPU time (less sensitive to a loaded machine)."""
+        return f"{best[name] / best[to]:.2f} (CPU {cpu[to] / cpu[name]:.2f})"
+
+    line("raw loader stream (images decoded by datasets)", "raw",
          tail=f"(read in one process, no DataLoader: {in_process:.1f} rows/s)")
-    line(f"TrainingStream alone (shuffle buffer, decode_size {runs['stream'][0].decode_size})", best["stream"],
-         tail=f"ratio to raw {best['stream'] / r_raw:.2f}")
+    line(f"TrainingStream alone (shuffle buffer, decode_size {runs['stream'][0].decode_size})", "stream",
+         tail=f"ratio to raw {ratio('stream')}")
     for size in processors:
-        train, full = best[f"train-{size}"], best[f"full-{size}"]
         print(f"  TrainingStream + ChatCollator (template, processor), CLIP {size} px crop, {(size // 14) ** 2} image tokens:")
-        line(f"  decode_size=processor {runs[f'train-{size}'][0].decode_size}", train,
-             tail=f"ratio to raw {train / r_raw:.2f} (goal >= 0.8)")
-        line("  images decoded in full (decode_size=None)", full,
-             tail=f"ratio to raw {full / r_raw:.2f}; decode_size gains {train / full:.2f}x")
+        line(f"  decode_size=processor {runs[f'train-{size}'][0].decode_size}", f"train-{size}",
+             tail=f"ratio to raw {ratio(f'train-{size}')} (goal >= 0.8)")
+        line("  images decoded in full (decode_size=None)", f"full-{size}",
+             tail=f"ratio to raw {ratio(f'full-{size}')}; decode_size gains {ratio(f'train-{size}', f'full-{size}')}")
     size = args.image_size[0]
-    line(f"grouped by image ({rows['grouped'] / max(samples, 1):.2f} QA pairs per sample, {size} px)", best["grouped"],
-         "QA pairs/s", f"ratio to one row per sample {best['grouped'] / best[f'train-{size}']:.2f} (goal >= 2), "
-         f"to raw rows/s {best['grouped'] / r_raw:.2f}")
+    line(f"grouped by image ({rows['grouped'] / max(samples, 1):.2f} QA pairs per sample, {size} px)", "grouped",
+         "QA pairs/s", f"ratio to one row per sample {ratio('grouped', f'train-{size}')} (goal >= 2), "
+         f"to raw rows/s {ratio('grouped')}")
 
 if __name__ == "__main__":
     main()
