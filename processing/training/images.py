@@ -2,13 +2,13 @@
 
 A CLIP-style processor resizes every image to a fixed grid (LLaVA-1.5: shortest edge 336, then a
 336 crop). A 1024 x 768 photo decoded in full is 0.8 megapixels that the processor's resize then
-throws away; decoding and resizing it costs several times the rest of a training sample's
-preparation. ``decode_image(path, min_size)`` decodes at the smallest scale that still has at
+throws away; decoding and resizing them is most of a training sample's preparation. ``decode_image(path, min_size)`` decodes at the smallest scale that still has at
 least ``min_size`` pixels on each side, so the processor's own resize still downscales (never
 upscales) an image it would have downscaled:
 
 * JPEG: ``PIL.Image.draft`` (libjpeg's DCT-domain scaling, 1/2, 1/4 or 1/8): the file is decoded
-  at that scale, which is where the time goes. This is what ``Image.thumbnail`` does first.
+  at that scale, which is where the time goes (``Image.thumbnail`` does the same, keeping twice
+  its target).
 * other formats: decoded in full, then ``Image.reduce`` by the largest integer factor that keeps
   ``min_size`` (a box filter), as ``Image.resize(reducing_gap=...)`` does; the processor's resize
   then reads the smaller image.
