@@ -111,8 +111,9 @@ def train(data: str, image_dirs: dict[str, str], out: str, steps: int = 200, bat
     model = LlavaForConditionalGeneration.from_pretrained(model_dir)
     model.train()
     collate = ChatCollator(processor, model_family="qwen3-vl", max_length=256)
+    # decode_size=processor: each image is decoded at the smallest scale its processor still downscales from
     stream = TrainingStream(data, task, image_dirs, seed=seed, shuffle_buffer=256, group_by_image=True, max_turns=2,
-                            index_dir=os.path.join(out, "index"))
+                            index_dir=os.path.join(out, "index"), decode_size=processor)
     loader = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps)))

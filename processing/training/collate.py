@@ -30,15 +30,24 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .formats import to_messages
+from .images import processor_decode_size
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 _TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+def _plain_rgb(image: Any) -> bool:
+    """A PIL image in RGB without a transparent color (what the stream decodes)."""
+    return getattr(image, "mode", None) == "RGB" and "transparency" not in getattr(image, "info", {})
 
 
 class ChatCollator:
@@ -46,7 +55,9 @@ class ChatCollator:
 
     ``processor``: a ``transformers`` processor with a chat template (``processor.chat_template``
     or its tokenizer's). ``max_length``: cut longer sequences at the end (the prompt with the image
-    must fit, else ``ValueError`` naming the sample).
+    must fit, else ``ValueError`` naming the sample). Pair it with
+    ``TrainingStream(..., decode_size=processor)``: images then arrive decoded at the scale the
+    processor reads (``self.decode_size``); box text always uses the full ``image_size``.
     """
 
     def __init__(
@@ -63,6 +74,8 @@ class ChatCollator:
         self.model_family = model_family
         self.max_length = max_length
         self.ignore_index = ignore_index
+        self.decode_size = processor_decode_size(processor)  # what TrainingStream(decode_size=processor) decodes at
+        self._hinted = False
 
     # -- one sample --------------------------------------------------------------------------------
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
@@ -94,14 +107,19 @@ class ChatCollator:
         pieces, firsts, images = [], [], []
         for sample in samples:
             image = sample["image"]
-            messages = to_messages(sample["rows"], sample.get("image_path") or "image", self.model_family, image_size=image.size)
+            size = tuple(sample.get("image_size") or image.size)  # the full image's, where it was decoded smaller
+            messages = to_messages(sample["rows"], sample.get("image_path") or "image", self.model_family, image_size=size)
             pieces.append(self.pieces(messages))
             firsts.append(pieces[-1][0][0])
             images.append(image)
+        self._hint(images)
         bos = self.tokenizer.bos_token
+        kwargs = {}
+        if getattr(getattr(self.processor, "image_processor", None), "do_convert_rgb", None) and all(map(_plain_rgb, images)):
+            kwargs["do_convert_rgb"] = False  # already RGB, nothing to composite: the conversion would only copy
         enc = self.processor(
             text=firsts, images=images, return_tensors="pt", padding=True,
-            add_special_tokens=not (bos and all(t.startswith(bos) for t in firsts)),
+            add_special_tokens=not (bos and all(t.startswith(bos) for t in firsts)), **kwargs,
         )
         rest = [text for p in pieces for text, _ in p[1:]]
         rest_ids = iter(self.tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else [])
@@ -124,6 +142,18 @@ class ChatCollator:
             all_ids.append(ids)
             all_labels.append(labels)
         return all_ids, all_labels, {k: v for k, v in enc.items() if k not in _TEXT_KEYS}
+
+    def _hint(self, images: list) -> None:
+        """Say once when images arrive at twice the size this processor reads, or more."""
+        need = self.decode_size
+        if self._hinted or need is None:
+            return
+        big = [im.size for im in images if min(im.size[0] // need[0], im.size[1] // need[1]) >= 2]
+        if big:
+            self._hinted = True
+            logger.info("images reach the collator at %dx%d and more; TrainingStream(decode_size=processor) decodes "
+                        "them at the scale %s reads (%dx%d at least), which is faster", *big[0],
+                        type(self.processor).__name__, *need)
 
     # -- a batch -----------------------------------------------------------------------------------
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ dataset (``SpatialForge10M.as_streaming_dataset``)::
 
     annotation shards --(split_dataset_by_node: this rank's shards)--> DataLoader worker k: its shards
         -> rows (or all rows of one image, ``group_by_image``) -> seeded shuffle buffer
-        -> image decoded (EXIF-transposed, RGB) -> {"id", "rows", "image", "image_path"}
+        -> image decoded (EXIF-transposed, RGB; at ``decode_size`` scale where given)
+        -> {"id", "rows", "image", "image_path", "image_size"}
 
 * **DDP.** ``rank``/``world_size`` (default: ``torch.distributed`` when it is initialized) select
   this rank's shards, and only the images of those rows are checked before the first sample.
@@ -22,14 +23,20 @@ dataset (``SpatialForge10M.as_streaming_dataset``)::
   ``datasets`` stream, the samples in the shuffle buffer and the rng, so a resumed run yields
   exactly the samples not yet yielded, in the same order (``datasets`` alone drops the buffer).
   With DataLoader workers, use torchdata's ``StatefulDataLoader``: it calls these per worker.
+* **Decode size.** ``decode_size=processor`` (or ``(width, height)``, or an int for both) decodes
+  each image at the smallest scale that still has that many pixels on each side (JPEG DCT scaling,
+  else an integer reduce; see :mod:`.images`), where the processor's output grid allows it: a
+  processor that resizes a 1024 x 768 photo to 224 px reads the same image at a quarter of the
+  pixels. ``image_size`` is always the full image's size (the grid the rows' boxes refer to).
 * **Bad images met mid-stream** (the pre-scan checks header and trailer only; a file may still
   fail to decode, or vanish): under ``on_missing_image="skip"`` the sample is dropped and counted
   in ``counts`` (``corrupt``, ``missing``), ``"warn"`` also logs each, ``"error"`` raises naming the
   row and the file.
 
 Example:
+    >>> collate = ChatCollator(processor)                                       # doctest: +SKIP
     >>> stream = TrainingStream("sf10m/", "near_far", image_dirs={"objects365": "/data/o365"},
-    ...                         seed=0, group_by_image=True)                     # doctest: +SKIP
+    ...                         seed=0, group_by_image=True, decode_size=processor)  # doctest: +SKIP
     >>> from torchdata.stateful_dataloader import StatefulDataLoader            # doctest: +SKIP
     >>> loader = StatefulDataLoader(stream, batch_size=8, num_workers=2, collate_fn=collate)  # doctest: +SKIP
     >>> state = loader.state_dict()   # ... later: loader.load_state_dict(state)  # doctest: +SKIP
@@ -46,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .images import decode_image, resolve_decode_size
+
 logger = logging.getLogger(__name__)
 
 CORRUPT, MISSING = "corrupt", "missing"
@@ -58,12 +67,15 @@ def _dist_rank_world() -> tuple[int | None, int | None]:
 
 
 class TrainingStream(torch.utils.data.IterableDataset):
-    """Shuffled, DDP-sharded, resumable samples ``{"id", "rows", "image", "image_path"}``.
+    """Shuffled, DDP-sharded, resumable samples ``{"id", "rows", "image", "image_path", "image_size"}``.
 
     ``rows`` is a list of schema rows (one, or every consecutive row of one image with
     ``group_by_image``, at most ``max_turns`` of them), ``image`` the decoded ``PIL.Image`` (RGB,
-    EXIF-transposed: the grid the boxes refer to). ``builder_kwargs`` go to the builder config
-    (``index_dir``, ``max_image_pixels``, ``batch_size``, ``revision``, ...).
+    EXIF-transposed: the grid the boxes refer to), ``image_size`` its full ``(width, height)``
+    (``image.size`` unless ``decode_size`` decoded it smaller). ``decode_size``: the processor the
+    samples are for (or a ``(width, height)`` / int), see the module docstring; ``None``: full
+    size. ``builder_kwargs`` go to the builder config (``index_dir``, ``max_image_pixels``,
+    ``batch_size``, ``revision``, ...).
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         on_missing_image: str = "skip",
         rank: int | None = None,
         world_size: int | None = None,
+        decode_size: Any = None,
         **builder_kwargs: Any,
     ) -> None:
         import datasets
@@ -94,6 +107,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.group_by_image, self.max_turns = group_by_image, max_turns
         self.on_missing_image = on_missing_image
+        self.decode_size = resolve_decode_size(decode_size)
         self.rank, self.world_size = rank, world_size
         # Several tasks grouped by image: read shard k of every task side by side (see the config).
         builder_kwargs.setdefault("group_tasks", group_by_image)
@@ -222,16 +236,12 @@ class TrainingStream(torch.utils.data.IterableDataset):
 
     def _sample(self, rows: list[dict]) -> dict | None:
         """Decode the image of ``rows``; ``None`` (counted) when it cannot be decoded under skip/warn."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
 
         ref = rows[0]["image"]
         path = ref["path"]
         try:
-            image = Image.open(path)
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)  # no copy of the (usual) upright image
-            if image.mode != "RGB":
-                image = image.convert("RGB")
+            image, size = decode_image(path, self.decode_size)
         except FileNotFoundError as err:
             return self._bad(rows, MISSING, path, err)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, struct.error) as err:
@@ -241,6 +251,7 @@ class TrainingStream(torch.utils.data.IterableDataset):
             "rows": [{k: v for k, v in r.items() if k != "image"} for r in rows],
             "image": image,
             "image_path": path,
+            "image_size": size,
         }
 
     def _bad(self, rows: list[dict], reason: str, path: str, err: Exception) -> None:
