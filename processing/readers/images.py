@@ -54,7 +54,73 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     """Open ``path`` lazily (header and EXIF only) and return its sizes and EXIF orientation.
 
     Raises :class:`TooManyPixels` above ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL itself only warns up
-    to twice that and raises its own error above)."""
+    to twice that and raises its own error above). A plain JPEG (no EXIF, see :func:`_jpeg_size`)
+    is read from its frame header without PIL, with the same answer."""
+    from PIL import Image
+
+    size = _jpeg_size(path)
+    if size is not None:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is None or size[0] * size[1] <= limit:
+            return ImageHeader(size[0], size[1])
+    return _read_header_pil(path)
+
+
+_JPEG_HEAD = 4096  # bytes read for the frame header: a plain JPEG has it within a few hundred
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xDE))
+_JPEG_SKIP = frozenset((0xC4, 0xCC, 0xDB, 0xDD, 0xFE))  # DHT, DAC, DQT, DRI, COM: PIL stores or skips them
+
+
+def _jpeg_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(width, height)`` of a plain JPEG from its frame (SOF) header, or None where PIL's reading
+    could differ in any way: then :func:`_read_header_pil` decides (and raises what PIL raises).
+
+    Plain: SOI, then only length-prefixed JFIF (APP0), DHT, DAC, DQT, DRI, COM and SOF segments up
+    to the start of scan, back to back, within the first :data:`_JPEG_HEAD` bytes, every one
+    whole and as PIL's JPEG parser accepts it (8-bit samples, 1, 3 or 4 components, whole
+    quantisation tables); the size is the last frame header's, as PIL's. Any other segment
+    (EXIF, XMP, ICC, MPF, Adobe: orientation, focal length or another reading), padding,
+    junk or a non-positive size: None."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_JPEG_HEAD)
+    except OSError:
+        return None
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    pos, end, size = 2, len(data), None
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        body = pos + 4
+        pos = body + length - 2
+        if length < 2 or pos > end:
+            return None
+        if marker == 0xDA:  # start of scan: PIL's header parsing ends here
+            return size if size is not None and size[0] > 0 and size[1] > 0 else None
+        if marker in _JPEG_SOF:
+            n = length - 2
+            if n < 6 or (n - 6) % 3 or data[body] != 8 or data[body + 5] not in (1, 3, 4):
+                return None
+            size = ((data[body + 3] << 8) | data[body + 4], (data[body + 1] << 8) | data[body + 2])
+        elif marker == 0xDB:
+            k = body
+            while k < pos:
+                k += 1 + 64 * (1 if data[k] < 16 else 2)
+                if k > pos:
+                    return None
+        elif marker == 0xE0:
+            if data[body:body + 4] == b"JFIF" and length - 2 < 7:
+                return None
+        elif marker not in _JPEG_SKIP:
+            return None
+    return None
+
+
+def _read_header_pil(path: str | os.PathLike) -> ImageHeader:
+    """:func:`read_header` by PIL (any format, EXIF included)."""
     import warnings
 
     from PIL import Image
