@@ -6,7 +6,9 @@ import pytest
 from PIL import Image, ImageCms
 
 from spatialforge.processing.readers import read_header
-from spatialforge.processing.readers.images import _jpeg_size, _read_header_pil
+from spatialforge.processing.readers.images import _jpeg_size, _plain_jpeg_header, _read_header_pil
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*:UserWarning")  # PIL warns on the damaged files, then answers
 
 
 def _jpeg(mode="RGB", size=(64, 48), **save) -> bytes:
@@ -31,12 +33,22 @@ def _same_as_pil(path):
     assert got == _outcome(path), path
 
 
-def _exif(orientation=None, f35=None) -> Image.Exif:
+def _exif(orientation=None, f35=None, **sub) -> Image.Exif:
     exif = Image.Exif()
     if orientation is not None:
         exif[0x0112] = orientation
     if f35 is not None:
         exif.get_ifd(0x8769)[0xA405] = f35
+    for tag, value in sub.items():
+        exif.get_ifd(0x8769)[{"f_mm": 0x920A, "xres": 0xA20E, "unit": 0xA210, "pixel_x": 0xA002}[tag]] = value
+    return exif
+
+
+def _camera_exif() -> Image.Exif:
+    """EXIF as a camera writes it: strings, resolutions, a date, the focal length from the sensor."""
+    exif = _exif(orientation=3, f_mm=4.25, xres=1000.0, unit=3, pixel_x=4032)
+    exif[0x010F], exif[0x0110], exif[0x011A], exif[0x011B], exif[0x0128] = "Maker", "Model 7", 72.0, 72.0, 2
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:01 12:00:00"
     return exif
 
 
@@ -51,6 +63,10 @@ ODD = {
     "restart": _jpeg(restart_marker_blocks=1, size=(40, 40)),
     "exif_rotated": _jpeg(exif=_exif(orientation=6), size=(80, 20)),
     "exif_focal": _jpeg(exif=_exif(f35=28), size=(400, 300)),
+    "exif_camera": _jpeg(exif=_camera_exif(), size=(403, 302)),
+    "exif_little_endian": _jpeg(size=(40, 30))[:20] + b"\xff\xe1\x00\x28Exif\0\0II*\0\x08\0\0\0\x02\0"
+                          + b"\x12\x01\x03\0\x01\0\0\0\x06\0\0\0" + b"\x69\x87\x04\0\x01\0\0\0\x26\0\0\0"
+                          + b"\0\0\0\0" + _jpeg(size=(40, 30))[20:],  # IFD0: orientation 6, EXIF pointer out of range
     "icc": _jpeg(icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()),
     "xmp_rotated": _jpeg(xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="8"/></x:xmpmeta>', size=(50, 10)),
     "no_jfif": _jpeg(size=(12, 34))[:2] + _jpeg(size=(12, 34))[20:],  # APP0 segment (18 bytes) cut out
@@ -66,15 +82,46 @@ def test_plain_jpegs_take_the_frame_header_and_match_pil(tmp_path):
     assert read_header(tmp_path / "subsampled.jpg").raw_width == 640
 
 
-def test_exif_xmp_icc_and_adobe_files_are_left_to_pil(tmp_path):
-    for name in ("cmyk", "exif_rotated", "exif_focal", "icc", "xmp_rotated"):
+def test_plain_exif_is_read_without_pil_and_matches_it(tmp_path):
+    for name in ("exif_rotated", "exif_focal", "exif_camera"):
         path = tmp_path / f"{name}.jpg"
         path.write_bytes(ODD[name])
-        assert _jpeg_size(path) is None, name
+        assert _plain_jpeg_header(path) is not None and _jpeg_size(path) is None, name
         _same_as_pil(path)
     assert read_header(tmp_path / "exif_rotated.jpg").width == 20  # orientation 6 swaps the axes
+    assert read_header(tmp_path / "exif_focal.jpg").focal_px == pytest.approx(28 / 43.2666 * 500, rel=1e-4)
+    camera = read_header(tmp_path / "exif_camera.jpg")  # 4.25 mm x 100 px/mm x 403 / 4032
+    assert camera.orientation == 3 and camera.focal_px == pytest.approx(4.25 * 100 * 403 / 4032)
+    path = tmp_path / "le.jpg"
+    path.write_bytes(ODD["exif_little_endian"])
+    assert _plain_jpeg_header(path) is None  # its EXIF pointer leads nowhere: PIL decides
+    assert read_header(path).orientation == 6
+    _same_as_pil(path)
+
+
+def test_xmp_icc_and_adobe_files_are_left_to_pil(tmp_path):
+    for name in ("cmyk", "icc", "xmp_rotated"):
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(ODD[name])
+        assert _plain_jpeg_header(path) is None, name
+        _same_as_pil(path)
     assert read_header(tmp_path / "xmp_rotated.jpg").orientation == 8
-    assert read_header(tmp_path / "exif_focal.jpg").focal_px is not None
+
+
+def test_altered_exif_bytes_read_as_pil_reads_them(tmp_path):
+    data = ODD["exif_camera"]
+    start = data.index(b"Exif\0\0")
+    end = start - 2 + int.from_bytes(data[start - 2:start], "big")
+    answered = 0
+    for pos in range(start - 4, end):
+        for value in (0x00, 0x01, 0x03, 0x05, 0x49, 0xFF):
+            if data[pos] == value:
+                continue
+            path = tmp_path / f"exif{pos}-{value}.jpg"
+            path.write_bytes(data[:pos] + bytes([value]) + data[pos + 1:])
+            answered += _plain_jpeg_header(path) is not None
+            _same_as_pil(path)
+    assert answered > 100  # most changes (values, unused bytes) still take the fast path
 
 
 def test_truncated_and_damaged_files_raise_what_pil_raises(tmp_path):
