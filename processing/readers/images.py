@@ -162,14 +162,15 @@ _TIFF_FORMAT = {3: "H", 4: "L", 11: "f", 12: "d"}  # struct formats of the one-n
 
 def _tiff_ifd(tiff: bytes, offset: int, order: str) -> dict[int, tuple[int, bytes]] | None:
     """``{tag: (type, value bytes)}`` of the TIFF directory at ``offset``, or None unless every
-    entry is whole, of a basic type, with a value, inside ``tiff`` and its tag given once."""
+    entry is whole, of a basic type, with a value, inside ``tiff`` and its tag given once (none at
+    all is fine: PIL saves an empty EXIF so)."""
     import struct
 
     if offset < 8 or offset + 2 > len(tiff):
         return None
     (count,) = struct.unpack_from(order + "H", tiff, offset)
     stop = offset + 2 + 12 * count
-    if not count or stop + 4 > len(tiff):
+    if stop + 4 > len(tiff):  # the entries and the next directory's offset (no entries: an empty EXIF)
         return None
     out: dict[int, tuple[int, bytes]] = {}
     for at in range(offset + 2, stop, 12):
