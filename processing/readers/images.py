@@ -54,8 +54,8 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     """Open ``path`` lazily (header and EXIF only) and return its sizes and EXIF orientation.
 
     Raises :class:`TooManyPixels` above ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL itself only warns up
-    to twice that and raises its own error above). A plain JPEG (no EXIF, see :func:`_jpeg_size`)
-    is read from its frame header without PIL, with the same answer."""
+    to twice that and raises its own error above). A plain JPEG, its EXIF plain too
+    (:func:`_plain_jpeg_header`), is read from its headers without PIL, with the same answer."""
     from PIL import Image
 
     header = _plain_jpeg_header(path)
@@ -69,12 +69,6 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
 _JPEG_HEAD = 4096  # bytes read for the frame header: a plain JPEG has it within a few hundred
 _JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xDE))
 _JPEG_SKIP = frozenset((0xC4, 0xCC, 0xDB, 0xDD, 0xFE))  # DHT, DAC, DQT, DRI, COM: PIL stores or skips them
-
-
-def _jpeg_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """``(width, height)`` of a plain JPEG without EXIF (see :func:`_jpeg_segments`), else None."""
-    found = _jpeg_segments(path)
-    return found[0] if found is not None and found[1] is None else None
 
 
 def _plain_jpeg_header(path: str | os.PathLike) -> ImageHeader | None:
