@@ -88,9 +88,8 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
                 zo = (z[:, None, obj] * fo[None, :, None]).reshape(-1, len(per))
         has = np.isfinite(zo).all(0) & np.isfinite(zp).all(0)
         sieve.check("depth_valid", has, "depth_invalid")
-        ok = np.ones(len(per), dtype=bool)
-        for f in focal.tolist():
-            ok &= _lateral_ok(zp, zo, cx[per], cx[obj], record.width, f, turn).all(0)
+        # Every focal length at once: a leading axis (the same element-wise arithmetic as one call each).
+        ok = _lateral_ok(zp, zo, cx[per], cx[obj], record.width, focal[:, None, None], turn).all((0, 1))
         sieve.check("lateral_dominance", ok, "lateral_ambiguous")
     sieve.evidence["max_turn"] = turn
     # Facing the camera mirrors left and right; facing away keeps the camera's.
@@ -104,7 +103,7 @@ def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray
                 turn_deg: np.ndarray) -> np.ndarray:
     """No turn up to ``turn_deg`` (per candidate) flips the side, for camera depths ``zp`` of the
     people and ``zo`` of the objects (``(variants, candidates)``; NaN fails) and focal length
-    ``focal`` in pixels."""
+    ``focal`` in pixels (a float, or an array of shape ``(focals, 1, 1)``: a leading axis of focal lengths)."""
     px, pz = (cxp - width / 2) / focal * zp, zp
     ox, oz = (cxo - width / 2) / focal * zo, zo
     norm = np.hypot(px, pz)

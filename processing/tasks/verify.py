@@ -701,10 +701,7 @@ class Scene:
         if focal:
             tol = cfg.exif_focal_tolerance
             return np.array([focal * (1 - tol), focal * (1 + tol)]), str(rec.meta.get("focal_source", "exif"))
-        lo, hi = (math.radians(v) / 2 for v in cfg.hfov_prior_deg)
-        f_lo, f_hi = rec.width / 2 / math.tan(hi), rec.width / 2 / math.tan(lo)
-        f = np.geomspace(f_lo, f_hi, cfg.focal_steps) if cfg.focal_steps > 1 else np.array([math.sqrt(f_lo * f_hi)])
-        return f, f"prior:hfov{cfg.hfov_prior_deg[0]:g}-{cfg.hfov_prior_deg[1]:g}"
+        return _prior_focal_lengths(rec.width, tuple(cfg.hfov_prior_deg), cfg.focal_steps)
 
     def occlusion_consistent(self, near: int, far: int) -> bool | None:
         """Does the overlap of two boxes show the nearer object? None when there is no evidence.
@@ -729,6 +726,17 @@ class Scene:
         if near_side + far_side < self.config.occlusion_min_pixels:
             return None
         return near_side >= self.config.occlusion_min_fraction * (near_side + far_side)
+
+
+@functools.lru_cache(maxsize=64)
+def _prior_focal_lengths(width: int, hfov_deg: tuple[float, float], steps: int) -> tuple[np.ndarray, str]:
+    """``steps`` focal lengths (pixels) across ``hfov_deg`` for an image ``width`` pixels wide, and
+    their source name; cached (a folder of photos has a few widths), the array read-only."""
+    lo, hi = (math.radians(v) / 2 for v in hfov_deg)
+    f_lo, f_hi = width / 2 / math.tan(hi), width / 2 / math.tan(lo)
+    f = np.geomspace(f_lo, f_hi, steps) if steps > 1 else np.array([math.sqrt(f_lo * f_hi)])
+    f.flags.writeable = False
+    return f, f"prior:hfov{hfov_deg[0]:g}-{hfov_deg[1]:g}"
 
 
 def unmatched_detections(det_xyxy: np.ndarray, det_labels: Sequence[str], det_scores: np.ndarray,
