@@ -184,11 +184,20 @@ class DecodedBatch:
     drops: list[str] = field(default_factory=list)
     inputs: Any = None  # the step's preprocessed model input (CPU tensors), when it preprocesses here
 
-    def take(self, records: Sequence[Record], count) -> tuple[list[Record], set[int]]:
-        """Count the drops; return the kept records and the ``id()`` of the dropped ones."""
+    def take(self, records: Sequence[Record], count) -> list[Record]:
+        """Count the drops; return the kept records."""
         for reason in self.drops:
             count(reason)
-        return [records[i] for i in self.kept], {id(records[i]) for i in self.dropped}
+        return [records[i] for i in self.kept]
+
+    def finish(self, records: Sequence[Record], keep_image: bool) -> list[Record | None]:
+        """The step's output for ``records``: None where dropped; the shared decoded images
+        released unless the step keeps them (:func:`release_images`)."""
+        dropped = set(self.dropped)
+        out = [None if i in dropped else r for i, r in enumerate(records)]
+        if not keep_image:
+            release_images(records)
+        return out
 
 
 def decode_batch(records: Sequence[Record], todo: Sequence[int], on_error: OnError, keep: bool = False) -> DecodedBatch:
@@ -513,17 +522,14 @@ class DepthModelStep(BatchStep):
         self.setup()
         torch = require("torch", "models")
         prepared = prepared if prepared is not None else self.prepare_batch(records)
-        kept, dropped = prepared.take(records, self.count)
+        kept = prepared.take(records, self.count)
         if kept:
             sizes = [(r.height, r.width) for r in kept]
             with torch.inference_mode():
                 for group, pixel_values in prepared.inputs:
                     batch = pixel_values.to(self.device, self.dtype)
                     self._predict([kept[i] for i in group], batch, [sizes[i] for i in group])
-        out = [None if id(r) in dropped else r for r in records]
-        if not self.keep_image:
-            release_images(records)
-        return out
+        return prepared.finish(records, self.keep_image)
 
     def _preprocess(self, images: list[Any], sizes: list[tuple[int, int]]) -> list[tuple[list[int], Any]]:
         """``(indices, pixel_values)`` groups, one forward pass each; the processor runs once per batch."""

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..base import BatchStep, require
-from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, release_images, resolve_device, resolve_dtype
+from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, resolve_device, resolve_dtype
 from ..records import DETECTOR_OBJECTS, Detections, Record, box_iou
 
 logger = logging.getLogger(__name__)
@@ -418,7 +418,7 @@ class DetectionStep(BatchStep):
         self.setup()
         torch = require("torch", "models")
         prepared = prepared if prepared is not None else self.prepare_batch(records)
-        kept, dropped = prepared.take(records, self.count)
+        kept = prepared.take(records, self.count)
         images = prepared.images
         if kept:
             sizes = [(r.height, r.width) for r in kept]
@@ -426,10 +426,7 @@ class DetectionStep(BatchStep):
                 results = self._detect_open(images, sizes) if self.mode == "open" else self._detect_closed(images, sizes)
             for record, result in zip(kept, results):
                 self._write(record, result)
-        out = [None if id(r) in dropped else r for r in records]
-        if not self.keep_image:
-            release_images(records)
-        return out
+        return prepared.finish(records, self.keep_image)
 
     def _inputs(self, **kwargs):
         inputs = self.processor(return_tensors="pt", **kwargs)

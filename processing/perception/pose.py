@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..base import BatchStep, require
-from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, release_images, resolve_device, resolve_dtype
+from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, resolve_device, resolve_dtype
 from .facing import apply_facing, person_labels_of
 from ..records import NUM_KEYPOINTS, Record
 
@@ -153,7 +153,7 @@ class PoseStep(BatchStep):
         self.setup()
         torch = require("torch", "models")
         prepared = prepared if prepared is not None else self.prepare_batch(records)
-        kept, dropped = prepared.take(records, self.count)
+        kept = prepared.take(records, self.count)
         if kept:
             people_of, boxes, pixel_values = prepared.inputs
             people = {id(records[i]): people_of[i] for i in prepared.kept}
@@ -170,7 +170,4 @@ class PoseStep(BatchStep):
                 for i, result in zip(idx, per_person):
                     record.objects.keypoints[i] = keypoints_from_pose_result(result)
                 apply_facing(record, min_score=self.min_confidence, indices=idx)
-        out = [None if id(r) in dropped else r for r in records]
-        if not self.keep_image:
-            release_images(records)
-        return out
+        return prepared.finish(records, self.keep_image)

@@ -464,8 +464,9 @@ class Scene:
     def _all_eligible(self) -> bool:
         return bool(self.eligible.all())
 
-    def check_objects(self, sieve: Sieve, *indices: np.ndarray, skip: tuple[str, ...] = ()) -> None:
-        """Run the per-object checks on candidates made of the objects ``indices[0][c], indices[1][c], ...``."""
+    def _object_checks(self, sieve: Sieve, skip: tuple[str, ...], candidate_ok) -> None:
+        """Run each per-object check not in ``skip``; ``candidate_ok(ok_obj)`` turns a check's
+        per-object verdicts into per-candidate ones."""
         all_ok = self._all_eligible
         for name, ok_obj in self.object_ok.items():
             if name in skip:
@@ -473,10 +474,18 @@ class Scene:
             if all_ok:  # the common case: nothing to drop, only record the check
                 sieve.passed_all(name)
                 continue
+            sieve.check(name, candidate_ok(ok_obj), OBJECT_DROP_REASONS[name])
+
+    def check_objects(self, sieve: Sieve, *indices: np.ndarray, skip: tuple[str, ...] = ()) -> None:
+        """Run the per-object checks on candidates made of the objects ``indices[0][c], indices[1][c], ...``."""
+
+        def candidate_ok(ok_obj: np.ndarray) -> np.ndarray:
             ok = np.ones(sieve.m, dtype=bool)
             for idx in indices:
                 ok &= ok_obj[np.asarray(idx, dtype=int)]
-            sieve.check(name, ok, OBJECT_DROP_REASONS[name])
+            return ok
+
+        self._object_checks(sieve, skip, candidate_ok)
 
     @_cached
     def _intersections(self) -> tuple[np.ndarray, np.ndarray]:
@@ -510,14 +519,7 @@ class Scene:
 
     def check_groups(self, sieve: Sieve, groups: Sequence[Sequence[int]], skip: tuple[str, ...] = ()) -> None:
         """Per-object checks on candidates made of variable-size groups of objects (all must pass)."""
-        all_ok = self._all_eligible
-        for name, ok_obj in self.object_ok.items():
-            if name in skip:
-                continue
-            if all_ok:  # the common case: nothing to drop, only record the check
-                sieve.passed_all(name)
-                continue
-            sieve.check(name, [bool(ok_obj[list(g)].all()) for g in groups], OBJECT_DROP_REASONS[name])
+        self._object_checks(sieve, skip, lambda ok_obj: [bool(ok_obj[list(g)].all()) for g in groups])
 
     def mention(self, k: int) -> str:
         """``the cup`` when the label names one boxed thing, else ``the cup at [x1, y1, x2, y2]``.
