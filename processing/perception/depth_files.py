@@ -36,7 +36,7 @@ import numpy as np
 
 from ...builders.paths import PATH_OUTSIDE_ROOT, PathOutsideRoot, contained
 from ..base import Step
-from ..readers import ASPECT_TOLERANCE, POLICIES, BadInputError, Policy
+from ..readers import POLICIES, BadInputError, Policy, same_aspect
 from ..records import DepthKind, DepthMap, Record
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class DepthFromFiles(Step):
             return None
         h, w = values.shape
         if (h, w) != (record.height, record.width):
-            if abs(w / h - record.width / record.height) > ASPECT_TOLERANCE * (record.width / record.height):
+            if not same_aspect(w, h, record.width, record.height):
                 self._drop(
                     "depth_aspect_mismatch",
                     f"{record.key}: depth {w}x{h} has another aspect ratio than the image {record.width}x{record.height}",

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..base import Step
 from ..readers.base import BadInputError
+from ..readers.images import same_aspect
 from ..readers.json_stream import _JsonStream
 from ..records import Record
 from .detection import attach_detections, check_threshold, detections_from_transformers
@@ -58,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_NPZ = "detections.npz"
 CACHE_JSON = "detections.json"
-_ASPECT_TOLERANCE = 0.02  # as the readers' rescale rule
 
 
 @dataclass
@@ -324,7 +324,7 @@ class DetectionsFromFile(Step):
             grid = self._sizes.get(record.image_id)
             if grid is not None and grid != (float(record.width), float(record.height)):
                 aw, ah = grid
-                if abs(aw / ah - record.width / record.height) > _ASPECT_TOLERANCE * record.width / record.height:
+                if not same_aspect(aw, ah, record.width, record.height):
                     self.objects_dropped["grid_mismatch"] += hi - lo
                     return record
                 xyxy = xyxy * np.array([record.width / aw, record.height / ah] * 2)

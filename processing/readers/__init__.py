@@ -25,7 +25,7 @@ from .base import POLICIES, SOURCES, BadInputError, Policy, Reader, SizePolicy, 
 from .coco import CocoReader
 from .folder import FolderReader
 from .hf import HFDatasetReader
-from .images import ASPECT_TOLERANCE, IMAGE_EXTENSIONS, ImageHeader, ImageIndex, read_header
+from .images import ASPECT_TOLERANCE, IMAGE_EXTENSIONS, ImageHeader, ImageIndex, read_header, same_aspect
 from .openimages import OpenImagesReader, read_class_descriptions
 from .pixmo import PixmoReader
 from .table import AnnotationTable, TableReader
@@ -34,5 +34,5 @@ __all__ = [
     "ASPECT_TOLERANCE", "IMAGE_EXTENSIONS", "POLICIES", "SOURCES", "AnnotationTable", "BadInputError",
     "CocoReader", "FolderReader", "HFDatasetReader", "ImageHeader", "ImageIndex", "OpenImagesReader",
     "PixmoReader", "Policy", "Reader", "SizePolicy", "TableReader", "read_class_descriptions",
-    "read_header", "shard_slice",
+    "read_header", "same_aspect", "shard_slice",
 ]

@@ -61,7 +61,7 @@ from .images import (
     ImageHeader,
     ImageIndex,
     TooManyPixels,
-    _same_aspect,
+    same_aspect,
     exif_transform_points,
     read_header,
     transform_boxes,
@@ -279,10 +279,10 @@ class Reader(Step):
             self.notes["boxes_exif_transposed"] += 1
             return lambda xy: exif_transform_points(xy, header.orientation, rw, rh)
         if aw > 0 and ah > 0 and self.on_size_mismatch == "rescale":
-            if _same_aspect(aw, ah, W, H):
+            if same_aspect(aw, ah, W, H):
                 self.notes["size_rescaled"] += 1
                 return lambda xy: np.asarray(xy, np.float64) * np.array([W / aw, H / ah])
-            if header.swaps_axes and _same_aspect(aw, ah, rw, rh):
+            if header.swaps_axes and same_aspect(aw, ah, rw, rh):
                 self.notes["size_rescaled"] += 1
                 self.notes["boxes_exif_transposed"] += 1
                 return lambda xy: exif_transform_points(

@@ -315,7 +315,8 @@ def transform_boxes(xyxy: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) ->
     return np.concatenate([np.minimum(a, b), np.maximum(a, b)], axis=1)
 
 
-def _same_aspect(w1: float, h1: float, w2: float, h2: float) -> bool:
+def same_aspect(w1: float, h1: float, w2: float, h2: float) -> bool:
+    """Whether ``w1 x h1`` and ``w2 x h2`` have one aspect ratio, within :data:`ASPECT_TOLERANCE` of the second."""
     r1, r2 = w1 / h1, w2 / h2
     return abs(r1 - r2) <= ASPECT_TOLERANCE * r2
 
