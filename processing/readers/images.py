@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio difference still treated as "the same image, resized"
-_EXIF_ORIENTATION = 0x0112
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of the orientation
+SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees (width and height swap)
 
 # Image headers and the EXIF transform
 
@@ -35,7 +36,7 @@ class ImageHeader:
 
     @property
     def swaps_axes(self) -> bool:
-        return self.orientation in (5, 6, 7, 8)
+        return self.orientation in SWAPS_AXES
 
     @property
     def width(self) -> int:
@@ -145,7 +146,7 @@ def _jpeg_segments(path: str | os.PathLike) -> tuple[tuple[int, int], bytes | No
 
 _TIFF_UNIT = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}  # bytes per value of a TIFF type
 _EXIF_SCALAR_TYPES = {  # the tags read (PIL also reads the resolution), and the TIFF types (one value each) taken
-    _EXIF_ORIENTATION: (3,), 0x8769: (4,), 0xA405: (3,), 0x920A: (5, 11, 12), 0xA20E: (5, 11, 12), 0xA210: (3,),
+    EXIF_ORIENTATION: (3,), 0x8769: (4,), 0xA405: (3,), 0x920A: (5, 11, 12), 0xA20E: (5, 11, 12), 0xA210: (3,),
     0xA002: (3, 4),
     0x011A: (5,), 0x0128: (3,),
 }
@@ -208,7 +209,7 @@ def _exif_header_fields(exif: bytes, width: int, height: int) -> tuple[int, tupl
     ifd0 = _tiff_ifd(exif, int.from_bytes(exif[4:8], "big" if order == ">" else "little"), order)
     if ifd0 is None:
         return None
-    orientation = _tiff_scalar(ifd0[_EXIF_ORIENTATION], order) if _EXIF_ORIENTATION in ifd0 else 1
+    orientation = _tiff_scalar(ifd0[EXIF_ORIENTATION], order) if EXIF_ORIENTATION in ifd0 else 1
     if _EXIF_IFD not in ifd0:
         return orientation, None
     sub = _tiff_ifd(exif, _tiff_scalar(ifd0[_EXIF_IFD], order), order)
@@ -235,7 +236,7 @@ def _read_header_pil(path: str | os.PathLike) -> ImageHeader:
             with Image.open(path) as im:
                 width, height = im.size
                 exif = im.getexif()
-                orientation = exif.get(_EXIF_ORIENTATION, 1)
+                orientation = exif.get(EXIF_ORIENTATION, 1)
                 focal = focal_from_exif(exif.get_ifd(_EXIF_IFD), width, height) if _EXIF_IFD in exif else None
     except Image.DecompressionBombError as err:
         raise TooManyPixels(f"{os.fspath(path)!r}: {err}") from err

@@ -33,10 +33,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from ..readers.images import EXIF_ORIENTATION, SWAPS_AXES
 
-ORIENTATION = 0x0112
-_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees (width and height swap)
+logger = logging.getLogger(__name__)
 
 # Image processors whose preprocessing is resize (to a fixed grid, or shortest edge + center crop),
 # rescale, normalize, each on the image alone. Their slow (PIL) and fast (torchvision) classes share
@@ -113,7 +112,7 @@ def decode_image(path: str, min_size: tuple[int, int] | None = None):
 
     image = Image.open(path)
     width, height = image.size
-    swap = image.getexif().get(ORIENTATION) in _SWAPS_AXES
+    swap = image.getexif().get(EXIF_ORIENTATION) in SWAPS_AXES
     full = (height, width) if swap else (width, height)
     if min_size is not None and image.format == "JPEG":
         need = (min_size[1], min_size[0]) if swap else min_size  # draft works on the stored grid
