@@ -200,6 +200,15 @@ class DecodedBatch:
         return out
 
 
+def take_batch(step, records: list[Record], prepared: DecodedBatch | None) -> tuple[DecodedBatch, list[Record]]:
+    """The start of a model step's ``process_batch``: ``step.setup()``, the batch as its
+    ``prepare_batch`` made it (here, unless ``prepared`` came from a prefetching thread or
+    process), and the kept records, drops counted on the step."""
+    step.setup()
+    prepared = prepared if prepared is not None else step.prepare_batch(records)
+    return prepared, prepared.take(records, step.count)
+
+
 def decode_batch(records: Sequence[Record], todo: Sequence[int], on_error: OnError, keep: bool = False) -> DecodedBatch:
     """Decode the images of ``records[i] for i in todo`` (see :func:`load_record_images`)."""
     drops: list[str] = []
@@ -519,10 +528,8 @@ class DepthModelStep(BatchStep):
         return prepared
 
     def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
-        self.setup()
+        prepared, kept = take_batch(self, records, prepared)
         torch = require("torch", "models")
-        prepared = prepared if prepared is not None else self.prepare_batch(records)
-        kept = prepared.take(records, self.count)
         if kept:
             sizes = [(r.height, r.width) for r in kept]
             with torch.inference_mode():

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..base import BatchStep, require
-from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, resolve_device, resolve_dtype
+from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, resolve_device, resolve_dtype, take_batch
 from ..records import DETECTOR_OBJECTS, Detections, Record, box_iou
 
 logger = logging.getLogger(__name__)
@@ -415,10 +415,8 @@ class DetectionStep(BatchStep):
         return decode_batch(records, todo, self.on_error, keep=self.keep_image)
 
     def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
-        self.setup()
+        prepared, kept = take_batch(self, records, prepared)
         torch = require("torch", "models")
-        prepared = prepared if prepared is not None else self.prepare_batch(records)
-        kept = prepared.take(records, self.count)
         images = prepared.images
         if kept:
             sizes = [(r.height, r.width) for r in kept]

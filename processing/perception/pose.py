@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..base import BatchStep, require
-from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, resolve_device, resolve_dtype
+from .depth_models import DTYPES, DecodedBatch, OnError, decode_batch, model_name, resolve_device, resolve_dtype, take_batch
 from .facing import apply_facing, person_labels_of
 from ..records import NUM_KEYPOINTS, Record
 
@@ -150,10 +150,8 @@ class PoseStep(BatchStep):
         return prepared
 
     def process_batch(self, records: list[Record], prepared: DecodedBatch | None = None) -> list[Record | None]:
-        self.setup()
+        prepared, kept = take_batch(self, records, prepared)
         torch = require("torch", "models")
-        prepared = prepared if prepared is not None else self.prepare_batch(records)
-        kept = prepared.take(records, self.count)
         if kept:
             people_of, boxes, pixel_values = prepared.inputs
             people = {id(records[i]): people_of[i] for i in prepared.kept}
