@@ -115,3 +115,41 @@ def test_a_person_alone_gives_no_question():
     rec = scene(10, 1.5, 4.5)
     rec.objects = rec.objects[[0]]
     assert perspective_rows(rec) == [] and not any(k.startswith("perspective/") for k in rec.drops)
+
+
+def open_shape_scene(theta_deg: float, canopy: float) -> Record:
+    """Relative inverse depth: the person 4 m ahead, a hedge 4.3 m away behind them and to their
+    right, open ground 20 m away elsewhere, and an umbrella 1.5 m away 1 m to the right whose canopy
+    fills the top ``canopy`` of its box; below it the box shows the hedge, as an open shape's box
+    shows what lies behind it."""
+    s = FOCAL / PERSON_Z
+    person = [W / 2 - 0.25 * s, GROUND_Y - 1.75 * s, W / 2 + 0.25 * s, GROUND_Y]
+    obj_x, obj_z = 1.0, 1.5
+    u, half = W / 2 + FOCAL * obj_x / obj_z, 0.4 * FOCAL / obj_z
+    umbrella = [u - half, 5.0, u + half, 90.0]
+    depth = np.full((H, W), 20.0, np.float32)
+    depth[:95, int(W / 2):] = 4.3
+    x1, y1, x2, y2 = (int(round(v)) for v in person)
+    depth[y1:y2, x1:x2] = PERSON_Z
+    x1, y1, x2, y2 = (int(round(v)) for v in umbrella)
+    depth[y1:y1 + int(round(canopy * (y2 - y1))), x1:x2] = obj_z
+    kps = np.full((2, 17, 3), np.nan, np.float32)
+    kps[0] = keypoints(theta_deg)
+    det = Detections(np.array([person, umbrella]), ["person", "umbrella"], keypoints=kps, facing=["unknown"] * 2,
+                     facing_confidence=[0.0, 0.0])
+    inverse = DepthMap(3.0 / depth + 0.1, "inverse_depth", metric=False, source="test")  # scale and shift unknown
+    rec = Record("test", f"open{theta_deg}-{canopy}", W, H, objects=det, depth=inverse)
+    rec.meta["focal_px"], rec.meta["focal_source"] = FOCAL, "exif:FocalLengthIn35mmFilm"
+    return rec
+
+
+def test_an_open_shape_on_relative_depth_is_not_placed_at_what_its_box_shows_behind_it():
+    # Turned 40 degrees the other way, the umbrella 2.5 m in front of the person is on their right;
+    # mirroring says left. Its box reads at the hedge's depth, just behind the person: its own
+    # nearest part (the canopy) gives it away, and it is not placed there at all.
+    assert person_frame_side(-40, 1.0, 1.5) == "right_of"
+    rec = open_shape_scene(-40, canopy=0.1)
+    assert perspective_rows(rec) == []
+    assert rec.drops["perspective/depth_mixed"] == 1, rec.drops
+    solid = open_shape_scene(-40, canopy=1.0)  # the whole box at 1.5 m: the lateral check decides, and drops it
+    assert perspective_rows(solid) == [] and solid.drops["perspective/lateral_ambiguous"] == 1, solid.drops

@@ -423,7 +423,8 @@ def test_near_far_relative_depth_refuses_an_open_shape_seen_as_background():
     # nearest pixels (the canopy) must lie behind the nearer one: they do not, the pair is dropped.
     rec = make_record([("umbrella", [10, 10, 60, 90], 20.0), ("dog", [100, 20, 150, 90], 10.0)], kind="inverse_depth")
     rec.depth.values[10:18, 10:60] = 1 / 3.0
-    rec = run(rec, tasks=["near_far"])
+    # Told the view is as deep as the margin assumes (the flat-view check would drop it first).
+    rec = run(rec, tasks=["near_far"], config=VerifyConfig(flat_far_near_ratio=3.0))
     assert rec.rows == [] and rec.drops == Counter({"near_far/depth_span_overlap": 1})
     # Solid objects pass the same check (test_near_far_facts_hold_for_depth_and_inverse_depth).
 

@@ -8,7 +8,9 @@ umbrella over the ground, not hidden behind something unboxed; drop reason ``dep
 ``depth_positive``; ``depth_margin`` (``1 - nearer / farther >= min_depth_margin``; on relative
 depth a pair short of it, though still ordered after the tolerated bias, passes when the ground
 just below both box bottoms orders it the same way, recorded as ``ground_contact``: see
-:func:`ground_contact_agrees`);
+:func:`ground_contact_agrees`); ``depth_flat`` (relative depth: the order survives the tolerated
+bias on the flattest view assumed, :func:`flat_ordered`, or the ground below both or a metric
+second depth signal confirms it; drop reason ``depth_flat_ambiguous``);
 ``depth_range_margin`` (relative inverse depth only); ``depth_span`` (non-metric depth: the
 farther object's nearest part lies behind the nearer object, see :mod:`.verify`); ``depth_alt`` (a second depth signal in
 ``record.meta["depth_alt"]`` orders the pair the same way); ``ground_contact`` (opt-in); and
@@ -72,6 +74,17 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
             short = (margin > 0) & (margin < config.min_depth_margin)
         rescued = short & ground_contact_agrees(scene, record, near, far, config.min_range_margin)
     sieve.check("depth_margin", (margin >= config.min_depth_margin) | rescued, "depth_margin")
+    if not depth.metric:
+        # The margin above holds on views at least min_far_near_ratio deep; a relative map cannot
+        # tell such a view from a wall just behind the objects (both end in a flat far plateau), so
+        # the order must also survive the tolerated bias on the flattest view assumed anywhere, or
+        # be confirmed by what that flattening does not move: the ground below both objects, or a
+        # metric second depth signal.
+        flat = flat_ordered(scene, di, dj, config)
+        grounded = rescued | ground_contact_agrees(scene, record, near, far, config.min_range_margin)
+        confirmed = grounded | metric_alt_agrees(scene, record, near, far, config)
+        sieve.check("depth_flat", flat | confirmed, "depth_flat_ambiguous")
+        rescued = grounded & ~flat | rescued
     if rescued.any():
         sieve.check("ground_contact", np.ones(len(i), dtype=bool), "ground_contact_disagree", applies=rescued)
     if depth.kind == "inverse_depth" and not depth.metric:
@@ -111,6 +124,33 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         sieve.check("occlusion", ok, "occlusion_inconsistent", applies=applies)
     sieve.evidence["depth_margin"] = margin
     return Generated(Candidates(sieve, near, far, "nearer_than"), sieve.drops)
+
+
+def flat_ordered(scene, di: np.ndarray, dj: np.ndarray, config: VerifyConfig) -> np.ndarray:
+    """Per pair of relative depth values, whether their order survives each being off by
+    ``relative_object_bias`` against the pair at the shift of :attr:`.verify.Scene.flat_shift`
+    (the flattest view assumed: far end ``flat_far_near_ratio`` times the near end)."""
+    t = scene.flat_shift
+    if t is None:
+        return np.zeros(len(di), dtype=bool)
+    kind = scene.record.depth.kind
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mi, mj = (di, dj) if kind == "inverse_depth" else (1.0 / di, 1.0 / dj)
+        mi, mj = mi - t, mj - t
+        ratio = np.minimum(mi, mj) / np.maximum(mi, mj) * (1.0 + config.relative_object_bias) ** 2
+        return (mi > 0) & (mj > 0) & (ratio < 1.0)
+
+
+def metric_alt_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray, config: VerifyConfig) -> np.ndarray:
+    """Per pair, whether a metric second depth signal (``record.meta["depth_alt"]``) orders it as
+    ``near``, ``far`` say by ``min_depth_margin``; all False without one."""
+    alt = scene.depth_alt
+    if alt is None or not record.meta["depth_alt"].metric:
+        return np.zeros(len(near), dtype=bool)
+    a, b = alt[near], alt[far]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        margin = 1.0 - (a / b if record.meta["depth_alt"].kind == "depth" else b / a)
+        return (a > 0) & (b > 0) & (margin >= config.min_depth_margin)
 
 
 def free_bottoms(scene, record: Record) -> np.ndarray:

@@ -31,6 +31,10 @@ unknown shift of either sign, which ratios do not survive: the ratio is taken at
 :attr:`Scene.shift_bounds` (assumption: the image's far end is at least ``min_far_near_ratio``
 times as far as its near end), after each depth is moved by ``relative_object_bias`` against the
 pair; the difference must also be a fraction ``min_range_margin`` of the image's depth range.
+No relative map tells a deep view ending in sky from a wall just behind the objects (both end in
+a flat far plateau), so near/far also asks the order to survive the bias at
+:attr:`Scene.flat_shift` (the far end only ``flat_far_near_ratio`` times the near end) unless the
+ground below both objects or a metric second depth signal confirms it.
 
 Example:
     >>> import numpy as np
@@ -70,6 +74,7 @@ CHECKS = (
     "depth_uniform",  # near_far: few pixels in the box much nearer than the object (max_near_share)
     "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
     "depth_margin",  # near_far: relative depth margin >= min_depth_margin
+    "depth_flat",  # near_far, relative depth: the order survives the tolerated bias on the flattest view assumed (or the ground or a metric second signal confirms it)
     "depth_range_margin",  # near_far, relative inverse depth: difference >= min_range_margin of the range
     "depth_span",  # near_far, non-metric depth: the farther object's nearest part is behind the nearer object
     "occlusion",  # near_far, overlapping boxes: the overlap shows the nearer object's depth
@@ -99,7 +104,9 @@ class VerifyConfig:
     Defaults aim at 100 % precision on exact depth and >= 99.5 % on monocular-like depth (global
     scale, shifts of either sign, ~15 % per-object bias, blur, noise). Relative depth: the ratio of
     a pair is taken after each depth is moved by ``relative_object_bias`` against it (a factor
-    ``1.15 ** 2``) and at the flattest shift the image allows, then asked for ``min_depth_margin``.
+    ``1.15 ** 2``) and at the shift of a view ``min_far_near_ratio`` deep, then asked for
+    ``min_depth_margin``; at the shift of the flattest view assumed (``flat_far_near_ratio``) the
+    order must still survive that bias.
 
     >>> VerifyConfig(min_depth_margin=0.2).min_depth_margin
     0.2
@@ -150,6 +157,7 @@ class VerifyConfig:
     focal_steps: int = 5  # focal lengths tried across hfov_prior_deg (log-spaced)
     exif_focal_tolerance: float = 0.05  # EXIF focal length: tried at (1 -/+ this) x its value
     min_far_near_ratio: float = 3.0  # relative depth: the image's far end is at least this many times as far as its near end
+    flat_far_near_ratio: float = 1.3  # relative depth: ... or, on the flattest view assumed anywhere (a wall just behind the objects), this many
     shift_steps: int = 5  # relative depth: shifts tried between the bounds the far end and min_far_near_ratio give
     relative_object_bias: float = 0.15  # relative depth: per-object error (factor 1 -/+ this) the checks tolerate
 
@@ -170,8 +178,9 @@ class VerifyConfig:
         if self.focal_steps < 1 or self.shift_steps < 1 or not 0.0 <= self.exif_focal_tolerance < 1.0:
             raise ValueError(f"focal_steps and shift_steps must be >= 1 and exif_focal_tolerance in [0, 1), got "
                              f"{self.focal_steps!r}, {self.shift_steps!r}, {self.exif_focal_tolerance!r}")
-        if not self.min_far_near_ratio > 1.0:
-            raise ValueError(f"min_far_near_ratio must be > 1, got {self.min_far_near_ratio!r}")
+        if not 1.0 < self.flat_far_near_ratio <= self.min_far_near_ratio:
+            raise ValueError(f"need 1 < flat_far_near_ratio <= min_far_near_ratio, got {self.flat_far_near_ratio!r}, "
+                             f"{self.min_far_near_ratio!r}")
         if not 0.0 <= self.relative_object_bias < 1.0:
             raise ValueError(f"relative_object_bias must be in [0, 1), got {self.relative_object_bias!r}")
         if not 0.0 < self.near_share_ratio < 1.0:
@@ -690,8 +699,19 @@ class Scene:
             if q[0] <= 0:
                 return None
             a, b = 1.0 / q[1], 1.0 / q[0]
-        r = self.config.min_far_near_ratio
-        return (r * a - b) / (r - 1.0), a
+        return _shift_at(a, b, self.config.min_far_near_ratio), a
+
+    @_cached
+    def flat_shift(self) -> float | None:
+        """The shift of relative inverse depth at which the image's far end is only
+        ``flat_far_near_ratio`` times as far as its near end (the flattest view assumed: a wall just
+        behind the objects), below :attr:`shift_bounds`; None where those are None."""
+        bounds = self.shift_bounds
+        if bounds is None:
+            return None
+        q = self._range_values
+        a, b = q if self.record.depth.kind == "inverse_depth" else (1.0 / q[1], 1.0 / q[0])
+        return _shift_at(a, b, self.config.flat_far_near_ratio)
 
     @_cached
     def focal_lengths(self) -> tuple[np.ndarray, str]:
@@ -728,6 +748,12 @@ class Scene:
         if near_side + far_side < self.config.occlusion_min_pixels:
             return None
         return near_side >= self.config.occlusion_min_fraction * (near_side + far_side)
+
+
+def _shift_at(a: float, b: float, r: float) -> float:
+    """The shift ``t`` of inverse depth at which far end ``a`` lies ``r`` times as far as near end
+    ``b``: ``(b - t) = r (a - t)``."""
+    return (r * a - b) / (r - 1.0)
 
 
 @functools.lru_cache(maxsize=64)
