@@ -68,11 +68,12 @@ def judge(families, variant, detector=True):
 
 
 # Below MIN_PRECISION on these families, with the floor each is held at. detector-mono/near_far:
-# 3 wrong of 488 (0.9939). One pair passes the relative-depth margin on a level view of a wall 6.7 m
-# away whose nearest ground is 5 m off: flatter than Scene.shift_bounds assumes
-# (min_far_near_ratio), so 15 % per-object bias reads as a margin. Two name a stool the
-# detector-like file misses behind another object ("the stool" is not unique).
+# 2 wrong of 302 (0.9934), both naming "the stool" in one image where a second stool shows 71
+# pixels (5 % of it) behind another object and the detector-like one misses it.
 KNOWN_SHORT = {("detector-mono", "near_far"): 0.99}
+# Relative depth cannot tell a deep view from a wall just behind the objects, so near_far there
+# passes only what survives the flattest view assumed or the ground confirms: fewer rows.
+MIN_ROWS_RELATIVE = {"near_far": 200}
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -82,7 +83,8 @@ def test_precision_on_every_variant(families, name):
     print("\n" + format_report(report, f"{name}: {variant.title} ({len(SEEDS)} x {N_SCENES} scenes)"))
     exact = variant.depth is None and variant.annotations.exact
     for task, rep in report.items():
-        assert rep.rows >= MIN_ROWS[task], f"{name}/{task}: too few rows to measure: {rep.rows} ({dict(rep.drop_reasons)})"
+        least = MIN_ROWS_RELATIVE.get(task, MIN_ROWS[task]) if variant.depth is not None else MIN_ROWS[task]
+        assert rep.rows >= least, f"{name}/{task}: too few rows to measure: {rep.rows} ({dict(rep.drop_reasons)})"
         # Exact depth and boxes make the geometry exact, and the exact variants' detector finds every
         # instance the annotations leave out; the detector-like one misses some small, hidden ones.
         want = 1.0 if exact else MIN_PRECISION
