@@ -106,7 +106,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         alt_map = record.meta["depth_alt"]
         with np.errstate(invalid="ignore", divide="ignore"):
             sieve.check("depth_alt_valid", np.isfinite(ai) & np.isfinite(aj) & (ai > 0) & (aj > 0), "depth_alt_invalid")
-            alt_margin = 1.0 - (ai / aj if alt_map.kind == "depth" else aj / ai)  # > 0: same order
+            alt_margin = _margin(ai, aj, alt_map.kind)  # > 0: same order
         sieve.check("depth_alt", alt_margin > config.depth_alt_min_margin, "depth_alt_disagree")
     if config.ground_contact:
         b, det, h = scene.xyxy, record.objects, record.height
@@ -149,8 +149,13 @@ def metric_alt_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray, 
         return np.zeros(len(near), dtype=bool)
     a, b = alt[near], alt[far]
     with np.errstate(invalid="ignore", divide="ignore"):
-        margin = 1.0 - (a / b if record.meta["depth_alt"].kind == "depth" else b / a)
-        return (a > 0) & (b > 0) & (margin >= config.min_depth_margin)
+        return (a > 0) & (b > 0) & (_margin(a, b, record.meta["depth_alt"].kind) >= config.min_depth_margin)
+
+
+def _margin(near_values: np.ndarray, far_values: np.ndarray, kind: str) -> np.ndarray:
+    """``1 - nearer / farther`` of the values a map gives the pairs' nearer and farther objects
+    (depth or inverse depth); negative where the map orders a pair the other way."""
+    return 1.0 - (near_values / far_values if kind == "depth" else far_values / near_values)
 
 
 def free_bottoms(scene, record: Record) -> np.ndarray:
