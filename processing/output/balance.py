@@ -8,11 +8,18 @@ passes, run when a dataset folder is finished (:func:`finalize`):
 * :func:`rebalance` keeps, per relation task, question form (yes/no or naming) and unordered label
   pair, as many rows where the first label holds the relation (nearer, left of, on the person's
   left) as where the second does: a seeded selection of the larger side, the rest dropped and
-  counted (``<task>/rebalanced``). Pairs of one label (two cups) tell a text-only model nothing and
-  are kept whole.
+  counted (``<task>/rebalanced``). Pairs of one label (two cups) carry no label prior; they are
+  kept in an even number per task, form and label (one of an odd number is dropped and counted).
+* :func:`twin_phrasings` then phrases the kept rows in twins: each row of one side of a group with
+  one of the other side, both with the same template, the same label named first and the same
+  mentions, so the two questions read alike once box coordinates are removed and have opposite
+  answers (pairs of one label are twinned two by two, the order of naming chosen so the answers
+  differ). No row more is dropped; a text-only model cannot tell twins apart, as in VQA v2's
+  complementary pairs.
 * :func:`blind_baseline` measures what is left: a logistic regression on the question's words
-  (box coordinates removed), cross-validated, predicting whether the first-named object holds the
-  relation, against the majority rate of that target. The card reports both per task.
+  (box coordinates removed), cross-validated with every text that has both answers equally often
+  held out whole, predicting whether the first-named object holds the relation, against the majority rate of that
+  target. The card reports both per task.
 
 Example:
     >>> row = {"task": "near_far", "question": "Is the cup at [1, 2, 3, 4] nearer than the car?", "answer": "Yes.",
@@ -90,14 +97,23 @@ def _rank(seed: int, row_id: str) -> bytes:
 
 def select_balanced(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> tuple[list[bool], Counter]:
     """Which rows to keep so that each group's two sides are equal (the larger side keeps a seeded
-    choice of as many as the smaller), and how many rows each task loses."""
+    choice of as many as the smaller) and pairs of one label come in an even number per task, form
+    and label (one of an odd number is dropped: :func:`twin_phrasings` phrases them two by two),
+    and how many rows each task loses."""
     groups: dict[tuple, dict[bool, list[int]]] = defaultdict(lambda: {True: [], False: []})
+    alike: dict[tuple, list[int]] = defaultdict(list)
     keep = [True] * len(rows)
     for k, row in enumerate(rows):
         key = balance_key(row)
         if key is not None:
             groups[key[0]][key[1]].append(k)
+        elif row["task"] in CANONICAL:
+            alike[_alike_key(row)].append(k)
     cost: Counter = Counter()
+    for (task, *_), members in alike.items():
+        if len(members) % 2:  # pairs of one label are phrased two by two (twin_phrasings): one is left over
+            keep[max(members, key=lambda k: _rank(seed, rows[k]["id"]))] = False
+            cost[task] += 1
     for (task, *_), sides in groups.items():
         n = min(len(sides[True]), len(sides[False]))
         for side in (True, False):
@@ -108,6 +124,171 @@ def select_balanced(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> tuple[l
                     keep[k] = False
                 cost[task] += len(members) - n
     return keep, cost
+
+
+def balance_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> tuple[list[dict[str, Any]], Counter]:
+    """What :func:`rebalance` does to a dataset folder, on rows in memory: the rows
+    :func:`select_balanced` keeps, phrased by :func:`twin_phrasings` (new dicts; the others as they
+    were), and the rows each task lost."""
+    keep, cost = select_balanced(rows, seed)
+    twins = twin_phrasings(rows, keep, seed)
+    out = []
+    for k, row in enumerate(rows):
+        if keep[k]:
+            out.append(_apply(row, twins[k]) if k in twins else dict(row))
+    return out, cost
+
+
+_REPHRASED = ("task", "question", "answer", "objects", "fact", "verification")
+
+
+def _rephrased(table, changed: Mapping[int, Mapping[str, Any]]):
+    """``table`` with the rows at the indices of ``changed`` rephrased (:func:`_apply`), each
+    validated; only the columns a phrasing touches are rebuilt."""
+    import pyarrow as pa
+
+    from ...builders.schema import validate_row
+
+    columns = {name: table.column(name).to_pylist() for name in _REPHRASED}
+    for k, fields in changed.items():
+        row = _apply({name: columns[name][k] for name in _REPHRASED}, fields)
+        validate_row({**table.slice(k, 1).to_pylist()[0], **row})
+        for name in _REPHRASED[1:]:
+            columns[name][k] = row[name]
+    for name in _REPHRASED[1:]:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array(columns[name], type=table.schema.field(i).type))
+    return table
+
+
+def _apply(row: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with the fields of :func:`rephrase`; a near_far row's two depths follow its subject."""
+    new = {**row, **{k: v for k, v in fields.items() if not k.startswith("_")}}
+    if fields.get("_swap_depths") and new.get("verification") and row["task"] == "near_far":
+        v = new["verification"] = dict(new["verification"])
+        v["depth_subject"], v["depth_object"] = v["depth_object"], v["depth_subject"]
+    return new
+
+
+def twin_phrasings(rows: Sequence[Mapping[str, Any]], keep: Sequence[bool], seed: int = 0) -> dict[int, dict[str, Any]]:
+    """New ``question``, ``answer``, ``objects`` and ``fact`` of the kept relation rows, by index:
+    each group's rows (:func:`balance_key`, after :func:`select_balanced` its two sides are equal)
+    are paired, the i-th of one side by seeded rank with the i-th of the other, and each pair is
+    phrased alike: one template of the group's question form, the same label named first, each
+    label mentioned with its box if either row mentioned it so. Pairs of one label (grouped by
+    task, form and label) are paired two by two and phrased alike too, the first row naming the
+    object that holds the relation first and the second the other one, so again the answers
+    differ. The choices are seeded by the pair's ids; a row left over keeps its phrasing.
+    ``_swap_depths`` (near_far): the new fact's subject is the old one's object.
+    """
+    groups: dict[tuple, dict[bool, list[int]]] = defaultdict(lambda: {True: [], False: []})
+    alike: dict[tuple, list[int]] = defaultdict(list)
+    for k, row in enumerate(rows):
+        if not keep[k] or row["task"] not in CANONICAL:
+            continue
+        key = balance_key(row)
+        if key is not None:
+            groups[key[0]][key[1]].append(k)
+        else:
+            alike[_alike_key(row)].append(k)
+    rank = lambda k: _rank(seed, rows[k]["id"])  # noqa: E731
+    out: dict[int, dict[str, Any]] = {}
+    for key, sides in groups.items():
+        task, form, *pair = key
+        for k1, k2 in zip(sorted(sides[True], key=rank), sorted(sides[False], key=rank)):
+            pick = int.from_bytes(_rank(seed, f"twin\x1f{rows[k1]['id']}\x1f{rows[k2]['id']}"), "big")
+            template = _forms(task, form)[pick % len(_forms(task, form))]
+            first_label = pair[(pick >> 8) & 1] if task != "perspective" else None
+            boxed = {label: _boxed(rows[k1], label) or _boxed(rows[k2], label) for label in pair}
+            for k in (k1, k2):
+                first = _index_of(rows[k], first_label)
+                out[k] = rephrase(rows[k], template, first, [boxed[o["label"].lower()] for o in rows[k]["objects"]])
+    for (task, form, _), members in alike.items():
+        members = sorted(members, key=rank)
+        for k1, k2 in zip(members[0::2], members[1::2]):
+            pick = int.from_bytes(_rank(seed, f"twin\x1f{rows[k1]['id']}\x1f{rows[k2]['id']}"), "big")
+            template = _forms(task, form)[pick % len(_forms(task, form))]
+            out[k1] = rephrase(rows[k1], template, holder(rows[k1]), [True, True])
+            out[k2] = rephrase(rows[k2], template, 1 - holder(rows[k2]), [True, True])
+    return out
+
+
+def _alike_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Task, question form and label of a pair of one label: what :func:`twin_phrasings` pairs in."""
+    return row["task"], question_form(row), row["objects"][0]["label"].lower()
+
+
+def _forms(task: str, form: str) -> list:
+    """A task's templates of question form ``form`` (:func:`question_form`), in declaration order."""
+    from ..tasks.templates import TEMPLATES
+
+    return [t for t in TEMPLATES[task] if (t.form == "yesno") == (form == "yesno")]
+
+
+def _boxed(row: Mapping[str, Any], label: str) -> bool:
+    """Whether the question mentions the object of ``label`` (lower case) with its box."""
+    from ..tasks.verify import box_text
+
+    return any(o["label"].lower() == label and box_text(o["bbox"]) in row["question"] for o in row["objects"])
+
+
+def _index_of(row: Mapping[str, Any], label: str | None) -> int | None:
+    if label is None:
+        return None
+    return next(k for k, o in enumerate(row["objects"]) if o["label"].lower() == label)
+
+
+def rephrase(row: Mapping[str, Any], template, first: int | None, boxed: Sequence[bool]) -> dict[str, Any]:
+    """A relation row's fact phrased with ``template``: ``first`` is the object (index into
+    ``objects``) in the ``{a}`` slot (perspective: None, the object is ``{a}`` and the person
+    ``{b}``); ``boxed[k]``: object ``k`` is mentioned with its box. Returns the new ``question``,
+    ``answer``, ``objects`` (in mention order) and ``fact``, and ``_swap_depths`` when the fact's
+    subject changed.
+
+    >>> from spatialforge.processing.tasks.templates import TEMPLATES
+    >>> row = {"task": "near_far", "question": "", "objects": [{"label": "Cup", "bbox": [1, 2, 3, 4]}, {"label": "Car", "bbox": [5, 6, 7, 8]}],
+    ...        "fact": {"subject": 0, "predicate": "nearer_than", "object": 1, "frame": "camera"}}
+    >>> new = rephrase(row, TEMPLATES["near_far"][5], 1, [True, False])
+    >>> new["question"], new["answer"], new["fact"]
+    ('Is the car farther from the camera than the cup at [1, 2, 3, 4]?', 'Yes.', {'subject': 0, 'predicate': 'farther_than', 'object': 1, 'frame': 'camera'})
+    """
+    from ..tasks.templates import OPPOSITE as FLIP
+    from ..tasks.templates import SIDE_WORDS, display_label, sentence
+    from ..tasks.verify import box_text
+
+    objects, fact = row["objects"], row["fact"]
+    if first is None:
+        a, b, pred_a = fact["subject"], fact["object"], fact["predicate"]
+    else:
+        h = holder(row)
+        a, b = first, 1 - first
+        pred_a = CANONICAL[row["task"]] if a == h else FLIP[CANONICAL[row["task"]]]
+
+    def mention(k: int) -> str:
+        text = f"the {display_label(objects[k]['label'])}"
+        return f"{text} at {box_text(objects[k]['bbox'])}" if boxed[k] else text
+
+    slots = {"a": mention(a), "b": mention(b)}
+    if template.form == "choice":
+        x, y = (a, b) if pred_a == template.asks else (b, a)  # "x <asks> y" holds
+        triple = (x, template.asks, y)
+        slots["answer"] = mention(x)
+    else:
+        triple = (a, pred_a, b)
+        if template.form == "yesno":
+            slots["yes_no"] = "Yes" if template.asks == pred_a else "No"
+        else:
+            slots["side"] = SIDE_WORDS[pred_a]
+    role = {"a": a, "b": b}
+    order = [role[r] for r in template.roles]
+    return {
+        "question": sentence(template.question.format(**slots)),
+        "answer": sentence(template.answer.format(**slots)),
+        "objects": [objects[k] for k in order],
+        "fact": {"subject": order.index(triple[0]), "predicate": triple[1], "object": order.index(triple[2]),
+                 "frame": fact["frame"]},
+        "_swap_depths": triple[0] != fact["subject"],
+    }
 
 
 def _read(path: Path, columns: Sequence[str] | None = None):
@@ -143,13 +324,17 @@ def rebalance(out_dir: str | os.PathLike, seed: int = 0, tasks: Sequence[str] = 
                 tmp.write_bytes(path.read_bytes())
                 os.replace(tmp, store / path.name)
         tables = [_read(store / p.name) for p in paths]
-        rows = [r for t in tables for r in t.select(["id", "task", "answer", "objects", "fact"]).to_pylist()]
+        rows = [r for t in tables for r in t.select(["id", "task", "question", "answer", "objects", "fact"]).to_pylist()]
         keep, lost = select_balanced(rows, seed)
         cost.update(lost)
+        twins = twin_phrasings(rows, keep, seed)
         start = 0
         for path, table in zip(paths, tables):
             mask = keep[start:start + table.num_rows]
+            changed = {k - start: v for k, v in twins.items() if start <= k < start + table.num_rows}
             start += table.num_rows
+            if changed:
+                table = _rephrased(table, changed)
             kept = table.filter(pa.array(mask, type=pa.bool_()))
             kept = kept.replace_schema_metadata({**(table.schema.metadata or {}), REBALANCED: b"1"})
             tmp = path.with_name(f"{path.name}.rebalance-{os.getpid()}")
@@ -216,13 +401,13 @@ def blind_baseline(rows: Sequence[Mapping[str, Any]], folds: int = 5, seed: int 
     if len(order) > BLIND_MAX_ROWS:
         order = order[:BLIND_MAX_ROWS]
     y = np.array([first_holds(rows[k]) for k in order], float)
+    texts = [" ".join(question_words(rows[k]["question"])) for k in order]
     x = _features([rows[k]["question"] for k in order])
     accuracies = []
     for r in range(repeats):
         # Repeat 0 keeps the sample's own order; later repeats deal the rows to folds afresh.
         draw = np.arange(len(order)) if r == 0 else np.argsort([_rank(seed, f"{r}\x1f{rows[k]['id']}") for k in order])
-        fold = np.empty(len(order), int)
-        fold[draw] = np.arange(len(order)) % folds
+        fold = text_folds(draw, texts, y, folds)
         correct = 0
         for f in range(folds):
             train, test = fold != f, fold == f
@@ -233,6 +418,31 @@ def blind_baseline(rows: Sequence[Mapping[str, Any]], folds: int = 5, seed: int 
     majority = float(max(y.mean(), 1 - y.mean()))
     return {"rows": len(order), "accuracy": accuracy, "majority": majority, "repeats": repeats,
             "spread": float(np.std(accuracies)), "stderr": float(np.sqrt(accuracy * (1 - accuracy) / len(order)))}
+
+
+def text_folds(draw: np.ndarray, texts: Sequence[str], targets: np.ndarray, folds: int) -> np.ndarray:
+    """Fold of each row: every row of a text (its words, box coordinates removed) that has as many
+    rows with one answer as with the other goes to one fold; every other row goes on its own;
+    units are dealt round robin in the order their first row is drawn.
+
+    A text with both answers equally often (what :func:`twin_phrasings` makes) scores half right
+    under any text-only model when held out whole. Split over folds it misleads: each held-out row
+    is scored by what its copies in training say, the other answer more often than not, and an
+    exactly balanced set scores below the majority rate. The rest is dealt as plain folds deal it.
+
+    >>> text_folds(np.arange(5), ["a", "a", "b", "b", "b"], np.array([1, 0, 1, 1, 0]), 2).tolist()
+    [0, 0, 1, 0, 1]
+    """
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for t, y in zip(texts, targets):
+        counts[t][int(bool(y))] += 1
+    units: dict[Any, int] = {}
+    unit = np.empty(len(texts), int)
+    for k in draw.tolist():
+        c = counts[texts[k]]
+        name = texts[k] if c[0] == c[1] else k
+        unit[k] = units.setdefault(name, len(units))
+    return unit % folds
 
 
 def blind_baselines(out_dir: str | os.PathLike, seed: int = 0, tasks: Sequence[str] = RELATION_TASKS) -> dict[str, Any]:
