@@ -253,7 +253,7 @@ def rephrase(row: Mapping[str, Any], template, first: int | None, boxed: Sequenc
     ('Is the car farther from the camera than the cup at [1, 2, 3, 4]?', 'Yes.', {'subject': 0, 'predicate': 'farther_than', 'object': 1, 'frame': 'camera'})
     """
     from ..tasks.templates import OPPOSITE as FLIP
-    from ..tasks.templates import SIDE_WORDS, display_label, sentence
+    from ..tasks.templates import display_label, relation_fact, sentence
     from ..tasks.verify import box_text
 
     objects, fact = row["objects"], row["fact"]
@@ -268,17 +268,9 @@ def rephrase(row: Mapping[str, Any], template, first: int | None, boxed: Sequenc
         text = f"the {display_label(objects[k]['label'])}"
         return f"{text} at {box_text(objects[k]['bbox'])}" if boxed[k] else text
 
-    slots = {"a": mention(a), "b": mention(b)}
-    if template.form == "choice":
-        x, y = (a, b) if pred_a == template.asks else (b, a)  # "x <asks> y" holds
-        triple = (x, template.asks, y)
-        slots["answer"] = mention(x)
-    else:
-        triple = (a, pred_a, b)
-        if template.form == "yesno":
-            slots["yes_no"] = "Yes" if template.asks == pred_a else "No"
-        else:
-            slots["side"] = SIDE_WORDS[pred_a]
+    triple, answer = relation_fact(template, a, b, pred_a)
+    slots = {k: mention(v) if k == "answer" else v for k, v in answer.items()}
+    slots["a"], slots["b"] = mention(a), mention(b)
     role = {"a": a, "b": b}
     order = [role[r] for r in template.roles]
     return {

@@ -53,7 +53,7 @@ import numpy as np
 from ...builders.schema import RELATION_TASKS, TASKS, VERIFICATION, fact_error, make_id, size_ok, validate_row
 from ..base import Step
 from ..records import Record
-from .templates import OPPOSITE, SIDE_WORDS, TEMPLATES, Template, display_label, plural, sentence
+from .templates import OPPOSITE, TEMPLATES, Template, display_label, plural, relation_fact, sentence
 from .verify import Scene, Sieve, VerifyConfig, box_text, scene_for
 from ..output.parquet import VALIDATED_ROWS
 
@@ -199,7 +199,6 @@ def _relation(task: str, cand: Candidate, scene: Scene, rng: np.random.Generator
     forms = _POOLS[(task,)]
     form = forms[int(rng.integers(len(forms)))]
     pool = _POOLS[(task, form)]
-    slots: dict[str, str] = {}
     if form == "yesno":
         yes = bool(rng.random() < 0.5)
         if not swappable:  # balance by asking about the side that gives the wanted answer
@@ -207,22 +206,17 @@ def _relation(task: str, cand: Candidate, scene: Scene, rng: np.random.Generator
         t = _pick(pool, rng)
         holder, other = (i, j) if t.asks == holds else (j, i)  # "holder <asks> other" is true
         a, b = ((holder, other) if yes else (other, holder)) if swappable else (i, j)
-        fact = (a, t.asks if yes else OPPOSITE[t.asks], b)
-        slots["yes_no"] = "Yes" if yes else "No"
     elif form == "choice":
         if not swappable:
             raise ValueError(f"task {task!r} cannot use 'choice' templates")
         t = _pick(pool, rng)
         holder, other = (i, j) if t.asks == holds else (j, i)
         a, b = (holder, other) if rng.random() < 0.5 else (other, holder)
-        fact = (holder, t.asks, other)
-        slots["answer"] = scene.mention(holder)
     else:  # side: the answer is the side word of what holds for a relative to b
         t = _pick(pool, rng)
         a, b = (j, i) if swappable and rng.random() < 0.5 else (i, j)
-        predicate = holds if a == i else OPPOSITE[holds]
-        fact = (a, predicate, b)
-        slots["side"] = SIDE_WORDS[predicate]
+    fact, answer = relation_fact(t, a, b, holds if a == i else OPPOSITE[holds])
+    slots: dict[str, str] = {k: scene.mention(v) if k == "answer" else v for k, v in answer.items()}
     slots["a"], slots["b"] = scene.mention(a), scene.mention(b)
     role = {"a": a, "b": b}
     objects = [role[r] for r in t.roles]

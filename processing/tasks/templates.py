@@ -106,6 +106,23 @@ TEMPLATES: dict[str, list[Template]] = {
 }
 del T
 
+
+def relation_fact(template: Template, a, b, pred_a: str) -> tuple[tuple, dict[str, object]]:
+    """What a relation ``template`` states about objects ``a`` (slot ``{a}``) and ``b`` when
+    ``a <pred_a> b`` holds: the fact ``(subject, predicate, object)`` and the answer slot
+    (``answer``: the object to mention, ``yes_no`` or ``side``).
+
+    >>> t = TEMPLATES["near_far"][2]  # "Which is farther from the camera, {a} or {b}?"
+    >>> relation_fact(t, "cup", "car", "nearer_than")
+    (('car', 'farther_than', 'cup'), {'answer': 'car'})
+    """
+    if template.form == "choice":
+        x, y = (a, b) if pred_a == template.asks else (b, a)  # "x <asks> y" holds
+        return (x, template.asks, y), {"answer": x}
+    if template.form == "yesno":
+        return (a, pred_a, b), {"yes_no": "Yes" if template.asks == pred_a else "No"}
+    return (a, pred_a, b), {"side": SIDE_WORDS[pred_a]}
+
 _IRREGULAR = {
     "person": "people", "man": "men", "woman": "women", "child": "children", "foot": "feet",
     "tooth": "teeth", "mouse": "mice", "goose": "geese", "sheep": "sheep", "fish": "fish", "deer": "deer",
