@@ -153,3 +153,37 @@ def test_an_open_shape_on_relative_depth_is_not_placed_at_what_its_box_shows_beh
     assert rec.drops["perspective/depth_mixed"] == 1, rec.drops
     solid = open_shape_scene(-40, canopy=1.0)  # the whole box at 1.5 m: the lateral check decides, and drops it
     assert perspective_rows(solid) == [] and solid.drops["perspective/lateral_ambiguous"] == 1, solid.drops
+
+
+def long_object_scene(theta_deg: float) -> Record:
+    """Metric depth: the person 4 m ahead turned ``theta_deg``, and a van 1.6 m to the right whose
+    front is 4.2 m away: 2.4 m wide and high, 4 m long, so its middle is 6.2 m away. Depth sees only
+    its front."""
+    s = FOCAL / PERSON_Z
+    person = [W / 2 - 0.25 * s, GROUND_Y - 1.75 * s, W / 2 + 0.25 * s, GROUND_Y]
+    front = 4.2
+    u, half = W / 2 + FOCAL * 1.6 / front, 1.2 * FOCAL / front
+    van = [u - half, GROUND_Y - 2.4 * FOCAL / front, u + half, GROUND_Y]
+    depth = np.full((H, W), 20.0, np.float32)
+    for box, z in ((van, front), (person, PERSON_Z)):  # far to near
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        depth[max(y1, 0):y2, max(x1, 0):min(x2, W)] = z
+    kps = np.full((2, 17, 3), np.nan, np.float32)
+    kps[0] = keypoints(theta_deg)
+    det = Detections(np.array([person, [max(van[0], 0), max(van[1], 0), min(van[2], W), van[3]]]), ["person", "van"],
+                     keypoints=kps, facing=["unknown"] * 2, facing_confidence=[0.0, 0.0])
+    rec = Record("test", f"van{theta_deg}", W, H, objects=det, depth=DepthMap(depth, "depth", metric=True, source="test"))
+    rec.meta["focal_px"], rec.meta["focal_source"] = FOCAL, "exif:FocalLengthIn35mmFilm"
+    return rec
+
+
+def test_an_object_whose_middle_lies_behind_its_front_is_judged_where_its_middle_may_be():
+    # Turned 40 degrees, the person has the van's front on their left and its middle on their
+    # right: which one "the van" means is open, and the row is dropped. Judged at its front alone,
+    # the van would stand beside the person and pass with "left".
+    assert person_frame_side(40, 1.6, 4.2) == "left_of" and person_frame_side(40, 1.6, 6.2) == "right_of"
+    rec = long_object_scene(40)
+    assert perspective_rows(rec) == [] and rec.drops["perspective/lateral_ambiguous"] == 1, rec.drops
+    front_only = long_object_scene(40)
+    rows = perspective_rows(front_only, VerifyConfig(object_depth_extent=0.0))
+    assert [r["fact"]["predicate"] for r in rows] == ["left_of"]

@@ -94,7 +94,15 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
             solid = _solid(scene, config)
             sieve.check("depth_uniform", solid[per] & solid[obj], "depth_mixed")
         # Every focal length at once: a leading axis (the same element-wise arithmetic as one call each).
-        ok = _lateral_ok(zp, zo, cx[per], cx[obj], record.width, focal[:, None, None], turn).all((0, 1))
+        f = focal[:, None, None]
+        ok = _lateral_ok(zp, zo, cx[per], cx[obj], record.width, f, turn).all((0, 1))
+        if config.object_depth_extent > 0:
+            # Depth sees an object's front; its middle (what "on their left" is about) may lie up to
+            # object_depth_extent of its largest visible size further back (a car seen nose on).
+            b = scene.xyxy
+            size = np.maximum(b[obj, 2] - b[obj, 0], b[obj, 3] - b[obj, 1])
+            zo_back = zo * (1.0 + config.object_depth_extent * size / f)  # (focals, variants, candidates)
+            ok &= _lateral_ok(zp, zo_back, cx[per], cx[obj], record.width, f, turn).all((0, 1))
         sieve.check("lateral_dominance", ok, "lateral_ambiguous")
     sieve.evidence["max_turn"] = turn
     # Facing the camera mirrors left and right; facing away keeps the camera's.

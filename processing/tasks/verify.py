@@ -22,7 +22,9 @@ whose box mostly shows the background behind it (an umbrella) cannot pass for th
 On metric depth, an object whose own nearest part lies much nearer than its value is such an open
 shape and gets no depth. Perspective's lateral check must hold for every shift of the inverse
 depth on a grid within :attr:`Scene.shift_bounds`, with each depth off by
-``relative_object_bias`` either way, and for every focal length of :attr:`Scene.focal_lengths`.
+``relative_object_bias`` either way, for every focal length of :attr:`Scene.focal_lengths`, and
+with the object's middle anywhere from its front to ``object_depth_extent`` of its largest visible
+size behind it.
 
 Depth margin: ``1 - nearer / farther`` of the two robust values. It is the same for depth and
 inverse depth (``1 - (1/f) / (1/n) == 1 - n / f``) and for any global scale, so one threshold
@@ -152,6 +154,7 @@ class VerifyConfig:
     detector_match_iou: float = 0.5  # ... unless it overlaps an annotated box of its label this much
     lateral_check: bool = True  # perspective with depth: the lateral offset must outweigh a turned person
     perspective_max_yaw_deg: float = 45.0  # turn assumed for a person whose facing came without keypoints
+    object_depth_extent: float = 0.5  # perspective: an object's middle may lie this share of its largest visible size behind its front
     turn_prior: TurnPrior = DEFAULT_TURN_PRIOR  # body ratios, view elevation, keypoint error (facing.max_turn_deg)
     hfov_prior_deg: tuple[float, float] = (20.0, 120.0)  # horizontal field of view of photos without EXIF focal length
     focal_steps: int = 5  # focal lengths tried across hfov_prior_deg (log-spaced)
@@ -181,6 +184,8 @@ class VerifyConfig:
         if not 1.0 < self.flat_far_near_ratio <= self.min_far_near_ratio:
             raise ValueError(f"need 1 < flat_far_near_ratio <= min_far_near_ratio, got {self.flat_far_near_ratio!r}, "
                              f"{self.min_far_near_ratio!r}")
+        if not 0.0 <= self.object_depth_extent <= 2.0:
+            raise ValueError(f"object_depth_extent must be in [0, 2], got {self.object_depth_extent!r}")
         if not 0.0 <= self.relative_object_bias < 1.0:
             raise ValueError(f"relative_object_bias must be in [0, 1), got {self.relative_object_bias!r}")
         if not 0.0 < self.near_share_ratio < 1.0:
