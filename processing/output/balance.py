@@ -139,7 +139,7 @@ def balance_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> tuple[list
     return out, cost
 
 
-_REPHRASED = ("task", "question", "answer", "objects", "fact", "verification")
+_REPHRASED = ("question", "answer", "objects", "fact", "verification")
 
 
 def _rephrased(table, changed: Mapping[int, Mapping[str, Any]]):
@@ -149,13 +149,13 @@ def _rephrased(table, changed: Mapping[int, Mapping[str, Any]]):
 
     from ...builders.schema import validate_row
 
-    columns = {name: table.column(name).to_pylist() for name in _REPHRASED}
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
     for k, fields in changed.items():
-        row = _apply({name: columns[name][k] for name in _REPHRASED}, fields)
-        validate_row({**table.slice(k, 1).to_pylist()[0], **row})
-        for name in _REPHRASED[1:]:
+        row = _apply({name: columns[name][k] for name in table.column_names}, fields)
+        validate_row(row)
+        for name in _REPHRASED:
             columns[name][k] = row[name]
-    for name in _REPHRASED[1:]:
+    for name in _REPHRASED:
         i = table.schema.get_field_index(name)
         table = table.set_column(i, table.schema.field(i), pa.array(columns[name], type=table.schema.field(i).type))
     return table
