@@ -85,6 +85,7 @@ class GenerateConfig:
     depth_flip_tta: bool = False  # depth_model: also predict the mirrored image; near_far must agree with both
     second_depth_model: str | None = None  # HF depth model id or folder: a second depth signal near_far must agree with
     ground_contact: bool = False  # near_far: the object whose box bottom is lower must be the nearer one (opt-in)
+    label_alone_mentions: bool = False  # relation questions may name the only boxed object of a label by its label alone
     dtype: str = "auto"  # model dtype: auto (half precision on GPUs, fp32 on CPU) | fp32 | fp16 | bf16
     tasks: tuple[str, ...] = schema.TASKS  # tasks to generate
     max_per_task: dict[str, int | None] | None = None  # rows per image and task over the defaults (None: no cap)
@@ -339,7 +340,7 @@ def verify_config(cfg: GenerateConfig) -> Any:
     """The :class:`~.tasks.verify.VerifyConfig` of ``cfg``."""
     from .tasks.verify import VerifyConfig
 
-    return VerifyConfig(ground_contact=cfg.ground_contact)
+    return VerifyConfig(ground_contact=cfg.ground_contact, label_alone_mentions=cfg.label_alone_mentions)
 
 
 def task_step(cfg: GenerateConfig) -> Step:

@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "e73a09f58205b784a47b1f5be1a0398e166580d7e9644d5e0b296b225a3b9a9a"
+PINNED = "6375170b14d894d945fd1093acb2b7865f3404f762ee043b9fbcbd0e7886bad8"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

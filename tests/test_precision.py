@@ -67,10 +67,6 @@ def judge(families, variant, detector=True):
     return evaluate(rows, truth, drops)
 
 
-# Below MIN_PRECISION on these families, with the floor each is held at. detector-mono/near_far:
-# 2 wrong of 302 (0.9934), both naming "the stool" in one image where a second stool shows 71
-# pixels (5 % of it) behind another object and the detector-like one misses it.
-KNOWN_SHORT = {("detector-mono", "near_far"): 0.99}
 # Relative depth cannot tell a deep view from a wall just behind the objects, so near_far there
 # passes only what survives the flattest view assumed or the ground confirms: fewer rows.
 # Perspective must hold for every shift and per-object bias: a few rows per hundred scenes, enough
@@ -90,11 +86,6 @@ def test_precision_on_every_variant(families, name):
         # Exact depth and boxes make the geometry exact, and the exact variants' detector finds every
         # instance the annotations leave out; the detector-like one misses some small, hidden ones.
         want = 1.0 if exact else MIN_PRECISION
-        floor = KNOWN_SHORT.get((name, task))
-        if floor is not None:  # below the bar today: held at its floor, and flagged once it is met
-            assert rep.precision >= floor, f"{name}/{task}: {rep.wrong} wrong of {rep.rows}: {rep.failures[:3]}"
-            assert rep.precision < want, f"{name}/{task} now meets {want}: take it out of KNOWN_SHORT"
-            continue
         assert rep.precision >= want, f"{name}/{task}: {rep.wrong} wrong of {rep.rows}: {rep.failures[:3]}"
         assert rep.pass_rate is not None and 0 < rep.pass_rate <= 1
 

@@ -11,7 +11,7 @@ import pytest
 from spatialforge.builders.schema import TASKS, normalize_bbox, validate_row
 from spatialforge.processing.records import DepthMap, Detections, Record
 from spatialforge.processing.tasks.step import DEFAULT_MAX_PER_TASK, TaskStep, task_rng
-from spatialforge.processing.tasks.verify import VerifyConfig, object_depth
+from spatialforge.processing.tasks.verify import VerifyConfig, box_text, object_depth
 
 UNCAPPED = dict.fromkeys(TASKS, None)
 
@@ -306,9 +306,21 @@ def test_same_label_objects_are_named_with_their_box_in_mention_order():
 
 
 def test_unique_but_non_exhaustive_label_is_named_with_its_box():
-    rec = run(make_record(SCENE, exhaustive={"dog"}), tasks=["left_right"])
+    # Naming by label alone allowed: only the dog, exhaustively annotated and alone, goes without a box.
+    config = VerifyConfig(label_alone_mentions=True)
+    rec = run(make_record(SCENE, exhaustive={"dog"}), tasks=["left_right"], config=config)
     q = " ".join(r["question"] for r in rec.rows)
-    assert "the cup at [" in q and "the lamp at [" in q and "the dog at" not in q
+    assert "the cup at [" in q and "the lamp at [" in q and "the dog at" not in q and "the dog" in q
+
+
+def test_every_object_is_named_with_its_box_by_default():
+    # Even a label annotated exhaustively, with one box, names its object with the box: an instance
+    # neither annotations nor detector box would make "the dog" ambiguous.
+    rec = run(make_record(SCENE, exhaustive={"cup", "dog", "lamp"}), tasks=["near_far", "left_right"])
+    assert rec.rows
+    for r in rec.rows:
+        for o in r["objects"]:
+            assert f"the {o['label']} at {box_text(o['bbox'])}" in r["question"], r["question"]
 
 
 # ---------------------------------------------------------------- determinism, balance, accounting

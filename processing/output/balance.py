@@ -16,8 +16,8 @@ passes, run when a dataset folder is finished (:func:`finalize`):
   answers (pairs of one label are twinned two by two, the order of naming chosen so the answers
   differ). No row more is dropped; a text-only model cannot tell twins apart, as in VQA v2's
   complementary pairs.
-* :func:`blind_baseline` measures what is left: a logistic regression on the question's words
-  (box coordinates removed), cross-validated with every text that has both answers equally often
+* :func:`blind_baseline` measures what is left: a logistic regression on the question's words,
+  word pairs and labels in the order named (box coordinates removed), cross-validated with every text that has both answers equally often
   held out whole, predicting whether the first-named object holds the relation, against the majority rate of that
   target. The card reports both per task.
 
@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -343,12 +344,37 @@ def question_words(question: str) -> list[str]:
     return _WORD.findall(_NUMBER.sub(" ", question.lower()))
 
 
+@functools.lru_cache(maxsize=1)
+def _template_words() -> frozenset[str]:
+    """Words of the relation templates' own text (slots left out), with the mentions' "the" and "at"."""
+    from ..tasks.templates import TEMPLATES
+
+    words = {"the", "at"}
+    for task in CANONICAL:
+        for t in TEMPLATES[task]:
+            words.update(question_words(re.sub(r"\{[a-z_]+\}", " ", t.question)))
+    return frozenset(words)
+
+
 def _features(questions: Sequence[str]) -> np.ndarray:
-    """Bag of words and word pairs (binary), plus a bias column."""
+    """Bag of words and word pairs (binary), the other words numbered by the run of them they are
+    in (``1:cup``, ``2:car``: which object is named first, as a reader of the sentence sees it;
+    "the cup at [..] ... the car at [..]" and the other order have the same words and word pairs),
+    plus a bias column."""
+    template = _template_words()
     docs = []
     for q in questions:
         w = question_words(q)
-        docs.append(set(w) | {f"{a} {b}" for a, b in zip(w, w[1:])})
+        doc = set(w) | {f"{a} {b}" for a, b in zip(w, w[1:])}
+        run, inside = 0, False
+        for word in w:
+            if word in template:
+                inside = False
+                continue
+            if not inside:
+                run, inside = run + 1, True
+            doc.add(f"{run}:{word}")
+        docs.append(doc)
     vocab = {t: i for i, t in enumerate(sorted(set().union(*docs)))} if docs else {}
     x = np.zeros((len(docs), len(vocab) + 1))
     for i, d in enumerate(docs):

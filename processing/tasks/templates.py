@@ -11,7 +11,8 @@ so the task code chooses among phrasings without knowing their text:
   ``yesno`` question asks about.
 
 Slots filled by the task step: ``{a}``, ``{b}`` (object mentions, e.g. ``the cup`` or
-``the cup at [12, 40, 230, 500]`` when the label alone is ambiguous), ``{answer}`` (the mention of
+``the cup at [12, 40, 230, 500]``; the label alone only with ``VerifyConfig.label_alone_mentions``
+when it names one boxed thing), ``{answer}`` (the mention of
 the right object), ``{yes_no}``, ``{side}``, ``{label}``, ``{labels}`` (plural), ``{count}``,
 ``{box}`` (a region as ``[x1, y1, x2, y2]``, ints in 0..1000) and ``{json}`` (the Qwen3-VL grounding
 answer ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cup"}]``). The objects of a row are listed in the

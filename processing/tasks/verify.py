@@ -153,6 +153,7 @@ class VerifyConfig:
     detector_min_score: float = 0.0  # a detector box beside annotations this confident contradicts them (0: every box the detector kept)
     detector_match_iou: float = 0.5  # ... unless it overlaps an annotated box of its label this much
     lateral_check: bool = True  # perspective with depth: the lateral offset must outweigh a turned person
+    label_alone_mentions: bool = False  # relation questions may name an object by its label alone ("the cup") when it is the only boxed one
     perspective_max_yaw_deg: float = 45.0  # turn assumed for a person whose facing came without keypoints
     object_depth_extent: float = 0.5  # perspective: an object's middle may lie this share of its largest visible size behind its front
     turn_prior: TurnPrior = DEFAULT_TURN_PRIOR  # body ratios, view elevation, keypoint error (facing.max_turn_deg)
@@ -536,15 +537,19 @@ class Scene:
         self._object_checks(sieve, skip, lambda ok_obj: [bool(ok_obj[list(g)].all()) for g in groups])
 
     def mention(self, k: int) -> str:
-        """``the cup`` when the label names one boxed thing, else ``the cup at [x1, y1, x2, y2]``.
+        """``the cup at [x1, y1, x2, y2]``; with ``label_alone_mentions``, ``the cup`` when the label
+        names one boxed thing.
 
         A label is only unique when its annotation is exhaustive (an unboxed second cup would make
-        "the cup" ambiguous) and it has one box (group boxes included).
+        "the cup" ambiguous), no detector box of it goes unexplained, and it has one box (group
+        boxes included). Even then an instance that neither annotations nor detector box (half
+        hidden, small) makes "the cup" ambiguous: the box alone rules that out.
         """
         if k not in self._mentions:
             label = self.labels[k]
             text = f"the {display_label(label)}"
-            if self.label_count[label] > 1 or not self.exhaustive[label] or label in self.detector_extra:
+            if (not self.config.label_alone_mentions or self.label_count[label] > 1 or not self.exhaustive[label]
+                    or label in self.detector_extra):
                 text += f" at {box_text(self.boxes[k])}"
             self._mentions[k] = text
         return self._mentions[k]
