@@ -17,9 +17,10 @@ passes, run when a dataset folder is finished (:func:`finalize`):
   differ). No row more is dropped; a text-only model cannot tell twins apart, as in VQA v2's
   complementary pairs.
 * :func:`blind_baseline` measures what is left: a logistic regression on the question's words,
-  word pairs and labels in the order named (box coordinates removed), cross-validated with every text that has both answers equally often
-  held out whole, predicting whether the first-named object holds the relation, against the majority rate of that
-  target. The card reports both per task.
+  word pairs and labels in the order named (box coordinates removed), cross-validated with every
+  text that has both answers equally often held out whole, predicting whether the first-named
+  object holds the relation, against the majority rate of that target. The card reports both per
+  task.
 
 Example:
     >>> row = {"task": "near_far", "question": "Is the cup at [1, 2, 3, 4] nearer than the car?", "answer": "Yes.",
