@@ -53,26 +53,23 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
             # shift, so they are taken at the shift the image allows that brings the two closest
             # (the low bound of Scene.shift_bounds: the flattest scene consistent with the map).
             bounds = scene.shift_bounds
-            t = bounds[0] if bounds is not None else np.nan
-            mi, mj = (di, dj) if depth.kind == "inverse_depth" else (1.0 / di, 1.0 / dj)
-            mi, mj = mi - t, mj - t
+            mi, mj = _less_shift(di, dj, depth.kind, bounds[0] if bounds is not None else np.nan)
         sieve.check("depth_positive", (mi > 0) & (mj > 0), "depth_nonpositive")
-        ratio = np.minimum(mi, mj) / np.maximum(mi, mj)  # same for depth and 1 / depth
-        if not depth.metric:  # what is left after each depth is off by the tolerated bias, against the pair
-            ratio = ratio * (1.0 + config.relative_object_bias) ** 2
-        margin = 1.0 - ratio
+        # Same for depth and 1 / depth; relative: what is left after the tolerated bias against the pair.
+        margin = 1.0 - _ratio(mi, mj, 0.0 if depth.metric else config.relative_object_bias)
     i_nearer = di < dj if depth.kind == "depth" else di > dj
     near, far = np.where(i_nearer, i, j), np.where(i_nearer, j, i)
     rescued = np.zeros(len(i), dtype=bool)
-    if not depth.metric and config.ground_rescue:
+    if not depth.metric:
         # A second signal that no depth scale, shift or per-object bias moves: of two objects
         # standing on the ground, the one on the nearer ground is the nearer; the ground (no
-        # object, so no per-object bias) is read just below each box bottom. It may stand in
-        # for min_depth_margin, not for the order itself: the map must still order the pair after
-        # the tolerated bias (margin > 0), and the other checks below still run.
-        with np.errstate(invalid="ignore"):
-            short = (margin > 0) & (margin < config.min_depth_margin)
-        rescued = short & ground_contact_agrees(scene, record, near, far, config.min_range_margin)
+        # object, so no per-object bias) is read just below each box bottom.
+        grounded = ground_contact_agrees(scene, record, near, far)
+        if config.ground_rescue:
+            # It may stand in for min_depth_margin, not for the order itself: the map must still
+            # order the pair after the tolerated bias (margin > 0), and the other checks below run.
+            with np.errstate(invalid="ignore"):
+                rescued = (margin > 0) & (margin < config.min_depth_margin) & grounded
     sieve.check("depth_margin", (margin >= config.min_depth_margin) | rescued, "depth_margin")
     if not depth.metric:
         # The margin above holds on views at least min_far_near_ratio deep; a relative map cannot
@@ -81,10 +78,9 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         # be confirmed by what that flattening does not move: the ground below both objects, or a
         # metric second depth signal.
         flat = flat_ordered(scene, di, dj, config)
-        grounded = rescued | ground_contact_agrees(scene, record, near, far, config.min_range_margin)
         confirmed = grounded | metric_alt_agrees(scene, record, near, far, config)
         sieve.check("depth_flat", flat | confirmed, "depth_flat_ambiguous")
-        rescued = grounded & ~flat | rescued
+        rescued |= grounded & ~flat
     if rescued.any():
         sieve.check("ground_contact", np.ones(len(i), dtype=bool), "ground_contact_disagree", applies=rescued)
     if depth.kind == "inverse_depth" and not depth.metric:
@@ -133,12 +129,20 @@ def flat_ordered(scene, di: np.ndarray, dj: np.ndarray, config: VerifyConfig) ->
     t = scene.flat_shift
     if t is None:
         return np.zeros(len(di), dtype=bool)
-    kind = scene.record.depth.kind
     with np.errstate(invalid="ignore", divide="ignore"):
-        mi, mj = (di, dj) if kind == "inverse_depth" else (1.0 / di, 1.0 / dj)
-        mi, mj = mi - t, mj - t
-        ratio = np.minimum(mi, mj) / np.maximum(mi, mj) * (1.0 + config.relative_object_bias) ** 2
-        return (mi > 0) & (mj > 0) & (ratio < 1.0)
+        mi, mj = _less_shift(di, dj, scene.record.depth.kind, t)
+        return (mi > 0) & (mj > 0) & (_ratio(mi, mj, config.relative_object_bias) < 1.0)
+
+
+def _less_shift(di: np.ndarray, dj: np.ndarray, kind: str, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Relative depth values as inverse depth less the shift ``t``: true inverse depth up to scale."""
+    mi, mj = (di, dj) if kind == "inverse_depth" else (1.0 / di, 1.0 / dj)
+    return mi - t, mj - t
+
+
+def _ratio(mi: np.ndarray, mj: np.ndarray, bias: float) -> np.ndarray:
+    """``nearer / farther`` of two positive values, after each is off by ``bias`` against the pair."""
+    return np.minimum(mi, mj) / np.maximum(mi, mj) * (1.0 + bias) ** 2
 
 
 def metric_alt_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray, config: VerifyConfig) -> np.ndarray:
@@ -201,19 +205,18 @@ def ground_below(scene, record: Record) -> np.ndarray:
     return out
 
 
-def ground_contact_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray, margin: float) -> np.ndarray:
+def ground_contact_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray) -> np.ndarray:
     """Per pair, whether the ground below both box bottoms (:func:`ground_below`, both bottoms
-    :func:`free_bottoms`) orders them as ``near``, ``far`` say by ``margin`` of the image's depth
-    range, and neither object is nearer than its own ground by that much (lifted off the ground, on
-    a shelf: then the ground below its bottom is far behind it) nor has its own nearest part
-    (:attr:`.verify.Scene.depth_tail`) that much nearer than its depth (an open shape, an umbrella
-    whose box shows mostly what is behind it: its depth is then that of the background)."""
+    :func:`free_bottoms`) orders them as ``near``, ``far`` say by ``min_range_margin`` of the
+    image's depth range, and neither object is nearer than its own ground by that much (lifted off
+    the ground, on a shelf: then the ground below its bottom is far behind it) nor an open shape
+    (:attr:`.verify.Scene.depth_solid`: an umbrella whose depth is that of the background)."""
     free = free_bottoms(scene, record)
     if not free.any():
         return np.zeros(len(near), dtype=bool)
     sign = -1.0 if record.depth.kind == "depth" else 1.0  # in nearness order: larger = nearer
-    g, d, tail = ground_below(scene, record) * sign, scene.depth * sign, scene.depth_tail * sign
-    tol = margin * scene.depth_range
+    g, d = ground_below(scene, record) * sign, scene.depth * sign
+    tol = scene.config.min_range_margin * scene.depth_range
     with np.errstate(invalid="ignore"):
-        grounded = free & (d - g <= tol) & (tail - d <= tol)
+        grounded = free & (d - g <= tol) & scene.depth_solid
         return grounded[near] & grounded[far] & (g[near] - g[far] >= tol)

@@ -91,7 +91,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         if not record.depth.metric:
             # An open shape (an umbrella's canopy) reads as what its box shows behind it; on metric
             # depth object_depth refuses it, on relative depth its own nearest part gives it away.
-            solid = _solid(scene, config)
+            solid = scene.depth_solid
             sieve.check("depth_uniform", solid[per] & solid[obj], "depth_mixed")
         # Every focal length at once: a leading axis (the same element-wise arithmetic as one call each).
         f = focal[:, None, None]
@@ -110,16 +110,6 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     predicate = np.where(person_left, "left_of", "right_of")
     sieve.evidence["box_gap"] = gap
     return Generated(Candidates(sieve, obj, per, predicate), sieve.drops)
-
-
-def _solid(scene, config: VerifyConfig) -> np.ndarray:
-    """Per object, whether its relative depth is its own: not refused for mixing near and far
-    pixels, and its own nearest part (:attr:`.verify.Scene.depth_tail`) within ``min_range_margin``
-    of the image's depth range of its depth."""
-    sign = 1.0 if scene.record.depth.kind == "inverse_depth" else -1.0  # nearness order: larger = nearer
-    with np.errstate(invalid="ignore"):
-        near_part = (scene.depth_tail - scene.depth) * sign
-        return ~scene.depth_mixed & (near_part <= config.min_range_margin * scene.depth_range)
 
 
 def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray, width: int, focal: float,

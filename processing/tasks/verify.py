@@ -691,37 +691,49 @@ class Scene:
         return 0.0 if q is None else q[1] - q[0]
 
     @_cached
-    def shift_bounds(self) -> tuple[float, float] | None:
-        """Bounds ``(lo, hi)`` on the unknown shift ``t`` of relative inverse depth (true inverse
-        depth ``~ value - t``), or None without two valid pixels.
-
-        With ``a``, ``b`` the inverse depth of the image's far and near end (``range_quantiles``):
-        nothing visible lies beyond infinity, so ``t <= a``; the far end is at least
-        ``min_far_near_ratio`` (``R``) times as far as the near end, ``(b - t) >= R (a - t)``, so
-        ``t >= (R a - b) / (R - 1)``. For non-metric ``kind="depth"`` the values are inverted first.
-        """
+    def _far_near(self) -> tuple[float, float] | None:
+        """Inverse depth ``(a, b)`` of the image's far and near end (``range_quantiles``; non-metric
+        ``kind="depth"`` inverted first), or None without two valid pixels or a positive depth."""
         q = self._range_values
         if q is None:
             return None
         if self.record.depth.kind == "inverse_depth":
-            a, b = q
-        else:
-            if q[0] <= 0:
-                return None
-            a, b = 1.0 / q[1], 1.0 / q[0]
-        return _shift_at(a, b, self.config.min_far_near_ratio), a
+            return q
+        if q[0] <= 0:
+            return None
+        return 1.0 / q[1], 1.0 / q[0]
+
+    @_cached
+    def shift_bounds(self) -> tuple[float, float] | None:
+        """Bounds ``(lo, hi)`` on the unknown shift ``t`` of relative inverse depth (true inverse
+        depth ``~ value - t``), or None without two valid pixels.
+
+        With ``a``, ``b`` the inverse depth of the image's far and near end (:attr:`_far_near`):
+        nothing visible lies beyond infinity, so ``t <= a``; the far end is at least
+        ``min_far_near_ratio`` (``R``) times as far as the near end, ``(b - t) >= R (a - t)``, so
+        ``t >= (R a - b) / (R - 1)``.
+        """
+        ends = self._far_near
+        return None if ends is None else (_shift_at(*ends, self.config.min_far_near_ratio), ends[0])
 
     @_cached
     def flat_shift(self) -> float | None:
         """The shift of relative inverse depth at which the image's far end is only
         ``flat_far_near_ratio`` times as far as its near end (the flattest view assumed: a wall just
         behind the objects), below :attr:`shift_bounds`; None where those are None."""
-        bounds = self.shift_bounds
-        if bounds is None:
-            return None
-        q = self._range_values
-        a, b = q if self.record.depth.kind == "inverse_depth" else (1.0 / q[1], 1.0 / q[0])
-        return _shift_at(a, b, self.config.flat_far_near_ratio)
+        ends = self._far_near
+        return None if ends is None else _shift_at(*ends, self.config.flat_far_near_ratio)
+
+    @_cached
+    def depth_solid(self) -> np.ndarray:
+        """Per object, whether its (relative) depth is its own: not refused for mixing near and far
+        pixels, and its own nearest part (:attr:`depth_tail`) no more than ``min_range_margin`` of
+        the image's depth range nearer than its depth (else an open shape, an umbrella whose box
+        shows mostly what is behind it: its depth is that of the background)."""
+        sign = -1.0 if self.record.depth.kind == "depth" else 1.0  # nearness order: larger = nearer
+        with np.errstate(invalid="ignore"):
+            near_part = (self.depth_tail - self.depth) * sign
+            return ~self.depth_mixed & (near_part <= self.config.min_range_margin * self.depth_range)
 
     @_cached
     def focal_lengths(self) -> tuple[np.ndarray, str]:
