@@ -102,15 +102,8 @@ def select_balanced(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> tuple[l
     choice of as many as the smaller) and pairs of one label come in an even number per task, form
     and label (one of an odd number is dropped: :func:`twin_phrasings` phrases them two by two),
     and how many rows each task loses."""
-    groups: dict[tuple, dict[bool, list[int]]] = defaultdict(lambda: {True: [], False: []})
-    alike: dict[tuple, list[int]] = defaultdict(list)
     keep = [True] * len(rows)
-    for k, row in enumerate(rows):
-        key = balance_key(row)
-        if key is not None:
-            groups[key[0]][key[1]].append(k)
-        elif row["task"] in CANONICAL:
-            alike[_alike_key(row)].append(k)
+    groups, alike = _grouped(rows, keep)
     cost: Counter = Counter()
     for (task, *_), members in alike.items():
         if len(members) % 2:  # pairs of one label are phrased two by two (twin_phrasings): one is left over
@@ -183,16 +176,7 @@ def twin_phrasings(rows: Sequence[Mapping[str, Any]], keep: Sequence[bool], seed
     differ. The choices are seeded by the pair's ids; a row left over keeps its phrasing.
     ``_swap_depths`` (near_far): the new fact's subject is the old one's object.
     """
-    groups: dict[tuple, dict[bool, list[int]]] = defaultdict(lambda: {True: [], False: []})
-    alike: dict[tuple, list[int]] = defaultdict(list)
-    for k, row in enumerate(rows):
-        if not keep[k] or row["task"] not in CANONICAL:
-            continue
-        key = balance_key(row)
-        if key is not None:
-            groups[key[0]][key[1]].append(k)
-        else:
-            alike[_alike_key(row)].append(k)
+    groups, alike = _grouped(rows, keep)
     rank = lambda k: _rank(seed, rows[k]["id"])  # noqa: E731
     out: dict[int, dict[str, Any]] = {}
     for key, sides in groups.items():
@@ -213,6 +197,22 @@ def twin_phrasings(rows: Sequence[Mapping[str, Any]], keep: Sequence[bool], seed
             out[k1] = rephrase(rows[k1], template, holder(rows[k1]), [True, True])
             out[k2] = rephrase(rows[k2], template, 1 - holder(rows[k2]), [True, True])
     return out
+
+
+def _grouped(rows: Sequence[Mapping[str, Any]], keep: Sequence[bool]) -> tuple[dict, dict]:
+    """The kept relation rows by group: ``{group: {side: [index, ...]}}`` (:func:`balance_key`)
+    and, for pairs of one label, ``{(task, form, label): [index, ...]}`` (:func:`_alike_key`)."""
+    groups: dict[tuple, dict[bool, list[int]]] = defaultdict(lambda: {True: [], False: []})
+    alike: dict[tuple, list[int]] = defaultdict(list)
+    for k, row in enumerate(rows):
+        if not keep[k] or row["task"] not in CANONICAL:
+            continue
+        key = balance_key(row)
+        if key is not None:
+            groups[key[0]][key[1]].append(k)
+        else:
+            alike[_alike_key(row)].append(k)
+    return groups, alike
 
 
 def _alike_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
