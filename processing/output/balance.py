@@ -178,12 +178,18 @@ def twin_phrasings(rows: Sequence[Mapping[str, Any]], keep: Sequence[bool], seed
     """
     groups, alike = _grouped(rows, keep)
     rank = lambda k: _rank(seed, rows[k]["id"])  # noqa: E731
+
+    def draw(task: str, form: str, k1: int, k2: int):
+        """The pair's seeded draw: its template and the number it came from."""
+        pick = int.from_bytes(_rank(seed, f"twin\x1f{rows[k1]['id']}\x1f{rows[k2]['id']}"), "big")
+        pool = _forms(task, form)
+        return pool[pick % len(pool)], pick
+
     out: dict[int, dict[str, Any]] = {}
     for key, sides in groups.items():
         task, form, *pair = key
         for k1, k2 in zip(sorted(sides[True], key=rank), sorted(sides[False], key=rank)):
-            pick = int.from_bytes(_rank(seed, f"twin\x1f{rows[k1]['id']}\x1f{rows[k2]['id']}"), "big")
-            template = _forms(task, form)[pick % len(_forms(task, form))]
+            template, pick = draw(task, form, k1, k2)
             first_label = pair[(pick >> 8) & 1] if task != "perspective" else None
             boxed = {label: _boxed(rows[k1], label) or _boxed(rows[k2], label) for label in pair}
             for k in (k1, k2):
@@ -192,8 +198,7 @@ def twin_phrasings(rows: Sequence[Mapping[str, Any]], keep: Sequence[bool], seed
     for (task, form, _), members in alike.items():
         members = sorted(members, key=rank)
         for k1, k2 in zip(members[0::2], members[1::2]):
-            pick = int.from_bytes(_rank(seed, f"twin\x1f{rows[k1]['id']}\x1f{rows[k2]['id']}"), "big")
-            template = _forms(task, form)[pick % len(_forms(task, form))]
+            template, _ = draw(task, form, k1, k2)
             out[k1] = rephrase(rows[k1], template, holder(rows[k1]), [True, True])
             out[k2] = rephrase(rows[k2], template, 1 - holder(rows[k2]), [True, True])
     return out
