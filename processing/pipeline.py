@@ -113,7 +113,7 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        for name in ("out", "annotations", "images", "class_descriptions", "image_labels", "depth_dir", "detections"):
+        for name in ("out", *_PATH_FIELDS):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, os.fspath(value))
