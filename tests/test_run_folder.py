@@ -19,7 +19,7 @@ import pytest
 from _pipeline_fixtures import build_crashing, make_coco_scene, make_folder, save_image, toy_generate
 
 from spatialforge.processing.executors.local import ShardFailed
-from spatialforge.processing.output.run_folder import OutputFolderError, RunFolder, file_identity
+from spatialforge.processing.output.run_folder import HASH_SPAN, OutputFolderError, RunFolder, file_identity
 from spatialforge.processing.pipeline import GenerateConfig, generate
 
 HERE = Path(__file__).parent
@@ -281,7 +281,7 @@ def test_an_annotation_file_changed_in_place_refuses_the_run_by_its_hash(tmp_pat
         generate(_scene_cfg(scene, out))
 
 
-@pytest.mark.parametrize("size", [0, 10, 64 * 1024, 64 * 1024 + 1, 300 * 1024])
+@pytest.mark.parametrize("size", [0, 10, HASH_SPAN, HASH_SPAN + 1, 2 * HASH_SPAN + 1, 300 * 1024])
 def test_file_identity_sees_a_change_at_either_end(tmp_path, size):
     path = tmp_path / "f.bin"
     data = bytearray(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes())
