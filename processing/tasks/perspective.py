@@ -64,8 +64,14 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     sieve.check("box_separation", gap >= config.min_box_gap, "boxes_overlap_x")
     cx = scene.x_center
     image_left = cx[obj] < cx[per]  # the object is on the image's left of the person
-    turn = _max_turns(record, persons, config)[per]
-    if config.lateral_check and record.depth is not None:
+    # What follows only decides candidates still alive (a dropped one is counted once, by its first
+    # failed check): the keypoints of people without one are not read, and the depth checks are
+    # skipped when none is left (the rows and drop counts are the same).
+    alive = sieve.alive
+    asked = np.zeros(scene.n, dtype=bool)
+    asked[per[alive]] = True
+    turn = _max_turns(record, [k for k in persons if asked[k]], config)[per]
+    if config.lateral_check and record.depth is not None and alive.any():
         d = scene.depth
         focal, _ = scene.focal_lengths
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -129,8 +135,8 @@ def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray
 
 
 def _max_turns(record: Record, persons: list[int], config: VerifyConfig) -> np.ndarray:
-    """Per object, the largest turn (degrees) its keypoints allow (:func:`.facing.max_turn_deg`);
-    ``perspective_max_yaw_deg`` for people without keypoints; NaN for the others."""
+    """Per object, the largest turn (degrees) its keypoints allow (:func:`.facing.max_turn_deg`) for
+    the people ``persons``; ``perspective_max_yaw_deg`` for those without keypoints; NaN for the others."""
     det = record.objects
     out = np.full(len(det), np.nan)
     for k in persons:
