@@ -108,3 +108,38 @@ def test_the_correlated_demo_reports_baseline_and_cost_in_its_cards(tmp_path):
         assert cost > 0 and f"{cost:,}" in card
     with pytest.raises(ValueError, match="family"):
         run_demo(tmp_path / "e", scenes=1, family="nope")
+
+
+def test_the_column_pair_products_are_the_dense_ones():
+    """On a vocabulary large against the features of a row, the Hessian comes from the column pairs
+    each row has; it, ``X @ w`` and ``X.T @ r`` must be the dense matrix's own products."""
+    from spatialforge.processing.output.balance import _Design
+
+    rng = np.random.default_rng(3)
+    width = 400
+    columns = [np.array(sorted(rng.choice(width - 1, size=rng.integers(1, 12), replace=False).tolist() + [width - 1]))
+               for _ in range(300)]
+    design = _Design(columns, width)
+    assert design.dense is None  # 400 features against at most 12 a row: the column-pair path
+    dense = np.zeros((len(columns), width))
+    for k, c in enumerate(columns):
+        dense[k, c] = 1.0
+    w, h = rng.normal(size=width), rng.random(len(columns))
+    np.testing.assert_allclose(design.dot(w), dense @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(design.tdot(h), dense.T @ h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(design.gram(h), dense.T @ (dense * h[:, None]), rtol=1e-12, atol=1e-12)
+
+
+def test_both_hessians_give_the_same_baseline(monkeypatch):
+    from spatialforge.processing.output import balance
+
+    rng = np.random.default_rng(1)
+    targets = rng.random(300) < 0.5
+    words = [a + b + c for a in "bcdfg" for b in "aeiou" for c in "lmnrst"]  # 150 words: a vocabulary larger than any row
+    rows = _rows(targets, np.where(targets & (rng.random(300) < 0.7), "red", rng.choice(words, 300)))
+    results = {}
+    for name, factor in (("dense", float("inf")), ("pairs", 0.0)):
+        monkeypatch.setattr(balance._Design, "DENSE_FACTOR", factor)
+        results[name] = blind_baseline(rows)
+    assert results["dense"] == results["pairs"]
+    assert results["pairs"]["accuracy"] > results["pairs"]["majority"] + 0.15  # "red" tells most first-holds rows

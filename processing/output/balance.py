@@ -362,11 +362,11 @@ def _template_words() -> frozenset[str]:
     return frozenset(words)
 
 
-def _features(questions: Sequence[str]) -> np.ndarray:
+def _features(questions: Sequence[str]) -> _Design:
     """Bag of words and word pairs (binary), the other words numbered by the run of them they are
     in (``1:cup``, ``2:car``: which object is named first, as a reader of the sentence sees it;
     "the cup at [..] ... the car at [..]" and the other order have the same words and word pairs),
-    plus a bias column."""
+    plus a bias column (the last)."""
     template = _template_words()
     docs = []
     for q in questions:
@@ -382,22 +382,67 @@ def _features(questions: Sequence[str]) -> np.ndarray:
             doc.add(f"{run}:{word}")
         docs.append(doc)
     vocab = {t: i for i, t in enumerate(sorted(set().union(*docs)))} if docs else {}
-    x = np.zeros((len(docs), len(vocab) + 1))
-    for i, d in enumerate(docs):
-        x[i, [vocab[t] for t in d]] = 1.0
-    x[:, -1] = 1.0
-    return x
+    bias = len(vocab)
+    return _Design([np.array(sorted([vocab[t] for t in d]) + [bias], dtype=np.intp) for d in docs], bias + 1)
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 25) -> np.ndarray:
-    """L2-regularized logistic regression by Newton's method (numpy only)."""
-    w = np.zeros(x.shape[1])
-    reg = np.full(x.shape[1], l2)
+class _Design:
+    """A binary feature matrix, by row as its columns: a question has a few dozen features of a
+    vocabulary that grows to thousands once hundreds of labels show up.
+
+    ``gram(h)`` is ``X.T @ diag(h) @ X``. For a small vocabulary, one dense product costs least
+    (rows x vocabulary squared). For a large one, the sum over the column pairs each row has costs
+    rows x features-per-row squared instead: at 20,000 rows of 365 labels' questions (2,088
+    features), 1.6 s a fit against 13 s. Both give the same weights to rounding.
+    """
+
+    DENSE_FACTOR = 400  # dense while vocabulary squared <= this x the mean pairs per row (BLAS against bincount)
+
+    def __init__(self, columns: Sequence[np.ndarray], width: int) -> None:
+        self.width = width
+        counts = np.array([len(c) for c in columns], dtype=np.intp)
+        self.starts = np.cumsum(counts) - counts
+        self.indices = np.concatenate(columns) if len(columns) else np.zeros(0, np.intp)
+        self.row_of = np.repeat(np.arange(len(columns), dtype=np.int32), counts)
+        self.dense: np.ndarray | None = None
+        if width * width <= self.DENSE_FACTOR * max(float(np.mean(counts * counts)) if len(counts) else 0.0, 1.0):
+            self.dense = np.zeros((len(columns), width))
+            self.dense[self.row_of, self.indices] = 1.0
+            return
+        wide = np.int64 if width * width >= 2**31 else np.int32
+        self.pairs = np.concatenate([(c[:, None] * width + c[None, :]).ravel() for c in columns]).astype(wide)
+        self.pair_row = np.repeat(np.arange(len(columns), dtype=np.int32), counts * counts)
+
+    def dot(self, w: np.ndarray) -> np.ndarray:
+        """``X @ w`` (every row has its bias column, so none is empty)."""
+        if self.dense is not None:
+            return self.dense @ w
+        return np.add.reduceat(w[self.indices], self.starts)
+
+    def tdot(self, r: np.ndarray) -> np.ndarray:
+        """``X.T @ r``."""
+        if self.dense is not None:
+            return self.dense.T @ r
+        return np.bincount(self.indices, weights=r[self.row_of], minlength=self.width)
+
+    def gram(self, h: np.ndarray) -> np.ndarray:
+        """``X.T @ diag(h) @ X`` (features x features)."""
+        if self.dense is not None:
+            return (self.dense * h[:, None]).T @ self.dense
+        return np.bincount(self.pairs, weights=h[self.pair_row], minlength=self.width * self.width).reshape(
+            self.width, self.width)
+
+
+def _fit_logistic(x: _Design, y: np.ndarray, weight: np.ndarray, l2: float = 1.0, iterations: int = 25) -> np.ndarray:
+    """L2-regularized logistic regression by Newton's method (numpy only), each row's loss times
+    its ``weight`` (0: a held-out row)."""
+    w = np.zeros(x.width)
+    reg = np.full(x.width, l2)
     reg[-1] = 0.0  # no penalty on the bias
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
-        grad = x.T @ (p - y) + reg * w
-        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(reg + 1e-9)
+        p = 1.0 / (1.0 + np.exp(-np.clip(x.dot(w), -30, 30)))
+        grad = x.tdot(weight * (p - y)) + reg * w
+        hess = x.gram(weight * p * (1 - p)) + np.diag(reg + 1e-9)
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-6:
@@ -434,9 +479,9 @@ def blind_baseline(rows: Sequence[Mapping[str, Any]], folds: int = 5, seed: int 
         fold = text_folds(draw, texts, y, folds)
         correct = 0
         for f in range(folds):
-            train, test = fold != f, fold == f
-            w = _fit_logistic(x[train], y[train])
-            correct += int(((x[test] @ w > 0) == (y[test] > 0.5)).sum())
+            test = fold == f
+            w = _fit_logistic(x, y, (~test).astype(float))
+            correct += int(((x.dot(w)[test] > 0) == (y[test] > 0.5)).sum())
         accuracies.append(correct / len(order))
     accuracy = float(np.mean(accuracies))
     majority = float(max(y.mean(), 1 - y.mean()))
