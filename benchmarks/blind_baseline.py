@@ -76,7 +76,7 @@ def main() -> None:
     t0 = time.perf_counter()
     base = relation_rows(args.task, args.scenes, args.seed)
     rows = relabeled(base, args.rows, args.seed)
-    design = balance._features([r["question"] for r in rows])
+    design = balance._features([balance.question_words(r["question"]) for r in rows])
     print(f"inputs: {len(rows)} {args.task} rows dealt from {len(base)} of {args.scenes} scenes, labels redrawn from "
           f"{len(OBJECTS365_CATEGORIES)} categories; {design.width} features, "
           f"{'dense' if design.dense is not None else 'column-pair'} Hessian chosen ({time.perf_counter() - t0:.1f}s to build)")

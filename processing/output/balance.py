@@ -135,16 +135,19 @@ def balance_rows(rows: Sequence[Mapping[str, Any]], seed: int = 0) -> tuple[list
 
 
 _REPHRASED = ("question", "answer", "objects", "fact", "verification")
+_READ = ("id", "task", "question", "answer", "objects", "fact")  # the columns rebalance selects rows by
 
 
-def _rephrased(table, changed: Mapping[int, Mapping[str, Any]]):
+def _rephrased(table, changed: Mapping[int, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]):
     """``table`` with the rows at the indices of ``changed`` rephrased (:func:`_apply`), each
-    validated; only the columns a phrasing touches are rebuilt."""
+    validated; only the columns a phrasing touches are rebuilt. ``rows``: the table's rows as
+    :func:`rebalance` read them (the columns of :data:`_READ`), not converted again."""
     import pyarrow as pa
 
     from ...builders.schema import validate_row
 
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    columns = {name: [r[name] for r in rows] if name in _READ else table.column(name).to_pylist()
+               for name in table.column_names}
     for k, fields in changed.items():
         row = _apply({name: columns[name][k] for name in table.column_names}, fields)
         validate_row(row)
@@ -323,7 +326,7 @@ def rebalance(out_dir: str | os.PathLike, seed: int = 0, tasks: Sequence[str] = 
                 tmp.write_bytes(path.read_bytes())
                 os.replace(tmp, store / path.name)
         tables = [_read(store / p.name) for p in paths]
-        rows = [r for t in tables for r in t.select(["id", "task", "question", "answer", "objects", "fact"]).to_pylist()]
+        rows = [r for t in tables for r in t.select(list(_READ)).to_pylist()]
         keep, lost = select_balanced(rows, seed)
         cost.update(lost)
         twins = twin_phrasings(rows, keep, seed)
@@ -331,9 +334,9 @@ def rebalance(out_dir: str | os.PathLike, seed: int = 0, tasks: Sequence[str] = 
         for path, table in zip(paths, tables):
             mask = keep[start:start + table.num_rows]
             changed = {k - start: v for k, v in twins.items() if start <= k < start + table.num_rows}
-            start += table.num_rows
             if changed:
-                table = _rephrased(table, changed)
+                table = _rephrased(table, changed, rows[start:start + table.num_rows])
+            start += table.num_rows
             kept = table.filter(pa.array(mask, type=pa.bool_()))
             kept = kept.replace_schema_metadata({**(table.schema.metadata or {}), REBALANCED: b"1"})
             tmp = path.with_name(f"{path.name}.rebalance-{os.getpid()}")
@@ -362,15 +365,14 @@ def _template_words() -> frozenset[str]:
     return frozenset(words)
 
 
-def _features(questions: Sequence[str]) -> _Design:
-    """Bag of words and word pairs (binary), the other words numbered by the run of them they are
-    in (``1:cup``, ``2:car``: which object is named first, as a reader of the sentence sees it;
-    "the cup at [..] ... the car at [..]" and the other order have the same words and word pairs),
-    plus a bias column (the last)."""
+def _features(questions: Sequence[Sequence[str]]) -> _Design:
+    """Of each question's words (:func:`question_words`): bag of words and word pairs (binary),
+    the other words numbered by the run of them they are in (``1:cup``, ``2:car``: which object is
+    named first, as a reader of the sentence sees it; "the cup at [..] ... the car at [..]" and the
+    other order have the same words and word pairs), plus a bias column (the last)."""
     template = _template_words()
     docs = []
-    for q in questions:
-        w = question_words(q)
+    for w in questions:
         doc = set(w) | {f"{a} {b}" for a, b in zip(w, w[1:])}
         run, inside = 0, False
         for word in w:
@@ -392,8 +394,9 @@ class _Design:
 
     ``gram(h)`` is ``X.T @ diag(h) @ X``. For a small vocabulary, one dense product costs least
     (rows x vocabulary squared). For a large one, the sum over the column pairs each row has costs
-    rows x features-per-row squared instead: at 20,000 rows of 365 labels' questions (2,088
-    features), 1.6 s a fit against 13 s. Both give the same weights to rounding.
+    rows x features-per-row squared instead: at 20,000 rows of 365 labels' questions (2,107
+    features), 1.8 s a fit against 14 s on one core (``benchmarks/blind_baseline.py``). Both give
+    the same weights to rounding.
     """
 
     DENSE_FACTOR = 400  # dense while vocabulary squared <= this x the mean pairs per row (BLAS against bincount)
@@ -470,8 +473,9 @@ def blind_baseline(rows: Sequence[Mapping[str, Any]], folds: int = 5, seed: int 
     if len(order) > BLIND_MAX_ROWS:
         order = order[:BLIND_MAX_ROWS]
     y = np.array([first_holds(rows[k]) for k in order], float)
-    texts = [" ".join(question_words(rows[k]["question"])) for k in order]
-    x = _features([rows[k]["question"] for k in order])
+    words = [question_words(rows[k]["question"]) for k in order]
+    texts = [" ".join(w) for w in words]
+    x = _features(words)
     accuracies = []
     for r in range(repeats):
         # Repeat 0 keeps the sample's own order; later repeats deal the rows to folds afresh.
