@@ -143,6 +143,22 @@ def test_near_far_far_object_inside_a_near_objects_box_keeps_its_own_depth(cover
         assert rec.drops == Counter({"near_far/depth_invalid": 2})
 
 
+def test_near_far_object_inside_a_mixed_containers_box_gets_no_depth():
+    # A person 8 m away stands inside the box of an umbrella whose canopy, tilted, runs from 2.5 m
+    # on the left to 5 m on the right across the top of its box; below it the box shows the
+    # background (20 m) and the person. The umbrella's own depth is mixed (its canopy is much
+    # nearer than the rest of its box), so no single depth marks its pixels: removing the pixels
+    # near its depth from the person's box leaves canopy, read as the person at 3.9 m, "nearer
+    # than the lamp" at 6.5 m, which is wrong. The person gets no depth instead.
+    rec = make_record([("umbrella", [20, 5, 150, 98], 20.0), ("person", [70, 12, 100, 95], 8.0), ("lamp", [160, 20, 195, 80], 6.5)])
+    rec.depth.values[5:45, 20:150] = np.linspace(2.5, 5.0, 130, dtype=np.float32)[None, :]  # the canopy
+    rec.depth.values[45:98, 84:86] = 3.8  # its pole
+    rec = run(rec, tasks=["near_far"])
+    assert rec.rows == []
+    # umbrella: mixed, its pairs counted once; the person: no depth, both its pairs
+    assert rec.drops == Counter({"near_far/depth_mixed": 1, "near_far/depth_invalid": 2})
+
+
 def test_near_far_second_depth_signal_must_agree():
     rec = make_record(SCENE)
     alt = make_record([(lab, box, {"cup": 4.0, "dog": 2.0, "lamp": 1.0}[lab]) for lab, box, _ in SCENE]).depth
@@ -272,6 +288,21 @@ def test_referring_refuses_group_and_depiction_boxes():
     rec = run(make_record(SCENE, is_group=[True, False, False], is_depiction=[False, True, False]), tasks=["referring"])
     assert [r["objects"][0]["label"] for r in rec.rows] == ["lamp"]
     assert rec.drops == Counter({"referring/group_box": 1, "referring/depiction": 1})
+
+
+@pytest.mark.parametrize(("box_source", "config", "labels"), [
+    ("file:detections.json", VerifyConfig(), ["car"]),  # a detector's 6x16 px box: not asked about
+    ("model:some/detector", VerifyConfig(), ["car"]),
+    ("annotation", VerifyConfig(), ["person", "car"]),  # the same box drawn by a person is
+    ("file:detections.json", VerifyConfig(min_detected_box_pixels=0), ["person", "car"]),
+])
+def test_referring_refuses_a_detectors_box_too_small_to_make_out(box_source, config, labels):
+    # 320x240: the relative floor (0.0005 of the image, 38 px) lets a 6x16 px person through.
+    rec = make_record([("person", [96, 79, 102, 95], 16.0), ("car", [150, 100, 230, 160], 9.0)], size=(320, 240))
+    rec.box_source = box_source
+    rec = run(rec, tasks=["referring"], config=config)
+    assert [r["objects"][0]["label"] for r in rec.rows] == labels
+    assert rec.drops == (Counter({"referring/box_too_small": 1}) if len(labels) == 1 else Counter())
 
 
 # ----------------------------------------------------------------------------------- grounding
@@ -420,7 +451,8 @@ def test_object_depth_conventions_and_refusals():
 @pytest.mark.parametrize(
     ("field", "value"),
     [("min_depth_margin", 1.5), ("depth_shrink", 0.5), ("count_max", -1), ("range_quantiles", (0.9, 0.1)),
-     ("perspective_max_yaw_deg", 95.0), ("near_share_ratio", 0.0), ("depth_max_samples", 4)],
+     ("perspective_max_yaw_deg", 95.0), ("near_share_ratio", 0.0), ("depth_max_samples", 4),
+     ("min_detected_box_pixels", -1.0)],
 )
 def test_verify_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

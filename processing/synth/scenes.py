@@ -1045,17 +1045,24 @@ def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | N
 
 def variant_record(scene: Scene, variant: Variant, source: str = "objects365", detector: bool = False):
     """:func:`scene_record` of ``scene`` as ``variant`` observes it (boxes, keypoints, depth);
-    ``detector``: with :func:`detector_objects` beside the annotations, as :func:`variant_detector`
-    says the variant's detector sees the scene."""
+    ``detector``: with :func:`detector_objects` beside the annotations (the record's boxes where it
+    has no annotated one), as :func:`variant_detector` says the variant's detector sees the scene."""
     if variant.depth is None:
         record = scene_record(scene, source, noise=variant.annotations)
     else:
         record = scene_record(scene, source, depth=observed_depth(scene, variant.depth), depth_kind="inverse_depth",
                               noise=variant.annotations)
     if detector:
-        from ..records import DETECTOR_OBJECTS
+        from ..perception.detection import attach_detections, check_threshold, detections_from_transformers
+        from ..pipeline import GenerateConfig
 
-        record.meta[DETECTOR_OBJECTS] = detector_objects(scene, variant_detector(variant))
+        # As `generate --detections` attaches them: beside the annotations, or as the boxes of an
+        # image the annotations have none for (then at the default --detector-threshold).
+        found = detector_objects(scene, variant_detector(variant))
+        threshold = check_threshold(record, GenerateConfig.__dataclass_fields__["detector_threshold"].default, beside=True)
+        det, drops = detections_from_transformers({"boxes": found.xyxy, "scores": found.scores, "text_labels": found.labels},
+                                                  None, record.width, record.height, threshold, None, 1.0)
+        attach_detections(record, det, drops, "file:detector", beside=True)
     return record
 
 

@@ -69,7 +69,7 @@ CHECKS = (
     "single_instance",  # no group/crowd box involved
     "not_depiction",  # no drawing/photo of the thing
     "score",  # box score >= min_score
-    "min_box_area",  # every box of the row >= min_box_area
+    "min_box_area",  # every box of the row >= min_box_area (a detector's boxes: and >= min_detected_box_pixels)
     "instance_count",  # grounding: <= grounding_max_instances; counting: count in [count_min, count_max]
     "unambiguous_region",  # referring: no box of another label overlaps the region heavily
     "depth_valid",  # near_far: both objects have a robust depth (enough valid, unoccluded pixels)
@@ -116,6 +116,12 @@ class VerifyConfig:
 
     # --- every task
     min_box_area: float = 0.0005  # smallest box, fraction of image area (0.0005 ~ 12x12 px at 518x518)
+    # Boxes a detector made (a model or a detections file, not the source annotations): also at least
+    # this many pixels of the image's own grid, whatever its size. Under 12x12 px a box is less than
+    # one 14-px patch of the vision encoders that read the rows, no person drew it, and a detector
+    # reports far more of them than anyone can make out (a 5x15 px person 20 m away); the relative
+    # floor alone lets 38 px through at 320x240.
+    min_detected_box_pixels: float = 144.0
     min_score: float = 0.0  # boxes scored below this (detector output) are not asked about
     # --- robust object depth
     depth_shrink: float = 0.2  # fraction of the box width/height removed on each side before sampling
@@ -193,6 +199,8 @@ class VerifyConfig:
             raise ValueError(f"near_share_ratio must be in (0, 1), got {self.near_share_ratio!r}")
         if not 0.0 <= self.depth_shrink < 0.5:
             raise ValueError(f"depth_shrink must be in [0, 0.5), got {self.depth_shrink!r}")
+        if not self.min_detected_box_pixels >= 0.0:
+            raise ValueError(f"min_detected_box_pixels must be >= 0, got {self.min_detected_box_pixels!r}")
         if self.depth_max_samples < 16:
             raise ValueError(f"depth_max_samples must be >= 16, got {self.depth_max_samples!r}")
         lo, hi = self.range_quantiles
@@ -440,7 +448,8 @@ class Scene:
         self.xyxy = np.minimum(np.maximum(det.xyxy, 0.0), size)  # clipped to the image (np.clip is slower)
         self.boxes = normalize_bboxes(self.xyxy, rec.width, rec.height)  # the schema's rule, one numpy pass
         self.labels = det.labels
-        self.area_frac = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1]) / (rec.width * rec.height)
+        self.area_px = (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
+        self.area_frac = self.area_px / (rec.width * rec.height)
         self.label_count = Counter(self.labels)
         exhaustive = rec.exhaustive_labels
         self.exhaustive = {label: exhaustive is None or label in exhaustive for label in self.label_count}
@@ -454,7 +463,8 @@ class Scene:
             "single_instance": ~det.is_group,
             "not_depiction": ~det.is_depiction,
             "score": det.scores >= cfg.min_score,
-            "min_box_area": self.area_frac >= cfg.min_box_area,
+            "min_box_area": (self.area_frac >= cfg.min_box_area if self.record.box_source == "annotation" else
+                             (self.area_frac >= cfg.min_box_area) & (self.area_px >= cfg.min_detected_box_pixels)),
         }
 
     @_cached
@@ -597,7 +607,8 @@ class Scene:
         contains the whole object cannot be subtracted, so pass 2 removes the pixels whose depth
         is within ``container_tolerance`` of that container's own pass-1 depth: a far object
         peeking out inside a near object's box keeps only its own pixels, a cup on a table keeps
-        the cup. An object whose container has no depth gets none either.
+        the cup. An object whose container has no depth, or a mixed one (too many of its pixels much
+        nearer than its depth: no single depth marks its pixels), gets none either.
         """
         cfg, rec = self.config, self.record
         sx, sy = depth.width / rec.width, depth.height / rec.height
@@ -608,11 +619,14 @@ class Scene:
         args = (depth.kind, cfg.depth_quantile, cfg.min_valid_fraction, cfg.near_share_ratio)
         first, near, _ = samples.robust(*args)
         values = first.copy()
+        # A container whose own pixels are not at one depth (mixed: an umbrella's canopy spanning
+        # meters, seen against what lies behind it) leaves pixels outside its depth's tolerance.
+        first_mixed = near > cfg.max_near_share
         for k in np.flatnonzero(contains.any(1)).tolist():
             if np.isnan(values[k]):
                 continue
             reject = first[contains[k]]
-            if not (np.isfinite(reject).all() and (reject > 0).all()):
+            if not (np.isfinite(reject).all() and (reject > 0).all()) or first_mixed[contains[k]].any():
                 values[k] = np.nan
                 continue
             with np.errstate(invalid="ignore", divide="ignore"):
