@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "6375170b14d894d945fd1093acb2b7865f3404f762ee043b9fbcbd0e7886bad8"
+PINNED = "8b00623792bfed55bdf3dd8c196e60b7794eb68ccf69207e34ef2149495bac2f"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from spatialforge.processing.perception.facing import facing_from_keypoints, max_turn_deg
+from spatialforge.processing.perception.facing import TurnPrior, facing_from_keypoints, max_turn_deg
 from spatialforge.processing.records import DepthMap, Detections, Record
 from spatialforge.processing.tasks.step import TaskStep
 from spatialforge.processing.tasks.verify import VerifyConfig
@@ -109,6 +109,22 @@ def test_person_turned_10_degrees_keeps_an_object_beside_them():
 @pytest.mark.parametrize("theta", [0, 10, 30, 50, 70])
 def test_turn_bound_is_never_below_the_true_turn(theta):
     assert max_turn_deg(keypoints(theta)) >= theta
+
+
+def test_turn_bound_holds_for_a_small_person_with_one_hip_missing():
+    # Detector-like keypoints of a person 19 px tall, turned 28 degrees from facing straight away
+    # (the scene's truth), the left hip dropped: the right hip alone stands for the hips' midpoint,
+    # and the torso (shoulders to that hip) reads 5.3 px where it is 5.5. Taken as the midpoint,
+    # that hip bounded the turn at 18.7 degrees, and the perspective row came out mirrored.
+    kp = np.zeros((17, 3), np.float32)
+    kp[[5, 6, 12]] = [[1.44, 154.5, 2], [7.98, 153.23, 2], [6.79, 158.7, 2]]
+    assert facing_from_keypoints(kp)[0] == "away_from_camera"
+    assert max_turn_deg(kp) >= 28
+    # Ten times larger (the pixel floor out of play): the one-sided midpoint alone keeps the bound.
+    big = kp.copy()
+    big[:, :2] *= 10
+    assert max_turn_deg(big) >= 28
+    assert max_turn_deg(big, prior=TurnPrior(keypoint_error_px=0.0)) == pytest.approx(max_turn_deg(big))
 
 
 def test_a_person_alone_gives_no_question():

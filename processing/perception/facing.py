@@ -157,14 +157,19 @@ class TurnPrior:
     Body ratios: adult shoulder joints are 0.32-0.42 m apart and 0.45-0.60 m above the hip joints,
     hip joints 0.16-0.26 m apart, so ``W / T <= 0.95`` for shoulders and ``<= 0.58`` for hips.
     ``keypoint_error``: how far a keypoint of score 1 may be off, as a share of the torso length
-    (a careful annotator or a good pose model); a keypoint of score ``s`` may be off by
-    ``keypoint_error / s``. People are assumed upright (a torso bent toward the camera looks short).
+    (a careful annotator or a good pose model), and at least ``keypoint_error_px`` pixels (COCO
+    keypoints are whole pixels, half a pixel off at best: on a person 20 px tall, whose torso is 6
+    px, that is a twelfth of it); a keypoint of score ``s`` may be off by that much over ``s``.
+    With one point of a pair seen, the pair's midpoint may lie up to half the pair's widest
+    separation (``max_*_ratio`` torso lengths) to either side of it. People are assumed upright (a
+    torso bent toward the camera looks short).
     """
 
     max_shoulder_ratio: float = 0.95
     max_hip_ratio: float = 0.58
     max_elevation_deg: float = 30.0  # the camera looks down on a person's torso at most this steeply
     keypoint_error: float = 0.05
+    keypoint_error_px: float = 0.5
 
 
 DEFAULT_TURN_PRIOR = TurnPrior()
@@ -182,13 +187,18 @@ def max_turn_deg(keypoints: np.ndarray, min_score: float = 0.3, prior: TurnPrior
     54.5
     """
     kp, scores, seen = _read_keypoints(keypoints, min_score)
-    err = [prior.keypoint_error / s if s > 0 else float("inf") for s in scores]
-    upper = _mid_or_side(kp, seen, err, LEFT_SHOULDER, RIGHT_SHOULDER)
-    lower = _mid_or_side(kp, seen, err, LEFT_HIP, RIGHT_HIP)
+    upper = _mid_or_side(kp, seen, LEFT_SHOULDER, RIGHT_SHOULDER)
+    lower = _mid_or_side(kp, seen, LEFT_HIP, RIGHT_HIP)
     if upper is None or lower is None:
         return 90.0
     torso = math.hypot(upper[0][0] - lower[0][0], upper[0][1] - lower[0][1])
-    torso_err = (upper[1] + lower[1]) * torso  # each end off by its keypoints' mean error
+    if torso <= 0.0:
+        return 90.0
+    unit = max(prior.keypoint_error, prior.keypoint_error_px / torso)  # a keypoint's error at score 1, in torsos
+    err = [unit / s if s > 0 else float("inf") for s in scores]
+    # each end off by its keypoints' mean error, and a one-sided end by half its pair's widest separation
+    ends = ((upper[1], prior.max_shoulder_ratio), (lower[1], prior.max_hip_ratio))
+    torso_err = sum(sum(err[k] for k in pts) / len(pts) + (ratio / 2 if len(pts) == 1 else 0.0) for pts, ratio in ends) * torso
     if torso <= torso_err:
         return 90.0
     cos_elev = math.cos(math.radians(prior.max_elevation_deg))
@@ -201,14 +211,14 @@ def max_turn_deg(keypoints: np.ndarray, min_score: float = 0.3, prior: TurnPrior
     return math.degrees(math.acos(min(best, 1.0)))
 
 
-def _mid_or_side(kp: list, seen: list[bool], err: list[float], a: int, b: int) -> tuple[tuple[float, float], float] | None:
-    """The midpoint of a keypoint pair (or the one point seen) and its points' mean error, or None."""
+def _mid_or_side(kp: list, seen: list[bool], a: int, b: int) -> tuple[tuple[float, float], list[int]] | None:
+    """The midpoint of a keypoint pair (or the one point seen) and the points it is made of, or None."""
     pts = [k for k in (a, b) if seen[k]]
     if not pts:
         return None
     x = sum(kp[k][0] for k in pts) / len(pts)
     y = sum(kp[k][1] for k in pts) / len(pts)
-    return (x, y), sum(err[k] for k in pts) / len(pts)
+    return (x, y), pts
 
 
 def _read_keypoints(keypoints: np.ndarray, min_score: float) -> tuple[list, list[float], list[bool]]:
