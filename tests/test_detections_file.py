@@ -18,7 +18,7 @@ from spatialforge.processing.perception.detections_file import DetectionsFromFil
 from spatialforge.processing.pipeline import GenerateConfig
 from spatialforge.processing.records import DETECTOR_OBJECTS, Detections, Record
 from spatialforge.processing.synth.demo import read_rows
-from spatialforge.processing.synth.evaluate import evaluate
+from spatialforge.processing.synth.evaluate import MIN_VISIBLE_PIXELS, evaluate
 from spatialforge.processing.synth.scenes import (
     DETECTOR_LIKE_DETECTOR,
     EXACT_DETECTOR,
@@ -81,8 +81,9 @@ def test_an_exact_detections_file_makes_every_task_exact_where_annotations_alone
 
 def test_counts_dropped_are_exactly_the_labels_with_an_instance_the_annotations_leave_out(layout, runs):
     scenes, _, _ = layout
-    # Truth: per image, the annotated labels of which some visible instance is not annotated.
-    want = sum(len({o.category for o in s.objects if not o.annotated and o.visible_pixels}
+    # Truth: per image, the annotated labels of which some visible instance (one that can be made
+    # out: MIN_VISIBLE_PIXELS) is not annotated.
+    want = sum(len({o.category for o in s.objects if not o.annotated and o.visible_pixels >= MIN_VISIBLE_PIXELS}
                    & {o.category for o in s.annotated}) for s in scenes)
     drops = stats_of(runs["exact"])["candidate_drops"]
     assert want > 0

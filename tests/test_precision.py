@@ -126,16 +126,15 @@ def test_narrow_scenes_of_earlier_releases_stay_exact():
 # Farther from the families above: scenes that repeat one label many times (umbrellas and people
 # inside each other's boxes), and people placed 12-30 m away behind near cars and benches (images
 # whose instances are all too small to annotate, where the detections become the boxes).
-WIDER = {
-    15: SceneConfig(duplicate_prob=0.9, objects=(6, 12)),
-    16: SceneConfig(people=(1, 4), distances=(("Person", 12.0, 30.0), ("Car", 4.0, 9.0), ("Bench", 3.0, 6.0))),
-}
+CROWDS = SceneConfig(duplicate_prob=0.9, objects=(6, 12))
+FAR_PEOPLE = SceneConfig(people=(1, 4), distances=(("Person", 12.0, 30.0), ("Car", 4.0, 9.0), ("Bench", 3.0, 6.0)))
+WIDER = {"crowds-15": (15, CROWDS), "far-15": (15, FAR_PEOPLE), "far-18": (18, FAR_PEOPLE), "far-19": (19, FAR_PEOPLE)}
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_relations_and_referring_hold_on_one_label_crowds_and_far_people(name):
     variant = VARIANTS[name]
-    families = {seed: make_scenes(N_SCENES, seed=seed, config=config) for seed, config in WIDER.items()}
+    families = {name: make_scenes(N_SCENES, seed=seed, config=config) for name, (seed, config) in WIDER.items()}
     report = judge(families, variant)
     print("\n" + format_report(report, f"{name}: {variant.title} (one-label crowds, far people)"))
     exact = variant.depth is None and variant.annotations.exact

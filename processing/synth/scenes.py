@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from .evaluate import MIN_VISIBLE_PIXELS
+
 logger = logging.getLogger(__name__)
 
 SKY = 0.0
@@ -1077,9 +1079,11 @@ class DetectorNoise:
     are missed more often and found with lower scores; each box edge moves by up to ``box_jitter``
     of the box size. ``confusions``: chance per found instance of a second box on it with the label
     of another category (scored ``confusion_score``), as detectors confuse look-alikes.
+    ``min_pixels``: instances showing fewer pixels are never found.
     """
 
     recall_pixels: float = 0.0
+    min_pixels: int = 0
     occlusion_miss: float = 0.0
     score_pixels: float = 0.0
     score_floor: float = 0.2
@@ -1092,8 +1096,9 @@ class DetectorNoise:
         return self.recall_pixels == 0 and self.score_pixels == 0 and self.box_jitter == 0 and self.confusions == 0
 
 
-EXACT_DETECTOR = DetectorNoise()
-"""Finds every instance the image shows, with its exact box, score 1, nothing else."""
+EXACT_DETECTOR = DetectorNoise(min_pixels=MIN_VISIBLE_PIXELS)
+"""Finds every instance the image shows (at least the truth's ``MIN_VISIBLE_PIXELS``: what can be
+made out), with its exact box, score 1, nothing else."""
 DETECTOR_LIKE_DETECTOR = DetectorNoise(recall_pixels=100.0, occlusion_miss=0.1, score_pixels=300.0,
                                        box_jitter=0.06, confusions=0.05)
 """Misses small and occluded instances more often and scores them lower (a 60-pixel sliver of a
@@ -1127,6 +1132,8 @@ def detector_objects(scene: Scene, detector: DetectorNoise = DETECTOR_LIKE_DETEC
         if o.box is None or not o.visible_pixels:
             continue
         px, f = o.visible_pixels, o.visible_fraction
+        if px < detector.min_pixels:
+            continue
         chance = 1.0 if detector.recall_pixels == 0 else min(1.0, px / detector.recall_pixels)
         chance *= 1.0 - detector.occlusion_miss * (1.0 - f)
         found, draws = rng.random(), rng.random(3)
