@@ -159,6 +159,19 @@ def test_near_far_object_inside_a_mixed_containers_box_gets_no_depth():
     assert rec.drops == Counter({"near_far/depth_mixed": 1, "near_far/depth_invalid": 2})
 
 
+@pytest.mark.parametrize(("margin", "want"), [(0.1, {("lamp", "nearer_than", "person")}), (0.0, {("person", "nearer_than", "lamp")})])
+def test_near_far_removes_an_occluders_box_with_a_margin(margin, want):
+    # A person 12 m away behind an umbrella whose canopy (5 m) starts 5 px above its box, a box
+    # that sits off as a detector's does (the box is 57 px tall: within a 10 % margin). The pixels
+    # the box leaves out are canopy, read as the person at 5 m, nearer than the lamp (8 m): wrong.
+    rec = make_record([("person", [90, 24, 110, 54], 12.0), ("umbrella", [60, 41, 190, 98], 20.0), ("lamp", [150, 5, 190, 35], 8.0)])
+    rec.depth.values[36:53, 60:190] = 5.0  # the canopy, from 5 px above its box's top edge
+    rec.depth.values[53:98, 124:126] = 5.0  # its pole
+    rec = run(rec, tasks=["near_far"], config=VerifyConfig(occluder_margin=margin))
+    assert fact_triples(rec, "near_far") == want
+    assert rec.drops == Counter({"near_far/depth_mixed": 2})  # the umbrella's pairs: an open shape
+
+
 def test_near_far_second_depth_signal_must_agree():
     rec = make_record(SCENE)
     alt = make_record([(lab, box, {"cup": 4.0, "dog": 2.0, "lamp": 1.0}[lab]) for lab, box, _ in SCENE]).depth
@@ -452,7 +465,7 @@ def test_object_depth_conventions_and_refusals():
     ("field", "value"),
     [("min_depth_margin", 1.5), ("depth_shrink", 0.5), ("count_max", -1), ("range_quantiles", (0.9, 0.1)),
      ("perspective_max_yaw_deg", 95.0), ("near_share_ratio", 0.0), ("depth_max_samples", 4),
-     ("min_detected_box_pixels", -1.0)],
+     ("min_detected_box_pixels", -1.0), ("occluder_margin", 1.5)],
 )
 def test_verify_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

@@ -129,6 +129,7 @@ class VerifyConfig:
     depth_max_samples: int = 1024  # strided sampling caps the pixels read per box (speed)
     min_valid_fraction: float = 0.3  # valid, unoccluded share of the inner box needed for a depth
     container_tolerance: float = 0.1  # |log| distance to a containing box's depth that marks its pixels
+    occluder_margin: float = 0.1  # a box overlapping an object's is removed from its pixels with this share of its size around it
     max_near_share: float = 0.05  # more of an object's pixels much nearer than its depth: open shape/occluded
     near_share_ratio: float = 0.3  # "much nearer": by more than this (1 - d / object depth)
     span_quantile: float = 0.05  # an object's nearest part: this quantile of its pixels in nearness order
@@ -174,7 +175,7 @@ class VerifyConfig:
     def __post_init__(self) -> None:
         for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
                      "min_range_margin", "occlusion_min_fraction", "ground_min_dy", "max_referring_iou",
-                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance", "max_near_share",
+                     "min_facing_confidence", "depth_alt_min_margin", "container_tolerance", "occluder_margin", "max_near_share",
                      "span_quantile", "detector_min_score", "detector_match_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -615,7 +616,12 @@ class Scene:
         boxes = self.xyxy * np.array([sx, sy, sx, sy])
         partial, contains = self._overlaps
         samples = _Samples(depth, boxes, cfg.depth_shrink, cfg.depth_max_samples)
-        samples.exclude(partial, boxes)
+        # An occluder's pixels reach up to its box's error past its edges (a detector's box sits a
+        # few % of its size off): the box is removed with that margin.
+        wh = boxes[:, 2:] - boxes[:, :2]
+        margin = np.concatenate([wh, wh], axis=1) * np.array([-1.0, -1.0, 1.0, 1.0]) * cfg.occluder_margin
+        grown = boxes + margin
+        samples.exclude(partial, grown)
         args = (depth.kind, cfg.depth_quantile, cfg.min_valid_fraction, cfg.near_share_ratio)
         first, near, _ = samples.robust(*args)
         values = first.copy()
@@ -640,7 +646,7 @@ class Scene:
             # The whole box this time (an umbrella's canopy is in the border the inner box leaves
             # out), minus every box that overlaps it or that it contains: only its own pixels.
             whole = _Samples(depth, boxes, 0.0, cfg.depth_max_samples)
-            whole.exclude(partial | contains.T, boxes)
+            whole.exclude(partial | contains.T, grown)
             tail = whole.robust(*args, tail_quantile=cfg.span_quantile)[2]
             if depth.metric:
                 # Metric depth: an object whose own nearest part lies much nearer than its value is
