@@ -159,6 +159,23 @@ def test_near_far_object_inside_a_mixed_containers_box_gets_no_depth():
     assert rec.drops == Counter({"near_far/depth_mixed": 1, "near_far/depth_invalid": 2})
 
 
+def test_near_far_object_inside_an_open_shapes_box_gets_no_depth():
+    # A person 13.5 m away inside the box of an umbrella whose canopy (8 m) runs along the top of its
+    # box and dips in front of the person; the rest of the box shows a wall at 14 m. The umbrella's
+    # inner box reads the wall (its canopy is too little of it to make it mixed), so removing the
+    # pixels at that depth from the person's box removed the person and left the canopy: "the person
+    # is nearer than the lamp" (12 m), wrong. The umbrella is an open shape (its own nearest part
+    # lies far in front of its value), so nothing inside its box gets a depth from it.
+    rec = make_record([("umbrella", [20, 2, 180, 98], 14.0), ("person", [90, 10, 104, 90], 13.5),
+                       ("lamp", [185, 10, 199, 60], 12.0)], background=14.0)
+    rec.depth.values[2:18, 20:180] = 8.0  # the canopy
+    rec.depth.values[26:40, 92:102] = 8.0  # ... where it dips in front of the person
+    rec.depth.values[40:98, 99:101] = 8.0  # its pole
+    rec = run(rec, tasks=["near_far"])
+    assert rec.rows == []
+    assert rec.drops == Counter({"near_far/depth_mixed": 1, "near_far/depth_invalid": 2})
+
+
 @pytest.mark.parametrize(("margin", "want"), [(0.1, {("lamp", "nearer_than", "person")}), (0.0, {("person", "nearer_than", "lamp")})])
 def test_near_far_removes_an_occluders_box_with_a_margin(margin, want):
     # A person 12 m away behind an umbrella whose canopy (5 m) starts 5 px above its box, a box

@@ -609,7 +609,9 @@ class Scene:
         is within ``container_tolerance`` of that container's own pass-1 depth: a far object
         peeking out inside a near object's box keeps only its own pixels, a cup on a table keeps
         the cup. An object whose container has no depth, or a mixed one (too many of its pixels much
-        nearer than its depth: no single depth marks its pixels), gets none either.
+        nearer than its depth: no single depth marks its pixels), gets none either; on metric depth
+        so does one inside an open shape (below: the container's pass-1 depth is what its box shows
+        through it, often the very object inside).
         """
         cfg, rec = self.config, self.record
         sx, sy = depth.width / rec.width, depth.height / rec.height
@@ -660,6 +662,10 @@ class Scene:
                 open_shape &= ~contains.any(1)  # inside another box: the container rule above decided
                 mixed |= open_shape
                 values[open_shape] = np.nan
+                # Inside an open shape's box (a person seen through an umbrella's canopy): the
+                # container's pass-1 depth was what its box shows through it, the person's own, and
+                # pass 2 removed the person's pixels with it.
+                values[(contains & open_shape[None, :]).any(1)] = np.nan
         return values, mixed, tail
 
     @_cached
