@@ -566,12 +566,21 @@ class DetectionStep(BatchStep):
         ]
 
     def _write(self, record: Record, result: dict) -> None:
-        threshold = check_threshold(record, self.threshold, self.beside, self.overwrite)
-        det, drops = detections_from_transformers(
-            result, None, record.width, record.height, threshold, self.nms_iou, self.min_size
-        )
-        attach_detections(record, det, drops, f"model:{self.model_id}", beside=self.beside, overwrite=self.overwrite,
-                          exhaustive_labels=self.exhaustive_labels)
+        attach_result(record, result, f"model:{self.model_id}", threshold=self.threshold, beside=self.beside,
+                      nms_iou=self.nms_iou, min_size=self.min_size, overwrite=self.overwrite,
+                      exhaustive_labels=self.exhaustive_labels)
+
+
+def attach_result(record: Record, result: Mapping[str, Any], box_source: str, *, threshold: float, beside: bool,
+                  nms_iou: float | None = None, min_size: float = 1.0, overwrite: bool = False,
+                  exhaustive_labels: Sequence[str] = ()) -> None:
+    """One image's detector ``result`` (boxes on the record's grid, scores, ``text_labels``) into
+    ``record``, as every detector step does: :func:`check_threshold`, then
+    :func:`detections_from_transformers`, then :func:`attach_detections`."""
+    threshold = check_threshold(record, threshold, beside, overwrite)
+    det, drops = detections_from_transformers(result, None, record.width, record.height, threshold, nms_iou, min_size)
+    attach_detections(record, det, drops, box_source, beside=beside, overwrite=overwrite,
+                      exhaustive_labels=exhaustive_labels)
 
 
 def attach_detections(record: Record, det: Detections, drops: Mapping[str, int], box_source: str, *, beside: bool,

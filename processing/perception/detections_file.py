@@ -53,7 +53,7 @@ from ..readers.base import BadInputError
 from ..readers.images import same_aspect
 from ..readers.json_stream import _JsonStream
 from ..records import Record
-from .detection import attach_detections, check_threshold, detections_from_transformers
+from .detection import attach_result
 
 logger = logging.getLogger(__name__)
 
@@ -329,8 +329,6 @@ class DetectionsFromFile(Step):
                     return record
                 xyxy = xyxy * np.array([record.width / aw, record.height / ah] * 2)
         result = {"boxes": xyxy, "scores": a["scores"][lo:hi], "text_labels": [self._vocab[c] for c in a["labels"][lo:hi]]}
-        threshold = check_threshold(record, self.threshold, self.beside)
-        det, drops = detections_from_transformers(result, None, record.width, record.height, threshold,
-                                                  self.nms_iou, self.min_size)
-        attach_detections(record, det, drops, self.box_source, beside=self.beside)
+        attach_result(record, result, self.box_source, threshold=self.threshold, beside=self.beside,
+                      nms_iou=self.nms_iou, min_size=self.min_size)
         return record

@@ -1055,16 +1055,14 @@ def variant_record(scene: Scene, variant: Variant, source: str = "objects365", d
         record = scene_record(scene, source, depth=observed_depth(scene, variant.depth), depth_kind="inverse_depth",
                               noise=variant.annotations)
     if detector:
-        from ..perception.detection import attach_detections, check_threshold, detections_from_transformers
+        from ..perception.detection import attach_result
         from ..pipeline import GenerateConfig
 
         # As `generate --detections` attaches them: beside the annotations, or as the boxes of an
         # image the annotations have none for (then at the default --detector-threshold).
         found = detector_objects(scene, variant_detector(variant))
-        threshold = check_threshold(record, GenerateConfig.__dataclass_fields__["detector_threshold"].default, beside=True)
-        det, drops = detections_from_transformers({"boxes": found.xyxy, "scores": found.scores, "text_labels": found.labels},
-                                                  None, record.width, record.height, threshold, None, 1.0)
-        attach_detections(record, det, drops, "file:detector", beside=True)
+        attach_result(record, {"boxes": found.xyxy, "scores": found.scores, "text_labels": found.labels}, "file:detector",
+                      threshold=GenerateConfig.__dataclass_fields__["detector_threshold"].default, beside=True)
     return record
 
 
