@@ -621,8 +621,7 @@ class Scene:
         # An occluder's pixels reach up to its box's error past its edges (a detector's box sits a
         # few % of its size off): the box is removed with that margin.
         wh = boxes[:, 2:] - boxes[:, :2]
-        margin = np.concatenate([wh, wh], axis=1) * np.array([-1.0, -1.0, 1.0, 1.0]) * cfg.occluder_margin
-        grown = boxes + margin
+        grown = boxes + np.hstack([-wh, wh]) * cfg.occluder_margin
         samples.exclude(partial, grown)
         args = (depth.kind, cfg.depth_quantile, cfg.min_valid_fraction, cfg.near_share_ratio)
         first, near, _ = samples.robust(*args)
