@@ -134,7 +134,7 @@ WIDER = {"crowds-15": (15, CROWDS), "far-15": (15, FAR_PEOPLE), "far-18": (18, F
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_relations_and_referring_hold_on_one_label_crowds_and_far_people(name):
     variant = VARIANTS[name]
-    families = {name: make_scenes(N_SCENES, seed=seed, config=config) for name, (seed, config) in WIDER.items()}
+    families = {family: make_scenes(N_SCENES, seed=seed, config=config) for family, (seed, config) in WIDER.items()}
     report = judge(families, variant)
     print("\n" + format_report(report, f"{name}: {variant.title} (one-label crowds, far people)"))
     exact = variant.depth is None and variant.annotations.exact
