@@ -191,7 +191,8 @@ def run_end_to_end(layout, out: Path) -> tuple[float, dict]:
     from spatialforge.processing.pipeline import GenerateConfig, generate
 
     cfg = GenerateConfig(source="objects365", out=str(out), annotations=str(layout.annotations), images=str(layout.images),
-                         depth_dir=str(layout.depth), num_shards=1, workers=1, overwrite=True, progress=False)
+                         depth_dir=str(layout.depth), depth_measured=True,  # rendered: exact
+                         num_shards=1, workers=1, overwrite=True, progress=False)
     start = time.perf_counter()
     stats = generate(cfg)
     return time.perf_counter() - start, stats

@@ -180,6 +180,10 @@ class DepthMap:
     valid: np.ndarray | None = None
     source: str = "unknown"
     metric: bool = False  # True when values are meters (scale known)
+    # True when a model predicted the values (a depth model, or its output saved to files): each object
+    # may then be off by a factor of its own, as depth models err, not just by a sensor's per-pixel
+    # noise, and checks on metric maps tolerate VerifyConfig.relative_object_bias as on relative ones.
+    estimated: bool = False
     # The caller vouches that ``valid`` (float32 ``values``' shape) is False wherever ``values`` is not
     # finite, e.g. :func:`~.perception.depth_files.load_depth_file`'s mask: the check over the map is skipped.
     valid_is_finite: dataclasses.InitVar[bool] = False

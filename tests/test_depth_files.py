@@ -20,6 +20,8 @@ def test_npy_meters_and_holes(tmp_path):
     np.save(tmp_path / "a.npy", values)
     out = DepthFromFiles(tmp_path).process(_record("a"))
     assert out.depth.kind == "depth" and out.depth.metric and out.depth.source == "file:depth"
+    assert out.depth.estimated  # by default a depth model's output saved to files ...
+    assert not DepthFromFiles(tmp_path, measured=True).process(_record("a")).depth.estimated  # ... or a sensor's
     assert out.depth.valid.tolist() == [[True, True, False, False], [True, False, True, True]]
     assert out.depth.values[1, 0] == pytest.approx(3.5)
 

@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "809e3e1243f630c668852d76444dced1f5b8fb6f92ea259c962397b2d125d295"
+PINNED = "ceff50d412b47d6de92f129b8db9fabe55b0c7dc1a08bb3d5a88f4c59b630bc9"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

@@ -51,6 +51,9 @@ def test_config_validation_names_the_value(scene, tmp_path):
         _cfg(scene, tmp_path, tasks=("near_far", "far_near"))
     with pytest.raises(ValueError, match="not both"):
         _cfg(scene, tmp_path, depth_model="some/model")
+    with pytest.raises(ValueError, match="depth_measured says what depth files hold: give depth_dir"):
+        GenerateConfig(source="objects365", annotations=scene["annotations"], images=scene["images"], depth_model="some/model",
+                       depth_measured=True, out=tmp_path)
 
 
 def test_workers_do_not_change_the_bytes_and_stats_merge(scene, tmp_path):

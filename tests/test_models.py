@@ -281,6 +281,7 @@ def test_depth_pro_step_without_torchvision_gives_meters(tiny_models, tmp_path):
     out = list(step.run(records))  # the real tiny model, loaded offline; processor without torchvision
     assert isinstance(step.processor, DepthProPreprocessor) and step.processor.size == {"height": 128, "width": 128}
     assert all(r.depth.kind == "depth" and r.depth.metric and r.depth.values.shape == (20, 40) for r in out)
+    assert all(r.depth.estimated for r in out)  # a model's meters: per-object errors tolerated
     assert all(np.isfinite(r.depth.values).all() and (r.depth.values > 0).all() for r in out)
     # known truth: FOV 90 on a 40 px wide image: focal 20 px; depth = focal / (width * inverse)
     step.model = InverseDepthPro(step.model.config)
@@ -316,7 +317,7 @@ def test_depth_anything_step_structure(tiny_models, tmp_path, metric):
     kind = "depth" if metric else "inverse_depth"
     for r in out:
         assert r.depth.values.shape == (r.height, r.width)
-        assert r.depth.kind == kind and r.depth.metric is metric
+        assert r.depth.kind == kind and r.depth.metric is metric and r.depth.estimated
         assert r.depth.source == f"model:{tiny_models.depth_anything(metric=metric)}:{kind}"
         assert np.isfinite(r.depth.values).all()
     assert step.stats.records_in == 3 and step.stats.records_out == 3

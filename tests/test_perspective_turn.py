@@ -127,6 +127,24 @@ def test_turn_bound_holds_for_a_small_person_with_one_hip_missing():
     assert max_turn_deg(big, prior=TurnPrior(keypoint_error_px=0.0)) == pytest.approx(max_turn_deg(big))
 
 
+@pytest.mark.parametrize("estimated", [False, True])
+def test_a_depth_models_per_object_error_does_not_mirror_the_side(estimated):
+    # Truth: turned 30 degrees, the object 0.5 m to the image's right and 1 m behind the person is on
+    # their right. A metric depth model that reads it 20 % too near (4 m, level with the person)
+    # makes it look beside them: on their left.
+    assert person_frame_side(30, 0.5, 5.0) == "right_of" and person_frame_side(30, 0.5, 4.0) == "left_of"
+    rec = scene(30, 0.5, 5.0)
+    x1, y1, x2, y2 = (int(round(v)) for v in rec.objects.xyxy[1])
+    depth = rec.depth.values.copy()
+    depth[y1:y2, x1:x2] = 4.0  # the person's box is painted last: it stays at 4 m
+    rec.depth = DepthMap(depth, "depth", metric=True, estimated=estimated, source="test")
+    rows = perspective_rows(rec)
+    if estimated:  # each depth may be off by relative_object_bias: no side holds for all of them
+        assert rows == [] and rec.drops["perspective/lateral_ambiguous"] == 1
+    else:  # measured meters are taken as they are
+        assert [r["fact"]["predicate"] for r in rows] == ["left_of"]
+
+
 def test_a_person_alone_gives_no_question():
     rec = scene(10, 1.5, 4.5)
     rec.objects = rec.objects[[0]]

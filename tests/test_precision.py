@@ -28,7 +28,7 @@ from spatialforge.processing.synth.scenes import NARROW_CONFIG, VARIANTS, SceneC
 from spatialforge.processing.tasks.step import TaskStep
 from spatialforge.processing.tasks.verify import VerifyConfig
 
-pytestmark = pytest.mark.slow  # about a minute: 360 scenes, four variants
+pytestmark = pytest.mark.slow  # about a minute: 360 scenes, five variants
 
 SEEDS = (11, 12, 13)
 N_SCENES = 120  # per seed family

@@ -104,6 +104,26 @@ def test_near_far_drops_small_margin_and_counts_it():
     assert rec.drops == Counter({"near_far/depth_margin": 1})
 
 
+@pytest.mark.parametrize("estimated", [False, True])
+def test_near_far_on_a_depth_models_meters_tolerates_its_per_object_error(estimated):
+    # Truth: the cup 3.5 m away, the dog 3.6 m, a camel 8 m. A metric depth model reads the cup 26 %
+    # too far (4.4 m), the dog 15 % too near (3.06 m) and the camel 15 % too near (6.8 m): errors
+    # of its own per object, as depth models make them.
+    objects = [("cup", [10, 30, 40, 90], 4.4), ("dog", [60, 20, 100, 90], 3.06), ("camel", [130, 10, 170, 60], 6.8)]
+    rec = make_record(objects)
+    rec.depth.estimated = estimated
+    rec = run(rec, tasks=["near_far"])
+    facts = fact_triples(rec, "near_far")
+    if estimated:
+        # Each value may be off by relative_object_bias: only the pair whose order survives that is asked.
+        assert facts == {("dog", "nearer_than", "camel")}
+        assert rec.drops == Counter({"near_far/depth_margin": 2})
+    else:
+        # Measured meters (a sensor's) are taken as they are: read from the model, the same values
+        # would state the wrong fact about the cup and the dog.
+        assert ("dog", "nearer_than", "cup") in facts
+
+
 def test_near_far_without_depth_counts_every_pair():
     rec = make_record(SCENE)
     rec.depth = None

@@ -152,6 +152,10 @@ class DepthFromFiles(Step):
     Args:
         depth_dir: folder of depth files.
         kind: ``"depth"`` (larger = farther; meters) or ``"inverse_depth"`` (larger = nearer).
+        measured: the files hold measurements (an RGB-D sensor, LiDAR, a renderer), trusted per
+            object. By default they are taken as a model's predictions saved to files
+            (``DepthMap.estimated``): each object may be off by a factor of its own, which the
+            checks on metric maps then tolerate (``VerifyConfig.relative_object_bias``).
         on_bad_input: unreadable or ill-shaped files: ``"skip"`` (drop the record, counted),
             ``"warn"`` (also log) or ``"error"`` (raise). Missing files are always a counted drop
             under skip/warn.
@@ -159,7 +163,8 @@ class DepthFromFiles(Step):
 
     name = "depth_files"
 
-    def __init__(self, depth_dir: str | os.PathLike, kind: DepthKind = "depth", on_bad_input: Policy = "skip") -> None:
+    def __init__(self, depth_dir: str | os.PathLike, kind: DepthKind = "depth", on_bad_input: Policy = "skip",
+                 measured: bool = False) -> None:
         super().__init__()
         if kind not in ("depth", "inverse_depth"):
             raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {kind!r}")
@@ -169,6 +174,7 @@ class DepthFromFiles(Step):
         if not self.depth_dir.is_dir():
             raise ValueError(f"depth_dir {str(self.depth_dir)!r} is not a folder")
         self.kind = kind
+        self.measured = measured
         self.on_bad_input = on_bad_input
         self.notes: Counter = Counter()
         self.inputs_used: set[str] = set()  # depth files read, and the ones looked up before them (absent)
@@ -228,6 +234,7 @@ class DepthFromFiles(Step):
             valid=valid,
             source=f"file:{self.kind}",
             metric=self.kind == "depth",
+            estimated=not self.measured,
             valid_is_finite=True,  # load_depth_file's mask (resized with the values: still so)
         )
         return record

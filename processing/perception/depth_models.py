@@ -404,7 +404,7 @@ def depth_maps_from_outputs(
     for pred, size in zip(predictions, target_sizes):
         values = pred.detach().float().cpu().numpy().reshape(size)
         valid = values > 0 if kind == "depth" else None
-        maps.append(DepthMap(values=values, kind=kind, valid=valid, source=source, metric=metric))
+        maps.append(DepthMap(values=values, kind=kind, valid=valid, source=source, metric=metric, estimated=True))
     return maps
 
 
@@ -574,7 +574,7 @@ class DepthModelStep(BatchStep):
 
     def _map(self, values: np.ndarray, source: str) -> DepthMap:
         valid = values > 0 if self.kind == "depth" else None
-        return DepthMap(values=values, kind=self.kind, valid=valid, source=source, metric=self.metric)
+        return DepthMap(values=values, kind=self.kind, valid=valid, source=source, metric=self.metric, estimated=True)
 
     def _post_process(self, outputs: Any, sizes: list[tuple[int, int]], source: str) -> list[DepthMap]:
         return depth_maps_from_outputs(self.processor, outputs, sizes, self.kind, self.metric, source, model_type=self.model_type)

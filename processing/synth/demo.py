@@ -8,9 +8,10 @@ What it does, all offline and in a few tens of seconds on 2 cores:
    one with an EXIF focal length, a COCO-style JSON with person keypoints), with the exact metric
    depth of every image as ``depth/<stem>.npy`` and the truth as ``truth.json``;
 2. writes what the variants of :data:`.scenes.VARIANTS` observe instead: a second JSON with
-   detector-like boxes and noisy, partly missing keypoints, and a depth folder that errs the way
-   monocular models do (global scale, shifts of either sign, 15 % per-object bias, blurred
-   edges, noise), as relative inverse depth;
+   detector-like boxes and noisy, partly missing keypoints, and depth folders that err the way
+   monocular models do (15 % per-object bias, blurred edges, noise): relative inverse depth with
+   a global scale and shifts of either sign, and a metric model's meters with a scale off by up to
+   35 %;
 3. writes what a detector run beside the annotations finds, as COCO detection-results files
    (:func:`.scenes.detection_results`): on the exact variants every instance the image shows with
    its exact box, on the detector variants a detector-like one (misses and low scores for small and
@@ -28,6 +29,7 @@ Layout of ``out``::
     out/objects365/annotations/zhiyuan_objv2_train_detector.json  detector-like boxes, noisy keypoints
     out/objects365/depth/<stem>.npy          exact depth (meters, 0 = sky)
     out/objects365/depth_mono/<stem>.npy     monocular-like relative inverse depth
+    out/objects365/depth_metric/<stem>.npy   a metric depth model's meters (per-object bias, scale error)
     out/objects365/truth.json
     out/objects365/detections/<detector>.json  COCO detection results (exact.json, detector-like.json)
     out/dataset-<variant>/                   Hub-ready dataset folders (README.md, data/<task>/)
@@ -56,6 +58,7 @@ from .scenes import (
     EXACT_DETECTOR,
     FAMILIES,
     VARIANTS,
+    DepthNoise,
     detection_results,
     load_truth,
     make_scenes,
@@ -198,12 +201,14 @@ def read_rows(dataset_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_mono_depth(scenes, depth_dir: Path, seed: int) -> None:
-    """Monocular-like relative inverse depth of every scene, ``<stem>.npy`` under ``depth_dir``."""
+def write_observed_depth(scenes, root: Path, noise: DepthNoise, seed: int) -> Path:
+    """The depth every scene is observed with under ``noise`` (monocular-like relative inverse depth,
+    or a metric model's meters), ``<stem>.npy`` under ``root / noise.folder``; returns that folder."""
+    depth_dir = root / noise.folder
     depth_dir.mkdir(parents=True, exist_ok=True)
-    noise = VARIANTS["mono"].depth
     for s in scenes:
         np.save(depth_dir / f"{s.image_id}.npy", observed_depth(s, noise, seed))
+    return depth_dir
 
 
 def run_demo(
@@ -240,8 +245,8 @@ def run_demo(
     start = time.perf_counter()
     rendered = make_scenes(scenes, seed=seed, width=width, height=height, config=FAMILIES[family])
     layout = write_objects365_layout(rendered, out / "objects365")
-    if any(VARIANTS[p].depth is not None for p in passes):
-        write_mono_depth(rendered, layout.root / "depth_mono", seed)
+    for noise in dict.fromkeys(VARIANTS[p].depth for p in passes if VARIANTS[p].depth is not None):
+        write_observed_depth(rendered, layout.root, noise, seed)
     if any(not VARIANTS[p].annotations.exact for p in passes):
         noisy = {VARIANTS[p].annotations for p in passes} - {VARIANTS["exact"].annotations}
         if len(noisy) != 1:
@@ -255,7 +260,10 @@ def run_demo(
 
     for name in passes:
         variant = VARIANTS[name]
-        folder, kind = ("depth", "depth") if variant.depth is None else ("depth_mono", "inverse_depth")
+        if variant.depth is None:  # rendered: as a sensor measures it
+            folder, kind, measured = "depth", "depth", True
+        else:  # a model's: relative inverse depth, or meters
+            folder, kind, measured = variant.depth.folder, "depth" if variant.depth.metric else "inverse_depth", False
         annotations = layout.annotations if variant.annotations.exact else layout.annotations.with_name(DETECTOR_ANNOTATIONS)
         start = time.perf_counter()
         common = dict(
@@ -264,6 +272,7 @@ def run_demo(
             images=str(layout.images),
             depth_dir=str(layout.root / folder),
             depth_kind=kind,
+            depth_measured=measured,
             seed=seed,
             workers=workers,
             num_shards=max(2, workers),

@@ -239,12 +239,24 @@ DETECTOR_LIKE = AnnotationNoise(box_jitter=0.06, keypoint_sigma=0.015, keypoint_
 
 @dataclass(frozen=True)
 class DepthNoise:
-    """Monocular-like depth errors (see :func:`corrupt_depth`); ``None`` in a variant: exact depth."""
+    """Monocular-like depth errors (see :func:`corrupt_depth`); ``None`` in a variant: exact depth.
+
+    ``metric``: a metric model's meters instead of relative inverse depth: the same per-object
+    bias, blur and noise, no shift, and a global scale off by a factor within
+    ``exp(-scale_error) .. exp(scale_error)`` (a model's metric scale is a guess from the image).
+    """
 
     object_bias: float = 0.15
     shift: tuple[float, float] = (-0.2, 0.2)
     blur_sigma: float = 1.5
     noise: float = 0.01
+    metric: bool = False
+    scale_error: float = 0.3
+
+    @property
+    def folder(self) -> str:
+        """The demo layout's folder of depth files observed this way."""
+        return "depth_metric" if self.metric else "depth_mono"
 
 
 @dataclass(frozen=True)
@@ -262,6 +274,8 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("exact", title="exact boxes and keypoints, exact metric depth"),
         Variant("mono", depth=DepthNoise(), title="exact boxes, monocular-like depth (bias 0.15, shifts of both signs)"),
+        Variant("mono-metric", depth=DepthNoise(metric=True),
+                title="exact boxes, a metric depth model's meters (bias 0.15, scale off by up to 35 %)"),
         Variant("detector", annotations=DETECTOR_LIKE, title="detector-like boxes and noisy keypoints, exact depth"),
         Variant("detector-mono", annotations=DETECTOR_LIKE, depth=DepthNoise(),
                 title="detector-like boxes and noisy keypoints, monocular-like depth"),
@@ -841,6 +855,7 @@ def corrupt_depth(
     noise: float = 0.01,
     kind: str = "inverse_depth",
     shift: tuple[float, float] = (0.0, 0.2),
+    scale: tuple[float, float] = (0.3, 3.0),
 ) -> np.ndarray:
     """Err the way monocular depth models do; returns relative inverse depth (larger = nearer).
 
@@ -848,9 +863,9 @@ def corrupt_depth(
     * blurred edges: gaussian blur (``blur_sigma`` pixels) on inverse depth mixes objects with
       what is behind them near their silhouettes;
     * multiplicative noise ``N(1, noise)`` per pixel;
-    * an unknown global scale and shift in inverse depth (what relative models leave open); the
-      shift is a share in ``shift`` of the largest inverse depth, of either sign (a negative shift
-      puts the far end below zero).
+    * an unknown global scale (a factor in ``scale``, log-uniform) and shift in inverse depth (what
+      relative models leave open); the shift is a share in ``shift`` of the largest inverse depth,
+      of either sign (a negative shift puts the far end below zero).
 
     Sky (depth ``0``) becomes inverse depth ``0`` before the shift, so it is the farthest thing.
     ``kind="depth"`` converts back to (affine-wrong, positive) depth, larger = farther.
@@ -867,21 +882,30 @@ def corrupt_depth(
         inv = gaussian_blur(inv, blur_sigma)
     if noise > 0:
         inv = inv * rng.normal(1.0, noise, inv.shape).clip(0.5, 1.5)
-    scale = math.exp(rng.uniform(math.log(0.3), math.log(3.0)))
+    scale = math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1])))
     offset = rng.uniform(*shift) * float(inv.max() if inv.size else 0.0)
     inv = scale * inv + scale * offset
     if kind == "inverse_depth":
         return inv.astype(np.float32)
     if kind == "depth":
-        return (1.0 / np.maximum(inv, 1e-6)).astype(np.float32)
+        return (1.0 / np.maximum(inv, 1.0 / MAX_MODEL_DEPTH)).astype(np.float32)
     raise ValueError(f"kind must be 'inverse_depth' or 'depth', got {kind!r}")
 
 
+MAX_MODEL_DEPTH = 1000.0
+"""Meters a depth model's output reads at most (the sky, and what blurs into it): models cap their range."""
+
+
 def observed_depth(scene: Scene, noise: DepthNoise | None, seed: int | None = None) -> np.ndarray:
-    """The scene's exact depth (``noise`` None) or its monocular-like relative inverse depth."""
+    """The scene's exact depth (``noise`` None), its monocular-like relative inverse depth, or (``noise.metric``)
+    a metric model's meters."""
     if noise is None:
         return scene.depth
     rng = scene_rng(scene.seed if seed is None else seed, scene.index, "corrupt")
+    if noise.metric:
+        s = math.exp(noise.scale_error)
+        return corrupt_depth(scene.depth, scene.instances, rng, object_bias=noise.object_bias, blur_sigma=noise.blur_sigma,
+                             noise=noise.noise, kind="depth", shift=(0.0, 0.0), scale=(1.0 / s, s))
     return corrupt_depth(scene.depth, scene.instances, rng, object_bias=noise.object_bias, blur_sigma=noise.blur_sigma,
                          noise=noise.noise, shift=noise.shift)
 
@@ -1017,12 +1041,13 @@ def truth_of(scenes: Iterable[Scene]) -> dict[str, dict[str, Any]]:
 
 
 def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | None = None, depth_kind: str = "depth",
-                 noise: AnnotationNoise = EXACT_ANNOTATIONS):
+                 noise: AnnotationNoise = EXACT_ANNOTATIONS, metric: bool = False):
     """A pipeline :class:`~spatialforge.processing.records.Record` of the scene's annotated objects.
 
     ``depth`` defaults to the exact metric depth (holes where the sky is); pass a corrupted map and
-    ``depth_kind="inverse_depth"`` to feed a monocular-like signal instead; ``noise`` observes the
-    boxes and keypoints as a detector and a pose model would (:meth:`Scene.observed`).
+    ``depth_kind="inverse_depth"`` to feed a monocular-like signal instead (``metric=True``: a
+    metric model's meters, :attr:`DepthMap.estimated`); ``noise`` observes the boxes and keypoints
+    as a detector and a pose model would (:meth:`Scene.observed`).
     """
     from ..records import DepthMap, Detections, Record
 
@@ -1036,6 +1061,8 @@ def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | N
     values = scene.depth if depth is None else depth
     if depth is None:
         dm = DepthMap(values, kind="depth", valid=values > 0, source="file:depth", metric=True)
+    elif metric:
+        dm = DepthMap(values, kind=depth_kind, valid=values > 0, source=f"synthetic:model:{depth_kind}", metric=True, estimated=True)
     else:
         dm = DepthMap(values, kind=depth_kind, source=f"synthetic:corrupted:{depth_kind}", metric=False)
     record = Record(source=source, image_id=scene.image_id, width=scene.width, height=scene.height, objects=det, depth=dm)
@@ -1052,8 +1079,9 @@ def variant_record(scene: Scene, variant: Variant, source: str = "objects365", d
     if variant.depth is None:
         record = scene_record(scene, source, noise=variant.annotations)
     else:
-        record = scene_record(scene, source, depth=observed_depth(scene, variant.depth), depth_kind="inverse_depth",
-                              noise=variant.annotations)
+        metric = variant.depth.metric
+        record = scene_record(scene, source, depth=observed_depth(scene, variant.depth),
+                              depth_kind="depth" if metric else "inverse_depth", noise=variant.annotations, metric=metric)
     if detector:
         from ..perception.detection import attach_result
         from ..pipeline import GenerateConfig

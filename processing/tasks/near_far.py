@@ -26,7 +26,7 @@ import numpy as np
 
 from ..records import Record
 from .step import Candidates, Generated
-from .verify import Sieve, VerifyConfig, pairs, scene_for
+from .verify import Sieve, VerifyConfig, object_bias, pairs, scene_for
 
 
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
@@ -55,8 +55,9 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
             bounds = scene.shift_bounds
             mi, mj = _less_shift(di, dj, depth.kind, bounds[0] if bounds is not None else np.nan)
         sieve.check("depth_positive", (mi > 0) & (mj > 0), "depth_nonpositive")
-        # Same for depth and 1 / depth; relative: what is left after the tolerated bias against the pair.
-        margin = 1.0 - _ratio(mi, mj, 0.0 if depth.metric else config.relative_object_bias)
+        # Same for depth and 1 / depth; relative or estimated (a model's meters): what is left after
+        # the tolerated bias against the pair.
+        margin = 1.0 - _ratio(mi, mj, object_bias(depth, config))
     i_nearer = di < dj if depth.kind == "depth" else di > dj
     near, far = np.where(i_nearer, i, j), np.where(i_nearer, j, i)
     rescued = np.zeros(len(i), dtype=bool)
@@ -152,8 +153,10 @@ def metric_alt_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray, 
     if alt is None or not record.meta["depth_alt"].metric:
         return np.zeros(len(near), dtype=bool)
     a, b = alt[near], alt[far]
+    alt_map = record.meta["depth_alt"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (a > 0) & (b > 0) & (_margin(a, b, record.meta["depth_alt"].kind) >= config.min_depth_margin)
+        margin = 1.0 - (1.0 - _margin(a, b, alt_map.kind)) * (1.0 + object_bias(alt_map, config)) ** 2
+        return (a > 0) & (b > 0) & (margin >= config.min_depth_margin)
 
 
 def _margin(near_values: np.ndarray, far_values: np.ndarray, kind: str) -> np.ndarray:

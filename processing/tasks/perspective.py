@@ -19,7 +19,8 @@ as ``verification.focal_source``), so no turn consistent with the keypoints can 
 (drops: ``depth_invalid``, ``lateral_ambiguous``). Relative (non-metric) depth is not a distance:
 the check then must also hold for every shift of the inverse depth the image allows
 (:attr:`.verify.Scene.shift_bounds`, ``shift_steps`` values) and with each of the two depths off by
-``relative_object_bias`` either way. Without a depth map the check cannot run and the image rule
+``relative_object_bias`` either way; a depth model's meters (``DepthMap.estimated``), with each
+depth off by that bias either way. Without a depth map the check cannot run and the image rule
 alone decides. Fact: ``{subject: the object, predicate: left_of | right_of, object: the person,
 frame: person}``.
 """
@@ -33,7 +34,7 @@ import numpy as np
 from ..perception.facing import max_turn_deg
 from ..records import Record
 from .step import Candidates, Generated
-from .verify import Sieve, VerifyConfig, scene_for
+from .verify import Sieve, VerifyConfig, object_bias, scene_for
 
 
 def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> Generated:
@@ -77,7 +78,6 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         with np.errstate(invalid="ignore", divide="ignore"):
             if record.depth.metric:
                 z = np.where(d > 0, d if record.depth.kind == "depth" else 1.0 / d, np.nan)[None]
-                zp, zo = z[:, per], z[:, obj]
             else:
                 # Relative depth: inverse depth up to a scale (harmless: the check is scale-free), an
                 # unknown shift within shift_bounds and a per-object bias. Treating it as metric
@@ -87,7 +87,11 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
                 bounds = scene.shift_bounds
                 t = np.linspace(*bounds, config.shift_steps)[:, None] if bounds is not None else np.full((1, 1), np.nan)
                 z = np.where(inv - t > 0, 1.0 / (inv - t), np.nan)  # (shifts, objects)
-                b = 1.0 + config.relative_object_bias
+            bias = object_bias(record.depth, config)
+            if bias == 0.0:  # measured meters: as they are
+                zp, zo = z[:, per], z[:, obj]
+            else:
+                b = 1.0 + bias
                 factors = np.array([1.0, b, 1.0 / b])
                 fp, fo = np.repeat(factors, 3), np.tile(factors, 3)  # every pair of factors
                 zp = (z[:, None, per] * fp[None, :, None]).reshape(-1, len(per))

@@ -33,6 +33,9 @@ unknown shift of either sign, which ratios do not survive: the ratio is taken at
 :attr:`Scene.shift_bounds` (assumption: the image's far end is at least ``min_far_near_ratio``
 times as far as its near end), after each depth is moved by ``relative_object_bias`` against the
 pair; the difference must also be a fraction ``min_range_margin`` of the image's depth range.
+A depth model's meters (:attr:`~spatialforge.processing.records.DepthMap.estimated`) have no
+shift but the same per-object errors: their ratio is taken after that bias too (and perspective's
+check holds with each depth off by it either way); measured meters are taken as they are.
 No relative map tells a deep view ending in sky from a wall just behind the objects (both end in
 a flat far plateau), so near/far also asks the order to survive the bias at
 :attr:`Scene.flat_shift` (the far end only ``flat_far_near_ratio`` times the near end) unless the
@@ -108,7 +111,8 @@ class VerifyConfig:
     a pair is taken after each depth is moved by ``relative_object_bias`` against it (a factor
     ``1.15 ** 2``) and at the shift of a view ``min_far_near_ratio`` deep, then asked for
     ``min_depth_margin``; at the shift of the flattest view assumed (``flat_far_near_ratio``) the
-    order must still survive that bias.
+    order must still survive that bias. A depth model's meters (:attr:`DepthMap.estimated`) are
+    taken after the same bias, at no shift; measured meters (a sensor, a renderer) as they are.
 
     >>> VerifyConfig(min_depth_margin=0.2).min_depth_margin
     0.2
@@ -170,7 +174,7 @@ class VerifyConfig:
     min_far_near_ratio: float = 3.0  # relative depth: the image's far end is at least this many times as far as its near end
     flat_far_near_ratio: float = 1.3  # relative depth: ... or, on the flattest view assumed anywhere (a wall just behind the objects), this many
     shift_steps: int = 5  # relative depth: shifts tried between the bounds the far end and min_far_near_ratio give
-    relative_object_bias: float = 0.15  # relative depth: per-object error (factor 1 -/+ this) the checks tolerate
+    relative_object_bias: float = 0.15  # relative depth and a model's meters: per-object error (factor 1 -/+ this) the checks tolerate
 
     def __post_init__(self) -> None:
         for name in ("min_box_area", "min_score", "depth_quantile", "min_valid_fraction", "min_depth_margin",
@@ -227,6 +231,12 @@ def _quantile(values: np.ndarray, q: float) -> float:
     """``q``-quantile (nearest rank) by partition: faster than np.quantile on small arrays."""
     k = int(round(q * (len(values) - 1)))
     return float(np.partition(values, k)[k])
+
+
+def object_bias(depth: DepthMap, config: VerifyConfig) -> float:
+    """The per-object error the checks tolerate on ``depth``: ``relative_object_bias`` on relative
+    maps and on metric maps a model predicted (:attr:`DepthMap.estimated`), none on measured meters."""
+    return config.relative_object_bias if depth.estimated or not depth.metric else 0.0
 
 
 def _grid_bounds(box: Sequence[float], shrink: float, max_samples: int, h: int, w: int) -> tuple[int, int, int, int, int]:
