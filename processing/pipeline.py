@@ -76,7 +76,7 @@ class GenerateConfig:
     fiftyone_label_field: str | None = None  # source=fiftyone: its Detections field (default: ground_truth or the only one)
     depth_dir: str | None = None  # folder of <image stem>.npy (float) / .png (16-bit mm) depth files
     depth_kind: str = "depth"  # depth files hold "depth" (larger=farther) or "inverse_depth" (larger=nearer)
-    depth_measured: bool = False  # depth files are measurements (sensor, renderer), not a model's predictions
+    depth_measured: bool | None = None  # depth files: measured (sensor, renderer), a model's predictions (False), or by format (None)
     depth_model: str | None = None  # HF depth model id or folder (exclusive with depth_dir)
     detector: str | None = None  # HF detection model id or folder: adds boxes (e.g. to a folder of photos)
     detector_labels: tuple[str, ...] | None = None  # zero-shot detectors: the labels to look for
@@ -138,7 +138,7 @@ class GenerateConfig:
             raise ValueError(f"depth_kind must be 'depth' or 'inverse_depth', got {self.depth_kind!r}")
         if self.depth_dir and self.depth_model:
             raise ValueError(f"give depth_dir or depth_model, not both (got {self.depth_dir!r} and {self.depth_model!r})")
-        if self.depth_measured and not self.depth_dir:
+        if self.depth_measured is not None and not self.depth_dir:
             raise ValueError("depth_measured says what depth files hold: give depth_dir too (a depth model's output is always estimated)")
         if self.depth_flip_tta and not self.depth_model:
             raise ValueError("depth_flip_tta needs depth_model (it mirrors the model's input), got depth_model=None")

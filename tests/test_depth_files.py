@@ -20,8 +20,8 @@ def test_npy_meters_and_holes(tmp_path):
     np.save(tmp_path / "a.npy", values)
     out = DepthFromFiles(tmp_path).process(_record("a"))
     assert out.depth.kind == "depth" and out.depth.metric and out.depth.source == "file:depth"
-    assert out.depth.estimated  # by default a depth model's output saved to files ...
-    assert not DepthFromFiles(tmp_path, measured=True).process(_record("a")).depth.estimated  # ... or a sensor's
+    assert out.depth.estimated  # a float .npy: by default a depth model's output saved to files ...
+    assert not DepthFromFiles(tmp_path, measured=True).process(_record("a")).depth.estimated  # ... unless told
     assert out.depth.valid.tolist() == [[True, True, False, False], [True, False, True, True]]
     assert out.depth.values[1, 0] == pytest.approx(3.5)
 
@@ -31,6 +31,8 @@ def test_png_millimeters_with_holes(tmp_path):
     Image.fromarray(mm).save(tmp_path / "b.png")
     out = DepthFromFiles(tmp_path).process(_record("b"))
     assert out.depth.values[0, :2].tolist() == pytest.approx([1.0, 2.5])
+    assert not out.depth.estimated  # 16-bit millimeters: by default a sensor's (Kinect, RealSense, NYU) ...
+    assert DepthFromFiles(tmp_path, measured=False).process(_record("b")).depth.estimated  # ... unless told
     assert out.depth.values[0, 3] == pytest.approx(65.535)
     assert out.depth.valid.tolist() == [[True, True, False, True], [True, False, True, True]]
 

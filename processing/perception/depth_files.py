@@ -152,10 +152,12 @@ class DepthFromFiles(Step):
     Args:
         depth_dir: folder of depth files.
         kind: ``"depth"`` (larger = farther; meters) or ``"inverse_depth"`` (larger = nearer).
-        measured: the files hold measurements (an RGB-D sensor, LiDAR, a renderer), trusted per
-            object. By default they are taken as a model's predictions saved to files
-            (``DepthMap.estimated``): each object may be off by a factor of its own, which the
-            checks on metric maps then tolerate (``VerifyConfig.relative_object_bias``).
+        measured: True: the files hold measurements (an RGB-D sensor, LiDAR, a renderer), trusted
+            per object. False: a depth model's predictions saved to files (``DepthMap.estimated``):
+            each object may be off by a factor of its own, which the checks on metric maps then
+            tolerate (``VerifyConfig.relative_object_bias``). None (default): by format, as such
+            files are written: 16-bit PNG millimeters are a sensor's (Kinect, RealSense, NYU),
+            float ``.npy`` a model's.
         on_bad_input: unreadable or ill-shaped files: ``"skip"`` (drop the record, counted),
             ``"warn"`` (also log) or ``"error"`` (raise). Missing files are always a counted drop
             under skip/warn.
@@ -164,7 +166,7 @@ class DepthFromFiles(Step):
     name = "depth_files"
 
     def __init__(self, depth_dir: str | os.PathLike, kind: DepthKind = "depth", on_bad_input: Policy = "skip",
-                 measured: bool = False) -> None:
+                 measured: bool | None = None) -> None:
         super().__init__()
         if kind not in ("depth", "inverse_depth"):
             raise ValueError(f"kind must be 'depth' or 'inverse_depth', got {kind!r}")
@@ -234,7 +236,7 @@ class DepthFromFiles(Step):
             valid=valid,
             source=f"file:{self.kind}",
             metric=self.kind == "depth",
-            estimated=not self.measured,
+            estimated=not self.measured if self.measured is not None else path.suffix != ".png",
             valid_is_finite=True,  # load_depth_file's mask (resized with the values: still so)
         )
         return record
