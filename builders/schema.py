@@ -60,7 +60,7 @@ VERIFICATION = {
     "facing_confidence": Value("float32"),  # perspective: confidence of the facing estimate
     "facing_max_turn_deg": Value("float32"),  # perspective: how far the person may be turned from facing (keypoints)
     "focal_source": Value("string"),  # perspective with depth: "exif:<tag>" or "prior:hfov<lo>-<hi>" (focal lengths tried)
-    "depth_source": Value("string"),  # e.g. "file:depth", "model:depth-anything/...:inverse_depth"
+    "depth_source": Value("string"),  # e.g. "file:depth" (measured), "file:depth:estimated", "model:depth-anything/...:inverse_depth"
     "box_source": Value("string"),  # "annotation" or "model:<detector id>"
 }
 

@@ -19,9 +19,10 @@ def test_npy_meters_and_holes(tmp_path):
     values = np.array([[1.0, 2.0, 0.0, np.nan], [3.5, -1.0, 4.0, 5.0]], np.float32)
     np.save(tmp_path / "a.npy", values)
     out = DepthFromFiles(tmp_path).process(_record("a"))
-    assert out.depth.kind == "depth" and out.depth.metric and out.depth.source == "file:depth"
+    assert out.depth.kind == "depth" and out.depth.metric and out.depth.source == "file:depth:estimated"
     assert out.depth.estimated  # a float .npy: by default a depth model's output saved to files ...
-    assert not DepthFromFiles(tmp_path, measured=True).process(_record("a")).depth.estimated  # ... unless told
+    measured = DepthFromFiles(tmp_path, measured=True).process(_record("a")).depth  # ... unless told
+    assert not measured.estimated and measured.source == "file:depth"
     assert out.depth.valid.tolist() == [[True, True, False, False], [True, False, True, True]]
     assert out.depth.values[1, 0] == pytest.approx(3.5)
 
@@ -31,7 +32,7 @@ def test_png_millimeters_with_holes(tmp_path):
     Image.fromarray(mm).save(tmp_path / "b.png")
     out = DepthFromFiles(tmp_path).process(_record("b"))
     assert out.depth.values[0, :2].tolist() == pytest.approx([1.0, 2.5])
-    assert not out.depth.estimated  # 16-bit millimeters: by default a sensor's (Kinect, RealSense, NYU) ...
+    assert not out.depth.estimated and out.depth.source == "file:depth"  # 16-bit millimeters: a sensor's ...
     assert DepthFromFiles(tmp_path, measured=False).process(_record("b")).depth.estimated  # ... unless told
     assert out.depth.values[0, 3] == pytest.approx(65.535)
     assert out.depth.valid.tolist() == [[True, True, False, True], [True, False, True, True]]

@@ -148,7 +148,8 @@ def test_second_depth_signals_reach_near_far(tmp_path):
     assert stats["candidate_drops"][f"probe/depth_alt=model:{first}:inverse_depth:flip"] == 4
 
     # exact depth files first (pairs pass on them), the second model's order checked on every such pair
-    cfg = GenerateConfig(out=tmp_path / "second", depth_dir=scene["depth"], second_depth_model=second, **common)
+    cfg = GenerateConfig(out=tmp_path / "second", depth_dir=scene["depth"], depth_measured=True, second_depth_model=second,
+                         **common)
     stats = generate(cfg, build=partial(_probed, cfg))
     assert [s["name"] for s in stats["steps"]] == ["reader", "depth_files", "depth_model_alt", "facing", "tasks", "probe", "writer"]
     assert stats["candidate_drops"][f"probe/depth_alt=model:{second}:inverse_depth"] == 4

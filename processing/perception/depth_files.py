@@ -230,13 +230,16 @@ class DepthFromFiles(Step):
             values = resize_nearest(values, record.height, record.width)
             valid = resize_nearest(valid, record.height, record.width)
             self.notes["depth_resized"] += 1
+        estimated = not self.measured if self.measured is not None else path.suffix != ".png"
+        metric = self.kind == "depth"
         record.depth = DepthMap(
             values=values,
             kind=self.kind,
             valid=valid,
-            source=f"file:{self.kind}",
-            metric=self.kind == "depth",
-            estimated=not self.measured if self.measured is not None else path.suffix != ".png",
+            # what the rows' verification.depth_source says: meters a model predicted are marked
+            source=f"file:{self.kind}:estimated" if metric and estimated else f"file:{self.kind}",
+            metric=metric,
+            estimated=estimated,
             valid_is_finite=True,  # load_depth_file's mask (resized with the values: still so)
         )
         return record
