@@ -127,6 +127,60 @@ def test_turn_bound_holds_for_a_small_person_with_one_hip_missing():
     assert max_turn_deg(big, prior=TurnPrior(keypoint_error_px=0.0)) == pytest.approx(max_turn_deg(big))
 
 
+CAMERA_HEIGHT = (GROUND_Y - H / 2) * PERSON_Z / FOCAL  # meters: the camera that puts the feet on GROUND_Y
+
+
+def leaning_keypoints(theta_deg: float, lean_deg: float, shoulders: float = 0.40) -> np.ndarray:
+    """Pinhole projections of the person turned ``theta_deg`` from facing the camera, the upper body
+    leaning ``lean_deg`` toward where they face about the hip axis (sitting at a table, bending
+    over); ``shoulders``: meters between the shoulder joints, the torso 0.51 m."""
+    t, lean = math.radians(theta_deg), math.radians(lean_deg)
+    right = np.array([-math.cos(t), 0.0, math.sin(t)])
+    front = np.array([-math.sin(t), 0.0, -math.cos(t)])
+    trunk = math.cos(lean) * np.array([0.0, 1.0, 0.0]) + math.sin(lean) * front
+    hip = np.array([0.0, 0.92, PERSON_Z])
+    shoulder = hip + 0.51 * trunk
+    joints = {0: hip + 0.68 * trunk + 0.11 * front, 5: shoulder - shoulders / 2 * right, 6: shoulder + shoulders / 2 * right,
+              11: hip - 0.11 * right, 12: hip + 0.11 * right}
+    kp = np.zeros((17, 3), np.float32)
+    for k, (x, y, z) in joints.items():
+        kp[k] = (W / 2 + x * FOCAL / z, H / 2 - (y - CAMERA_HEIGHT) * FOCAL / z, 2)
+    return kp
+
+
+def test_leaning_keypoints_of_an_upright_person_are_the_plain_ones():
+    assert np.abs(leaning_keypoints(20, 0)[[5, 6, 11, 12], :2] - keypoints(20)[[5, 6, 11, 12], :2]).max() < 0.6
+
+
+def test_a_person_leaning_toward_the_camera_is_not_read_as_facing_it_squarely():
+    # Turned 20 degrees and leaning 60 degrees forward, the torso shows 0.35 of its length: the
+    # shoulders look as wide for it as a frontal person's. Taken as upright, the keypoints bound
+    # the turn at 5 degrees, and an object 5 m behind the person, 1.2 m to the image's right, is
+    # "on their left" by mirroring where it is on their right.
+    kp = leaning_keypoints(20, 60)
+    assert facing_from_keypoints(kp)[0] == "toward_camera"
+    assert max_turn_deg(kp, prior=TurnPrior(min_turn_deg=0.0)) < 10
+    assert max_turn_deg(kp) >= 20
+    assert person_frame_side(20, 1.2, 9.0) == "right_of"
+    rec = scene(20, 1.2, 9.0)
+    rec.objects.keypoints[0] = kp
+    assert perspective_rows(rec) == []
+    assert rec.drops["perspective/lateral_ambiguous"] == 1
+    upright = scene(20, 1.2, 9.0)
+    upright.objects.keypoints[0] = kp
+    mirrored = perspective_rows(upright, VerifyConfig(turn_prior=TurnPrior(min_turn_deg=0.0)))
+    assert [r["fact"]["predicate"] for r in mirrored] == ["left_of"]
+    # Leaning further, the shoulders are wider than any upright body shows: the turn is not bounded.
+    assert max_turn_deg(leaning_keypoints(20, 70)) == 90.0
+
+
+@pytest.mark.parametrize("shoulders", [0.32, 0.40, 0.48])
+def test_turn_bound_holds_for_people_leaning_up_to_55_degrees(shoulders):
+    for theta in range(0, 80, 5):
+        for lean in range(0, 60, 5):
+            assert max_turn_deg(leaning_keypoints(theta, lean, shoulders)) >= theta, (theta, lean)
+
+
 @pytest.mark.parametrize("estimated", [False, True])
 def test_a_depth_models_per_object_error_does_not_mirror_the_side(estimated):
     # Truth: turned 30 degrees, the object 0.5 m to the image's right and 1 m behind the person is on

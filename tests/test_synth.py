@@ -1,6 +1,7 @@
 """Synthetic scenes: the truth they claim is the truth they render."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -211,3 +212,26 @@ def test_evaluate_catches_every_kind_of_wrong_answer(scenes):
         assert (report[task].rows, report[task].correct) == (2, 1), (task, report[task].failures)
     assert report["near_far"].candidates == 6 and report["near_far"].yield_ == pytest.approx(2 / 6)
     assert report["near_far"].pass_rate == pytest.approx(3 / 6)
+
+
+def test_leaning_people_tilt_their_upper_body_keypoints_only():
+    import dataclasses
+
+    from spatialforge.processing.synth.scenes import DEFAULT_CONFIG, make_scene
+
+    leaning = dataclasses.replace(DEFAULT_CONFIG, torso_lean_deg=(45.0, 45.0))
+    checked = 0
+    for index in range(40):
+        plain, bent = make_scene(3, index, config=DEFAULT_CONFIG), make_scene(3, index, config=leaning)
+        assert [o.box for o in plain.objects] == [o.box for o in bent.objects]  # the render is the same
+        for a, b in zip(plain.objects, bent.objects):
+            if a.keypoints is None or not (a.keypoints[[5, 6, 11, 12], 2] > 0).all() or not (b.keypoints[[5, 6], 2] > 0).all():
+                continue
+            np.testing.assert_array_equal(a.keypoints[11:], b.keypoints[11:])  # hips and legs stay
+            torso = lambda kp: np.hypot(*(kp[[5, 6], :2].mean(0) - kp[[11, 12], :2].mean(0)))  # noqa: E731
+            # Leaning 45 degrees toward where they face, a person seen from the front or the back (within
+            # 25 degrees) shows a torso shorter than upright: cos(45) of it, give or take the view's pitch.
+            if abs(math.cos(math.radians(a.yaw_to_camera_deg))) > 0.9:
+                assert torso(b.keypoints) < 0.85 * torso(a.keypoints)
+                checked += 1
+    assert checked > 5

@@ -161,13 +161,22 @@ class TurnPrior:
     keypoints are whole pixels, half a pixel off at best: on a person 20 px tall, whose torso is 6
     px, that is a twelfth of it); a keypoint of score ``s`` may be off by that much over ``s``.
     With one point of a pair seen, the pair's midpoint may lie up to half the pair's widest
-    separation (``max_*_ratio`` torso lengths) to either side of it. People are assumed upright (a
-    torso bent toward the camera looks short).
+    separation (``max_*_ratio`` torso lengths) to either side of it.
+
+    People lean and bend (sitting at a table, on a bicycle, picking something up): a torso bent
+    toward or away from the camera looks short, so its shoulders look wide for its length, as a
+    frontal person's do, and an upright-body bound on the turn comes out too small. Two guards:
+    widths that no upright body shows at ``max_elevation_deg`` (the bound would pass 1) say the
+    torso is foreshortened beyond the prior, and the turn is then not bounded (90); and no
+    keypoints place a person nearer than ``min_turn_deg`` to facing the camera or straight away
+    (a lean that stays within the widths an upright body can show, and shoulders twisted against
+    the hips, leave that much unknown).
     """
 
     max_shoulder_ratio: float = 0.95
     max_hip_ratio: float = 0.58
     max_elevation_deg: float = 30.0  # the camera looks down on a person's torso at most this steeply
+    min_turn_deg: float = 30.0  # the smallest turn keypoints can bound a person's to (leans, twisted shoulders)
     keypoint_error: float = 0.05
     keypoint_error_px: float = 0.5
 
@@ -208,7 +217,9 @@ def max_turn_deg(keypoints: np.ndarray, min_score: float = 0.3, prior: TurnPrior
             continue
         width = abs(kp[a][0] - kp[b][0]) - (err[a] + err[b]) * torso
         best = max(best, width / (torso + torso_err) * cos_elev / ratio)
-    return math.degrees(math.acos(min(best, 1.0)))
+    if best > 1.0:  # wider than any upright body shows: a torso leaning toward or away from the camera
+        return 90.0
+    return max(math.degrees(math.acos(best)), min(prior.min_turn_deg, 90.0))
 
 
 def _mid_or_side(kp: list, seen: list[bool], a: int, b: int) -> tuple[tuple[float, float], list[int]] | None:

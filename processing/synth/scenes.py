@@ -70,6 +70,7 @@ _JOINTS = np.array(
         [-0.11, 0.08, 0.0], [0.11, 0.08, 0.0],  # ankles
     ]
 )
+_HIP_HEIGHT = 0.92  # the hips' height in ``_JOINTS``: the upper body leans about it
 # Keypoints on the face are labeled only when their surface faces the camera (outward normal in the
 # person's frame); body joints are labeled whenever they fall inside the image.
 _FACE_NORMALS = {0: (0, 0, 1), 1: (0, 0, 1), 2: (0, 0, 1), 3: (-1, 0, 0), 4: (1, 0, 0)}
@@ -176,6 +177,13 @@ class SceneConfig:
     # VerifyConfig.min_far_near_ratio of depth, which the relative-depth shift bound assumes.
     ground_roll_deg: tuple[float, float] = (-8.0, 8.0)
     ground_pitch_deg: tuple[float, float] = (-3.0, 3.0)
+    # People leaning (sitting at a table, on a bicycle, picking something up): the upper body's
+    # keypoints tilt forward about the hip axis by an angle in ``torso_lean_deg`` and sideways by
+    # up to ``side_lean_deg`` either way, per person (the rendered body stays upright; a keypoint
+    # is seen where the upright body is). A torso leaning toward the camera looks short: its
+    # shoulders look as wide for its length as a frontal person's do.
+    torso_lean_deg: tuple[float, float] = (0.0, 0.0)
+    side_lean_deg: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [c for c, *_ in self.distances if c not in CATEGORIES] + [c for c in self.left_categories if c not in CATEGORIES]
@@ -811,7 +819,12 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
         )
         del obj._window  # type: ignore[attr-defined]
         if obj.category == PERSON:
-            obj.keypoints = _keypoints(obj, cam, instances, width, height)
+            lean = None
+            if config.torso_lean_deg[1] > 0 or config.side_lean_deg > 0:  # its own draws: other scenes keep theirs
+                lean_rng = scene_rng(seed, index, f"lean/{obj.instance}")
+                lean = (math.radians(lean_rng.uniform(*config.torso_lean_deg)),
+                        math.radians(lean_rng.uniform(-config.side_lean_deg, config.side_lean_deg)))
+            obj.keypoints = _keypoints(obj, cam, instances, width, height, lean)
 
     depth_m = np.where(np.isfinite(depth), depth, SKY).astype(np.float32)
     noise = scene_rng(seed, index, "grain").normal(0, 3.0, (height, width, 1)).astype(np.float32)
@@ -819,12 +832,34 @@ def _render(seed, index, width, height, cam: Camera, placed, rng: np.random.Gene
     return Scene(seed, index, width, height, cam, rgb, depth_m, instances, objects, wall=wall, ground_slope=slope)
 
 
-def _keypoints(obj: SceneObject, cam: Camera, instances: np.ndarray, width: int, height: int) -> np.ndarray:
-    """COCO ``(17, 3)`` keypoints ``(x, y, v)``: v=2 visible, 1 labeled but occluded, 0 unlabeled."""
+def _leaning(joints: np.ndarray, forward: float, side: float) -> np.ndarray:
+    """``joints`` (``_JOINTS``' person frame) with the upper body (head, shoulders, arms) tilted about
+    the hip axis ``forward`` radians toward the person's front (+z), then ``side`` radians to a side."""
+    out = joints.copy()
+    up = out[:, 1] > _HIP_HEIGHT
+    up[7:11] = True  # elbows and wrists go with the shoulders
+    y, z = out[up, 1] - _HIP_HEIGHT, out[up, 2]
+    y, z = y * math.cos(forward) - z * math.sin(forward), y * math.sin(forward) + z * math.cos(forward)
+    x = out[up, 0]
+    out[up, 0] = x * math.cos(side) - y * math.sin(side)
+    out[up, 1] = _HIP_HEIGHT + x * math.sin(side) + y * math.cos(side)
+    out[up, 2] = z
+    return out
+
+
+def _keypoints(obj: SceneObject, cam: Camera, instances: np.ndarray, width: int, height: int,
+               lean: tuple[float, float] | None = None) -> np.ndarray:
+    """COCO ``(17, 3)`` keypoints ``(x, y, v)``: v=2 visible, 1 labeled but occluded, 0 unlabeled.
+
+    ``lean``: ``(forward, side)`` radians the upper body leans (:attr:`SceneConfig.torso_lean_deg`);
+    a keypoint is then placed on the leaning body and seen where the upright body is."""
     rot = _yaw_matrix(obj.yaw)
-    world = (_JOINTS * obj.scale) @ rot.T + obj.position
+    upright = (_JOINTS * obj.scale) @ rot.T + obj.position
+    joints = _JOINTS if lean is None else _leaning(_JOINTS, *lean)
+    world = (joints * obj.scale) @ rot.T + obj.position
     cam_pts = cam.world_to_camera(world)
     uv = cam.project(cam_pts)
+    seen_at = uv if lean is None else cam.project(cam.world_to_camera(upright))
     to_cam = cam.center - world
     out = np.zeros((17, 3), np.float32)
     for k in range(17):
@@ -833,8 +868,9 @@ def _keypoints(obj: SceneObject, cam: Camera, instances: np.ndarray, width: int,
             continue
         if k in _FACE_NORMALS and float((rot @ np.array(_FACE_NORMALS[k], float)) @ to_cam[k]) <= 0:
             continue  # the face (or this ear) looks away from the camera: annotators leave it out
-        vis = 2 if instances[int(v), int(u)] == obj.instance else 1
-        out[k] = (u, v, vis)
+        su, sv = seen_at[k]
+        seen = 0 <= su < width and 0 <= sv < height and instances[int(sv), int(su)] == obj.instance
+        out[k] = (u, v, 2 if seen else 1)
     return out
 
 

@@ -11,8 +11,10 @@ A person labeled "toward_camera" is rarely turned exactly at it. Turned by an an
 right vector tilts, and an object far ahead of or behind them changes side when its offset along
 the camera-person ray outweighs its offset across it. How far a person may be turned is read from
 their keypoints (:func:`.facing.max_turn_deg`: shoulder and hip widths against the torso, with the
-keypoints' scores; ``perspective_max_yaw_deg`` for a facing that came without keypoints) and
-recorded as ``verification.facing_max_turn_deg``. With a depth map, ``lateral_dominance`` places
+keypoints' scores, never below ``TurnPrior.min_turn_deg``, and unbounded where the shoulders are
+wider than any upright body shows, as a torso leaning toward the camera makes them look;
+``perspective_max_yaw_deg`` for a facing that came without keypoints) and recorded as
+``verification.facing_max_turn_deg``. With a depth map, ``lateral_dominance`` places
 both on the ground plane (``X = (x - width / 2) / f * Z``) and asks ``across >= tan(max turn) *
 |along|`` for every focal length ``f`` the evidence allows (EXIF, or ``hfov_prior_deg``; recorded
 as ``verification.focal_source``), so no turn consistent with the keypoints can flip the answer
