@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "ceff50d412b47d6de92f129b8db9fabe55b0c7dc1a08bb3d5a88f4c59b630bc9"
+PINNED = "dd6304b02f9fa2869879e6f72d835e099abd07736fee2d95853631cd127fb3d3"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

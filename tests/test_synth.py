@@ -219,10 +219,11 @@ def test_leaning_people_tilt_their_upper_body_keypoints_only():
 
     from spatialforge.processing.synth.scenes import DEFAULT_CONFIG, make_scene
 
-    leaning = dataclasses.replace(DEFAULT_CONFIG, torso_lean_deg=(45.0, 45.0))
+    upright = dataclasses.replace(DEFAULT_CONFIG, torso_lean_deg=(0.0, 0.0), side_lean_deg=0.0)
+    leaning = dataclasses.replace(upright, torso_lean_deg=(45.0, 45.0))
     checked = 0
     for index in range(40):
-        plain, bent = make_scene(3, index, config=DEFAULT_CONFIG), make_scene(3, index, config=leaning)
+        plain, bent = make_scene(3, index, config=upright), make_scene(3, index, config=leaning)
         assert [o.box for o in plain.objects] == [o.box for o in bent.objects]  # the render is the same
         for a, b in zip(plain.objects, bent.objects):
             if a.keypoints is None or not (a.keypoints[[5, 6, 11, 12], 2] > 0).all() or not (b.keypoints[[5, 6], 2] > 0).all():

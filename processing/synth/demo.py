@@ -2,7 +2,7 @@
 
 What it does, all offline and in a few tens of seconds on 2 cores:
 
-1. renders ``scenes`` synthetic scenes (:mod:`.scenes`: people turned anywhere, fields of view of
+1. renders ``scenes`` synthetic scenes (:mod:`.scenes`: people turned anywhere and leaning, fields of view of
    30-100 degrees, varied camera pitch and height, objects cut by the frame, walls instead of sky)
    and writes them as an Objects365 v2 download (JPEGs in ``images/train/patchN/``, every other
    one with an EXIF focal length, a COCO-style JSON with person keypoints), with the exact metric

@@ -182,8 +182,8 @@ class SceneConfig:
     # up to ``side_lean_deg`` either way, per person (the rendered body stays upright; a keypoint
     # is seen where the upright body is). A torso leaning toward the camera looks short: its
     # shoulders look as wide for its length as a frontal person's do.
-    torso_lean_deg: tuple[float, float] = (0.0, 0.0)
-    side_lean_deg: float = 0.0
+    torso_lean_deg: tuple[float, float] = (0.0, 45.0)
+    side_lean_deg: float = 10.0
 
     def __post_init__(self) -> None:
         unknown = [c for c, *_ in self.distances if c not in CATEGORIES] + [c for c in self.left_categories if c not in CATEGORIES]
@@ -205,9 +205,10 @@ DEFAULT_CONFIG = SceneConfig()
 NARROW_CONFIG = SceneConfig(
     fov_deg=(55.0, 70.0), camera_height=(1.2, 1.8), pitch_deg=(2.0, 14.0), people_turned_anywhere=False,
     truncation=False, wall_prob=0.0, lift_prob=0.0, ground_roll_deg=(0.0, 0.0), ground_pitch_deg=(0.0, 0.0),
+    torso_lean_deg=(0.0, 0.0), side_lean_deg=0.0,
 )
-"""The scenes of earlier releases: people within 25 degrees of toward/away, 55-70 degree views, sky
-at the far end, every solid inside the frame."""
+"""The scenes of earlier releases: upright people within 25 degrees of toward/away, 55-70 degree
+views, sky at the far end, every solid inside the frame."""
 CORRELATED_CONFIG = SceneConfig(
     people=(2, 5), wall_prob=0.8, wall_distance=(32.0, 40.0),
     distances=(("Person", 2.0, 5.0), ("Car", 12.0, 30.0), ("Traffic Light", 12.0, 30.0), ("Bench", 10.0, 25.0)),
