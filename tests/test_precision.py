@@ -53,11 +53,11 @@ def families():
     return {seed: make_scenes(N_SCENES, seed=seed) for seed in SEEDS}
 
 
-def judge(families, variant, detector=True):
-    """Rows of every family through ``variant``, judged; image ids are prefixed by the seed."""
+def judge(families, variant, detector=True, tasks=TASKS):
+    """Rows of ``tasks`` of every family through ``variant``, judged; image ids are prefixed by the seed."""
     rows, drops, truth = [], Counter(), {}
     for seed, scenes in families.items():
-        got, d = run(variant_record(s, variant, detector=detector) for s in scenes)
+        got, d = run((variant_record(s, variant, detector=detector) for s in scenes), tasks=tasks)
         for row in got:
             validate_row(row)
             row["image_id"] = f"{seed}/{row['image_id']}"
@@ -160,15 +160,7 @@ LEANING = SceneConfig(people=(2, 5), objects=(6, 12), torso_lean_deg=(0.0, 60.0)
 def test_relations_hold_on_people_leaning_toward_where_they_face(name):
     variant = VARIANTS[name]
     families = {seed: make_scenes(N_SCENES, seed=seed, config=LEANING) for seed in (16, 17)}
-    rows, drops, truth = [], Counter(), {}
-    for seed, scenes in families.items():
-        got, d = run((variant_record(s, variant, detector=True) for s in scenes), tasks=RELATION_TASKS)
-        for row in got:
-            row["image_id"] = f"{seed}/{row['image_id']}"
-        rows += got
-        drops.update(d)
-        truth.update({f"{seed}/{k}": t for k, t in truth_of(scenes).items()})
-    report = evaluate(rows, truth, drops)
+    report = judge(families, variant, tasks=RELATION_TASKS)
     print("\n" + format_report(report, f"{name}: {variant.title} (people leaning)"))
     want = 1.0 if variant.depth is None and variant.annotations.exact else MIN_PRECISION
     for task in RELATION_TASKS:

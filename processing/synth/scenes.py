@@ -856,8 +856,7 @@ def _keypoints(obj: SceneObject, cam: Camera, instances: np.ndarray, width: int,
     a keypoint is then placed on the leaning body and seen where the upright body is."""
     rot = _yaw_matrix(obj.yaw)
     upright = (_JOINTS * obj.scale) @ rot.T + obj.position
-    joints = _JOINTS if lean is None else _leaning(_JOINTS, *lean)
-    world = (joints * obj.scale) @ rot.T + obj.position
+    world = upright if lean is None else (_leaning(_JOINTS, *lean) * obj.scale) @ rot.T + obj.position
     cam_pts = cam.world_to_camera(world)
     uv = cam.project(cam_pts)
     seen_at = uv if lean is None else cam.project(cam.world_to_camera(upright))
