@@ -89,8 +89,10 @@ def test_person_turned_50_degrees_is_not_asked_about_an_object_behind_them():
     rec = scene(50, 1.0, 5.5)
     assert perspective_rows(rec) == []
     assert rec.drops["perspective/lateral_ambiguous"] == 1
-    # A guard that assumes a fixed 30-degree turn (no keypoints to bound it) lets the wrong row through.
-    old = perspective_rows(scene(50, 1.0, 5.5, with_keypoints=False), VerifyConfig(perspective_max_yaw_deg=30.0))
+    # A guard that assumes a fixed 30-degree turn (no keypoints to bound it) lets the wrong row
+    # through, with both placed at their box centers and at what the depth map shows.
+    front = dict(person_depth_extent=0.0, box_center_tolerance=0.0)
+    old = perspective_rows(scene(50, 1.0, 5.5, with_keypoints=False), VerifyConfig(perspective_max_yaw_deg=30.0, **front))
     assert [r["fact"]["predicate"] for r in old] == ["left_of"]
 
 
@@ -192,7 +194,8 @@ def test_a_depth_models_per_object_error_does_not_mirror_the_side(estimated):
     depth = rec.depth.values.copy()
     depth[y1:y2, x1:x2] = 4.0  # the person's box is painted last: it stays at 4 m
     rec.depth = DepthMap(depth, "depth", metric=True, estimated=estimated, source="test")
-    rows = perspective_rows(rec)
+    # Both placed at their box centers and at what the depth map shows: the bias alone differs.
+    rows = perspective_rows(rec, VerifyConfig(person_depth_extent=0.0, box_center_tolerance=0.0))
     if estimated:  # each depth may be off by relative_object_bias: no side holds for all of them
         assert rows == [] and rec.drops["perspective/lateral_ambiguous"] == 1
     else:  # measured meters are taken as they are
@@ -275,3 +278,34 @@ def test_an_object_whose_middle_lies_behind_its_front_is_judged_where_its_middle
     front_only = long_object_scene(40)
     rows = perspective_rows(front_only, VerifyConfig(object_depth_extent=0.0))
     assert [r["fact"]["predicate"] for r in rows] == ["left_of"]
+
+
+def test_a_person_stands_behind_the_front_their_depth_map_shows():
+    # A generated scene (truth from its 3D geometry): the camera looks 15 degrees down on a person
+    # 2.5 m away who faces away from it, turned 56 degrees; a bottle stands 0.5 m behind them and
+    # 0.18 m to their right. The depth map sees their back and shoulders at 2.40 m where they stand
+    # 2.51-2.62 m away (camera depth of their ground point and of their middle). Placed at what the
+    # depth map shows, the bottle passed the lateral check on their left.
+    from dataclasses import replace
+
+    from spatialforge.processing.synth.scenes import FAMILIES, make_scene, scene_record
+
+    sc = make_scene(302, 148, 640, 480, replace(FAMILIES["correlated"], torso_lean_deg=(0.0, 0.0), side_lean_deg=0.0))
+    truth = sc.truth()["objects"]
+    person, bottle = truth[0], truth[5]
+    assert (person["label"], person["facing"], bottle["label"]) == ("person", "away_from_camera", "bottle")
+    rel = np.subtract(bottle["center_world"], person["position_world"])
+    lateral, ahead = rel @ person["right_world"], rel @ person["forward_world"]
+    assert 0.15 < lateral < 0.2 and -0.6 < ahead < -0.4  # on their right, behind them
+
+    def asked(config):
+        rec = scene_record(sc)
+        rows = perspective_rows(rec, config)
+        return [r["fact"]["predicate"] for r in rows
+                if sorted(o["label"].lower() for o in r["objects"]) == ["bottle", "person"]
+                and r["objects"][r["fact"]["object"]]["bbox"][0] > 600], rec  # the person at x 400-509 of 640
+
+    front, _ = asked(VerifyConfig(person_depth_extent=0.0, box_center_tolerance=0.0))
+    assert front == ["left_of"]  # the mirrored side
+    now, rec = asked(VerifyConfig())
+    assert now == [] and rec.drops["perspective/lateral_ambiguous"] >= 1

@@ -18,7 +18,12 @@ wider than any upright body shows, as a torso leaning toward the camera makes th
 both on the ground plane (``X = (x - width / 2) / f * Z``) and asks ``across >= tan(max turn) *
 |along|`` for every focal length ``f`` the evidence allows (EXIF, or ``hfov_prior_deg``; recorded
 as ``verification.focal_source``), so no turn consistent with the keypoints can flip the answer
-(drops: ``depth_invalid``, ``lateral_ambiguous``). Relative (non-metric) depth is not a distance:
+(drops: ``depth_invalid``, ``lateral_ambiguous``). Depth sees fronts and boxes are not the middles
+they stand for, so the check also holds with the object's middle anywhere from its front to
+``object_depth_extent`` of its largest visible size behind it, with where the person stands anywhere
+from the body's front to ``person_depth_extent`` of their box's width behind it (a camera looking
+down sees a standing person's back and shoulders nearer than their feet), and with either box's
+center ``box_center_tolerance`` of its width to either side. Relative (non-metric) depth is not a distance:
 the check then must also hold for every shift of the inverse depth the image allows
 (:attr:`.verify.Scene.shift_bounds`, ``shift_steps`` values) and with each of the two depths off by
 ``relative_object_bias`` either way; a depth model's meters (``DepthMap.estimated``), with each
@@ -107,21 +112,39 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
             sieve.check("depth_uniform", solid[per] & solid[obj], "depth_mixed")
         # Every focal length at once: a leading axis (the same element-wise arithmetic as one call each).
         f = focal[:, None, None]
-        ok = _lateral_ok(zp, zo, cx[per], cx[obj], record.width, f, turn).all((0, 1))
-        if config.object_depth_extent > 0:
-            # Depth sees an object's front; its middle (what "on their left" is about) may lie up to
-            # object_depth_extent of its largest visible size further back (a car seen nose on).
-            b = scene.xyxy
-            size = np.maximum(b[obj, 2] - b[obj, 0], b[obj, 3] - b[obj, 1])
-            zo_back = zo * (1.0 + config.object_depth_extent * size / f)  # (focals, variants, candidates)
-            ok &= _lateral_ok(zp, zo_back, cx[per], cx[obj], record.width, f, turn).all((0, 1))
-        sieve.check("lateral_dominance", ok, "lateral_ambiguous")
+        b = scene.xyxy
+        wp, wo = b[per, 2] - b[per, 0], b[obj, 2] - b[obj, 0]
+        # Depth sees an object's front; its middle (what "on their left" is about) may lie up to
+        # object_depth_extent of its largest visible size further back (a car seen nose on), and
+        # where a person stands up to person_depth_extent of their box's width behind the body's
+        # front (a body turned toward or away from the camera is no deeper than its box is wide).
+        size = np.maximum(wo, b[obj, 3] - b[obj, 1])
+        zo = _front_and_back(zo, config.object_depth_extent * size / f)  # (depths, focals, variants, candidates)
+        zp = _front_and_back(zp, config.person_depth_extent * wp / f)
+        # A box's center is not the middle it stands for: a detector's box sits a few % of its size
+        # off, and a turned or leaning body's box is lopsided about it (arms, a torso over the hips).
+        t = config.box_center_tolerance
+        side = np.array([-t, t]) if t > 0 else np.zeros(1)
+        cxp = cx[per] + side[:, None] * wp  # (centers, candidates)
+        cxo = cx[obj] + side[:, None] * wo
+        # Every combination: (person center, object center, person depth, object depth, focal, variant, candidate).
+        ok = _lateral_ok(zp[None, None, :, None], zo[None, None, None, :], cxp[:, None, None, None, None, None],
+                         cxo[None, :, None, None, None, None], record.width, f, turn)
+        sieve.check("lateral_dominance", ok.reshape(-1, len(per)).all(0), "lateral_ambiguous")
     sieve.evidence["max_turn"] = turn
     # Facing the camera mirrors left and right; facing away keeps the camera's.
     person_left = image_left ^ toward[per]
     predicate = np.where(person_left, "left_of", "right_of")
     sieve.evidence["box_gap"] = gap
     return Generated(Candidates(sieve, obj, per, predicate), sieve.drops)
+
+
+def _front_and_back(z: np.ndarray, extent: np.ndarray) -> np.ndarray:
+    """``z`` (the front depth sees) and ``z * (1 + extent)`` (the middle as far back as it may lie),
+    stacked on a leading axis and broadcast to one shape; ``z`` alone where no extent is allowed."""
+    if not np.any(extent > 0):
+        return np.broadcast_to(z, np.broadcast_shapes(np.shape(z), np.shape(extent)))[None]
+    return np.stack(np.broadcast_arrays(z, z * (1.0 + extent)))
 
 
 def _lateral_ok(zp: np.ndarray, zo: np.ndarray, cxp: np.ndarray, cxo: np.ndarray, width: int, focal: float,

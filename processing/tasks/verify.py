@@ -24,7 +24,8 @@ shape and gets no depth. Perspective's lateral check must hold for every shift o
 depth on a grid within :attr:`Scene.shift_bounds`, with each depth off by
 ``relative_object_bias`` either way, for every focal length of :attr:`Scene.focal_lengths`, and
 with the object's middle anywhere from its front to ``object_depth_extent`` of its largest visible
-size behind it.
+size behind it, the person anywhere from the body's front to ``person_depth_extent`` of their box's
+width behind it, and each box's center ``box_center_tolerance`` of its width either way.
 
 Depth margin: ``1 - nearer / farther`` of the two robust values. It is the same for depth and
 inverse depth (``1 - (1/f) / (1/n) == 1 - n / f``) and for any global scale, so one threshold
@@ -167,6 +168,8 @@ class VerifyConfig:
     label_alone_mentions: bool = False  # relation questions may name an object by its label alone ("the cup") when it is the only boxed one
     perspective_max_yaw_deg: float = 45.0  # turn assumed for a person whose facing came without keypoints
     object_depth_extent: float = 0.5  # perspective: an object's middle may lie this share of its largest visible size behind its front
+    person_depth_extent: float = 0.5  # ... a person's, this share of their box's width
+    box_center_tolerance: float = 0.05  # perspective: a box's center may lie this share of its width off the middle it stands for
     turn_prior: TurnPrior = DEFAULT_TURN_PRIOR  # body ratios, view elevation, keypoint error (facing.max_turn_deg)
     hfov_prior_deg: tuple[float, float] = (20.0, 120.0)  # horizontal field of view of photos without EXIF focal length
     focal_steps: int = 5  # focal lengths tried across hfov_prior_deg (log-spaced)
@@ -196,8 +199,11 @@ class VerifyConfig:
         if not 1.0 < self.flat_far_near_ratio <= self.min_far_near_ratio:
             raise ValueError(f"need 1 < flat_far_near_ratio <= min_far_near_ratio, got {self.flat_far_near_ratio!r}, "
                              f"{self.min_far_near_ratio!r}")
-        if not 0.0 <= self.object_depth_extent <= 2.0:
-            raise ValueError(f"object_depth_extent must be in [0, 2], got {self.object_depth_extent!r}")
+        for name in ("object_depth_extent", "person_depth_extent"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [0, 2], got {getattr(self, name)!r}")
+        if not 0.0 <= self.box_center_tolerance <= 0.5:
+            raise ValueError(f"box_center_tolerance must be in [0, 0.5], got {self.box_center_tolerance!r}")
         if not 0.0 <= self.relative_object_bias < 1.0:
             raise ValueError(f"relative_object_bias must be in [0, 1), got {self.relative_object_bias!r}")
         if not 0.0 < self.near_share_ratio < 1.0:
