@@ -265,8 +265,9 @@ def with_focal(rec: Record, focal: float = FOCAL_60) -> Record:
 
 
 def person_scene(facing: str, confidence: float = 0.9) -> Record:
-    # person in the middle, cup on the image's RIGHT, lamp on the image's LEFT
-    objects = [("person", [80, 10, 120, 95], 3.0), ("cup", [150, 50, 180, 80], 2.0), ("lamp", [10, 10, 40, 50], 5.0)]
+    # person in the middle, cup on the image's RIGHT (0.4 m in front of the body's front, so in
+    # front of where they stand too), lamp on the image's LEFT
+    objects = [("person", [80, 10, 120, 95], 3.0), ("cup", [150, 50, 180, 80], 2.6), ("lamp", [10, 10, 40, 50], 5.0)]
     return with_focal(make_record(objects, facing=[facing, "unknown", "unknown"], facing_confidence=[confidence, 0, 0]))
 
 
