@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "dd6304b02f9fa2869879e6f72d835e099abd07736fee2d95853631cd127fb3d3"
+PINNED = "da98e304415a9b694aaa3787572517369380347161ba0a300c6a495486dd1d4b"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

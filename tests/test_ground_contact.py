@@ -5,6 +5,10 @@ seeing two solid boxes: a dog standing 4 m away, a chair 7 m away (ratio 0.57). 
 tolerated per-object bias and at the flattest shift the image allows, their margin falls short of
 ``min_depth_margin``; the ground just below their bottoms orders them. Lifted off the ground, the
 chair's bottom shows ground far behind it and no longer vouches for anything.
+
+On a depth model's output the same ground also vetoes: an object read far behind the ground it
+stands on, or a pair the ground below both orders the other way, is not asked about (a metric
+model's meters that err per object beyond the tolerated bias).
 """
 
 import numpy as np
@@ -67,5 +71,67 @@ def test_a_lifted_object_is_no_ground_contact(lift):
 def test_a_bottom_at_the_frame_edge_is_no_ground_contact():
     record = scene()
     record.objects.xyxy[0, 3] = H  # the dog's box reaches the bottom of the frame: its feet may be cut off
+    x1, y1, x2, _ = record.objects.xyxy[0].astype(int)
+    record.depth.values[y1:H, x1:x2] = record.depth.values[y1, x1]  # ... and so does the dog
     rows, drops = near_far(record)
     assert not rows and drops["near_far/depth_margin"] == 1
+
+
+def biased_scene(dog_z, chair_z, dog_read, chair_read, metric=False):
+    """A dog and a chair standing on the ground ``dog_z`` and ``chair_z`` m away, which a depth model
+    reads ``dog_read`` and ``chair_read`` times as far (per-object errors beyond the tolerated
+    bias); the ground, with no object on it, it reads right."""
+    inv = ground_inverse_depth()
+    boxes = []
+    for (x1, x2), z, height, read in (((40, 70), dog_z, 0.6, dog_read), ((120, 150), chair_z, 0.9, chair_read)):
+        bottom, top = CY + F * CAM_H / z, CY + F * (CAM_H - height) / z
+        r0, r1 = int(round(top)), int(round(bottom))
+        inv[r0:r1, x1:x2] = 1.0 / (z * read)
+        boxes.append([x1, r0, x2, r1])
+    if metric:  # a metric model's meters (sky: its far cap)
+        depth = DepthMap((1.0 / np.maximum(inv, 1e-3)).astype(np.float32), kind="depth", metric=True, estimated=True,
+                         source="test")
+    else:
+        depth = DepthMap((2.0 * inv + 0.05).astype(np.float32), kind="inverse_depth", metric=False, source="test")
+    det = Detections(np.array(boxes, float), ["Dog", "Chair"])
+    return Record(source="test", image_id="biased", width=W, height=H, objects=det, depth=depth)
+
+
+
+def nearer_labels(rows):
+    return [r["objects"][r["fact"]["subject" if r["fact"]["predicate"] == "nearer_than" else "object"]]["label"] for r in rows]
+
+
+def test_an_object_read_far_behind_its_own_ground_is_not_believed():
+    # Truth: the dog (5.0 m) is nearer than the chair (5.3 m); the ground below them is too alike to
+    # order them. A metric model reads the dog 1.6 times as far (8 m) and the chair 0.7 times (3.7
+    # m): beyond the tolerated bias, so the map's margin says "the chair is nearer". Nothing stands
+    # 8 m away on ground 5 m away.
+    from spatialforge.processing.tasks.near_far import behind_own_ground, ground_contradicts
+    from spatialforge.processing.tasks.verify import scene_for
+
+    rows, _ = near_far(biased_scene(5.0, 5.3, 1.6, 0.7, metric=True), ground_veto=False)
+    assert nearer_labels(rows) == ["Chair"]  # the wrong answer the objects' own depths give
+    record = biased_scene(5.0, 5.3, 1.6, 0.7, metric=True)
+    scene = scene_for(record, VerifyConfig())
+    assert behind_own_ground(scene, record, VerifyConfig()).tolist() == [True, False]
+    assert not ground_contradicts(scene, record, np.array([1]), np.array([0])).any()
+    rows, drops = near_far(record)
+    assert rows == [] and drops["near_far/ground_contradicts"] == 1, drops
+    # Measured meters carry no per-object error: taken as they are.
+    measured = biased_scene(5.0, 5.3, 1.6, 0.7, metric=True)
+    measured.depth = DepthMap(measured.depth.values, kind="depth", metric=True, source="test")
+    assert not behind_own_ground(scene_for(measured, VerifyConfig()), measured, VerifyConfig()).any()
+
+
+def test_the_ground_below_both_overrules_the_order_a_model_reads():
+    # Truth: the dog (4 m) is nearer than the chair (6 m), and the ground below them says so. A
+    # metric model reads the dog 1.3 times as far (5.2 m: within what its own ground allows) and the
+    # chair 0.4 times (2.4 m: nearer than its ground, as a lifted chair would be).
+    rows, _ = near_far(biased_scene(4.0, 6.0, 1.3, 0.4, metric=True), ground_veto=False)
+    assert nearer_labels(rows) == ["Chair"]
+    rows, drops = near_far(biased_scene(4.0, 6.0, 1.3, 0.4, metric=True))
+    assert rows == [] and drops["near_far/ground_contradicts"] == 1, drops
+    # A chair 10 m away read within the tolerated bias: the pair keeps its (right) answer.
+    rows, drops = near_far(biased_scene(4.0, 10.0, 1.1, 0.95, metric=True))
+    assert nearer_labels(rows) == ["Dog"] and drops["near_far/ground_contradicts"] == 0, drops

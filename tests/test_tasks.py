@@ -514,14 +514,45 @@ def test_verify_config_rejects_bad_values(field, value):
 def test_near_far_relative_depth_refuses_an_open_shape_seen_as_background():
     # An umbrella: its canopy (3 m) is a strip along the top of its box, the rest of the box shows
     # the ground behind it (20 m). The inner box sees only ground, so by box depth the umbrella is
-    # "farther than the dog" (10 m), which is false. With relative depth the farther object's own
-    # nearest pixels (the canopy) must lie behind the nearer one: they do not, the pair is dropped.
+    # "farther than the dog" (10 m), which is false. With relative depth an object whose own nearest
+    # pixels (the canopy) lie well in front of its value gets no depth (depth_mixed); were it let
+    # through, the farther object's nearest pixels would still have to lie behind the nearer one.
     rec = make_record([("umbrella", [10, 10, 60, 90], 20.0), ("dog", [100, 20, 150, 90], 10.0)], kind="inverse_depth")
     rec.depth.values[10:18, 10:60] = 1 / 3.0
     # Told the view is as deep as the margin assumes (the flat-view check would drop it first).
     rec = run(rec, tasks=["near_far"], config=VerifyConfig(flat_far_near_ratio=3.0))
-    assert rec.rows == [] and rec.drops == Counter({"near_far/depth_span_overlap": 1})
+    assert rec.rows == [] and rec.drops == Counter({"near_far/depth_mixed": 1})
     # Solid objects pass the same check (test_near_far_facts_hold_for_depth_and_inverse_depth).
+
+
+def test_near_far_relative_depth_refuses_an_object_read_behind_what_surrounds_it():
+    # A person 9 m away in front of a wall 10 m away, a trash can 9.5 m away: the person is nearer.
+    # A model reads the person 1.4 times as far (12.6 m: behind the wall that shows in the top
+    # corners of their box) and the can 0.7 times (6.65 m), and the pair's margin says "the can is
+    # nearer". A solid thing cannot lie behind what its own box shows around it: no depth for it.
+    rec = make_record([("person", [20, 10, 50, 95], 12.6), ("trash can", [120, 45, 150, 95], 6.65)], background=10.0,
+                      kind="inverse_depth")
+    rec.depth.values[10:25, 20:28] = rec.depth.values[10:25, 42:50] = 0.1  # the wall beside their head
+    # Told the view is as deep as the margin assumes (the flat-view check would drop it first).
+    rec = run(rec, tasks=["near_far"], config=VerifyConfig(flat_far_near_ratio=3.0))
+    assert rec.rows == [] and rec.drops == Counter({"near_far/depth_mixed": 1})
+
+
+@pytest.mark.parametrize("estimated", [False, True])
+def test_near_far_a_models_meters_refuse_an_open_shape_whose_canopy_reads_too_far(estimated):
+    # An umbrella 10 m away: its canopy is a strip along the top of its box, the rest of the box
+    # shows a wall 20 m away; a dog stands 10.5 m away. A metric depth model reads the canopy 1.45
+    # times as far (14.5 m), so the canopy lies only 27 % in front of the wall: not "much nearer"
+    # (near_share_ratio) by itself. Read as the wall, the umbrella is "farther than the dog", which
+    # is false. Allowed the tolerated per-object bias, the canopy marks an open shape: no depth.
+    rec = make_record([("umbrella", [10, 10, 60, 90], 20.0), ("dog", [100, 20, 150, 90], 10.5)])
+    rec.depth.values[10:18, 10:60] = 14.5
+    rec.depth = DepthMap(rec.depth.values, "depth", metric=True, estimated=estimated, source="test")
+    rec = run(rec, tasks=["near_far"])
+    if estimated:
+        assert rec.rows == [] and rec.drops == Counter({"near_far/depth_mixed": 1})
+    else:  # measured meters: the canopy is where they say, 14.5 m away, behind the dog
+        assert fact_triples(rec, "near_far") == {("dog", "nearer_than", "umbrella")}
 
 
 def test_perspective_relative_depth_must_hold_for_every_shift():

@@ -4,13 +4,18 @@ Candidates: every unordered pair of boxes. Checks, in order (first failure = the
 per-object checks of both boxes; ``depth_valid`` (a robust depth for both, see
 :func:`.verify.object_depth`; ``no_depth`` when the record has no depth map at all);
 ``depth_uniform`` (few pixels much nearer than the object's depth: not an open shape such as an
-umbrella over the ground, not hidden behind something unboxed; drop reason ``depth_mixed``);
+umbrella over the ground, not hidden behind something unboxed; on relative depth also its own
+nearest part no more than ``min_range_margin`` of the image's range in front of its value,
+:attr:`.verify.Scene.depth_solid`, which a model reading the object behind what surrounds it
+fails too; drop reason ``depth_mixed``);
 ``depth_positive``; ``depth_margin`` (``1 - nearer / farther >= min_depth_margin``; on relative
 depth a pair short of it, though still ordered after the tolerated bias, passes when the ground
 just below both box bottoms orders it the same way, recorded as ``ground_contact``: see
 :func:`ground_contact_agrees`); ``depth_flat`` (relative depth: the order survives the tolerated
 bias on the flattest view assumed, :func:`flat_ordered`, or the ground below both or a metric
-second depth signal confirms it; drop reason ``depth_flat_ambiguous``);
+second depth signal confirms it; drop reason ``depth_flat_ambiguous``); ``ground_consistent`` (a
+depth model's output, relative or meters: the ground below both box bottoms does not order the
+pair the other way, see :func:`ground_contact_agrees`; drop reason ``ground_contradicts``);
 ``depth_range_margin`` (relative inverse depth only); ``depth_span`` (non-metric depth: the
 farther object's nearest part lies behind the nearer object, see :mod:`.verify`); ``depth_alt`` (a second depth signal in
 ``record.meta["depth_alt"]`` orders the pair the same way); ``ground_contact`` (opt-in); and
@@ -42,7 +47,10 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     mixed = scene.depth_mixed
     # Per-object flags first, then per pair (ten objects, not 45 pairs, go through each test).
     has_value = np.isfinite(d) | mixed
-    uniform = ~mixed
+    # Relative depth: also not an object whose own nearest part lies well in front of its value
+    # (Scene.depth_solid): an open shape read as the background, or one a model reads behind what
+    # surrounds it.
+    uniform = ~mixed if depth.metric else scene.depth_solid
     sieve.check("depth_valid", has_value[i] & has_value[j], "depth_invalid")
     sieve.check("depth_uniform", uniform[i] & uniform[j], "depth_mixed")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -84,6 +92,13 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
         rescued |= grounded & ~flat
     if rescued.any():
         sieve.check("ground_contact", np.ones(len(i), dtype=bool), "ground_contact_disagree", applies=rescued)
+    if config.ground_veto and object_bias(depth, config) > 0:
+        # A model's per-object errors have tails beyond the bias tolerated (one object read half
+        # again as far as it is): the ground below two standing objects carries none of them, and
+        # where it orders the pair the other way, the objects' own depths are not to be believed.
+        behind = behind_own_ground(scene, record, config)
+        ok = ~ground_contradicts(scene, record, near, far) & ~behind[near] & ~behind[far]
+        sieve.check("ground_consistent", ok, "ground_contradicts")
     if depth.kind == "inverse_depth" and not depth.metric:
         # An unknown shift breaks ratios: also ask for a share of the image's depth range.
         sieve.check("depth_range_margin", np.abs(di - dj) >= config.min_range_margin * scene.depth_range,
@@ -223,3 +238,54 @@ def ground_contact_agrees(scene, record: Record, near: np.ndarray, far: np.ndarr
     with np.errstate(invalid="ignore"):
         grounded = free & (d - g <= tol) & scene.depth_solid
         return grounded[near] & grounded[far] & (g[near] - g[far] >= tol)
+
+
+def ground_contradicts(scene, record: Record, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+    """Per pair, whether the ground below both box bottoms (:func:`ground_below`, both bottoms
+    :func:`free_bottoms`) orders them the other way from ``near``, ``far``: the ground below
+    ``far`` nearer by ``min_range_margin`` of the image's range of inverse depth. Unlike
+    :func:`ground_contact_agrees` it does not ask that both stand on that ground: the ground below
+    an object lifted off it (on a shelf) lies behind the object, which can only make a pair look
+    contradicted where it is not, so a question is lost and none is kept wrongly."""
+    free = free_bottoms(scene, record)
+    ends = scene._far_near  # inverse depth of the image's far and near end: sky and a model's far cap weigh nothing
+    if not free.any() or ends is None:
+        return np.zeros(len(near), dtype=bool)
+    g = ground_below(scene, record)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv = g if record.depth.kind == "inverse_depth" else 1.0 / g
+        return free[near] & free[far] & (inv[far] - inv[near] >= scene.config.min_range_margin * (ends[1] - ends[0]))
+
+
+OWN_GROUND_SLACK = 1.25
+"""How much farther than the ground just below its box bottom an object standing there may read on
+exact depth (its front against a strip of ground a few pixels nearer; a few % at most, more near
+the horizon, where a strip of rows spans meters)."""
+
+
+def behind_own_ground(scene, record: Record, config: VerifyConfig) -> np.ndarray:
+    """Per object, whether a depth model reads it farther than the ground just below its box bottom
+    (:func:`ground_below`, a :func:`free_bottoms` bottom) by more than its tolerated bias and
+    :data:`OWN_GROUND_SLACK` allow, for every shift of relative inverse depth the image allows: an
+    object standing there cannot lie that far behind its own ground, so its depth carries a larger
+    error than the checks tolerate (or its bottom is not where it stands); all False on measured
+    meters. Reading nearer than its ground says nothing: the object may be lifted off it."""
+    depth = record.depth
+    free = free_bottoms(scene, record)
+    bias = object_bias(depth, config)
+    if bias == 0 or not free.any():
+        return np.zeros(scene.n, dtype=bool)
+    limit = (1.0 + bias) * OWN_GROUND_SLACK
+    d, g = scene.depth, ground_below(scene, record)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if depth.metric:
+            far = d > limit * g
+        else:
+            bounds = scene.shift_bounds
+            if bounds is None:
+                return np.zeros(scene.n, dtype=bool)
+            t = np.linspace(*bounds, config.shift_steps)[:, None]
+            inv_d, inv_g = (d, g) if depth.kind == "inverse_depth" else (1.0 / d, 1.0 / g)
+            od, og = inv_d - t, inv_g - t  # true inverse depth up to scale, at each shift
+            far = ((og > 0) & ((od <= 0) | (og > limit * od))).all(0)  # farther than the ground at every shift
+        return free & np.isfinite(d) & np.isfinite(g) & far

@@ -111,26 +111,31 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
             solid = scene.depth_solid
             sieve.check("depth_uniform", solid[per] & solid[obj], "depth_mixed")
         # Every focal length at once: a leading axis (the same element-wise arithmetic as one call each).
+        # Only the candidates still alive are decided (the others are counted by their first drop).
+        live = np.flatnonzero(sieve.alive)
+        per_, obj_, zp, zo = per[live], obj[live], zp[:, live], zo[:, live]
         f = focal[:, None, None]
         b = scene.xyxy
-        wp, wo = b[per, 2] - b[per, 0], b[obj, 2] - b[obj, 0]
+        wp, wo = b[per_, 2] - b[per_, 0], b[obj_, 2] - b[obj_, 0]
         # Depth sees an object's front; its middle (what "on their left" is about) may lie up to
         # object_depth_extent of its largest visible size further back (a car seen nose on), and
         # where a person stands up to person_depth_extent of their box's width behind the body's
         # front (a body turned toward or away from the camera is no deeper than its box is wide).
-        size = np.maximum(wo, b[obj, 3] - b[obj, 1])
+        size = np.maximum(wo, b[obj_, 3] - b[obj_, 1])
         zo = _front_and_back(zo, config.object_depth_extent * size / f)  # (depths, focals, variants, candidates)
         zp = _front_and_back(zp, config.person_depth_extent * wp / f)
         # A box's center is not the middle it stands for: a detector's box sits a few % of its size
         # off, and a turned or leaning body's box is lopsided about it (arms, a torso over the hips).
         t = config.box_center_tolerance
         side = np.array([-t, t]) if t > 0 else np.zeros(1)
-        cxp = cx[per] + side[:, None] * wp  # (centers, candidates)
-        cxo = cx[obj] + side[:, None] * wo
+        cxp = cx[per_] + side[:, None] * wp  # (centers, candidates)
+        cxo = cx[obj_] + side[:, None] * wo
         # Every combination: (person center, object center, person depth, object depth, focal, variant, candidate).
-        ok = _lateral_ok(zp[None, None, :, None], zo[None, None, None, :], cxp[:, None, None, None, None, None],
-                         cxo[None, :, None, None, None, None], record.width, f, turn)
-        sieve.check("lateral_dominance", ok.reshape(-1, len(per)).all(0), "lateral_ambiguous")
+        ok = np.zeros(len(per), dtype=bool)
+        if len(live):
+            ok[live] = _lateral_ok(zp[None, None, :, None], zo[None, None, None, :], cxp[:, None, None, None, None, None],
+                                   cxo[None, :, None, None, None, None], record.width, f, turn[live]).reshape(-1, len(live)).all(0)
+        sieve.check("lateral_dominance", ok, "lateral_ambiguous")
     sieve.evidence["max_turn"] = turn
     # Facing the camera mirrors left and right; facing away keeps the camera's.
     person_left = image_left ^ toward[per]

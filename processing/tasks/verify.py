@@ -20,7 +20,8 @@ object's nearest part (``span_quantile`` of its whole box's own pixels) lie behi
 object's value by ``min_range_margin`` of the image's depth range (``depth_span``): an open shape
 whose box mostly shows the background behind it (an umbrella) cannot pass for the background.
 On metric depth, an object whose own nearest part lies much nearer than its value is such an open
-shape and gets no depth. Perspective's lateral check must hold for every shift of the inverse
+shape and gets no depth (on a model's meters, "much nearer" after its own pixels are allowed the
+tolerated per-object bias: what its box shows through it carries none). Perspective's lateral check must hold for every shift of the inverse
 depth on a grid within :attr:`Scene.shift_bounds`, with each depth off by
 ``relative_object_bias`` either way, for every focal length of :attr:`Scene.focal_lengths`, and
 with the object's middle anywhere from its front to ``object_depth_extent`` of its largest visible
@@ -81,6 +82,7 @@ CHECKS = (
     "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
     "depth_margin",  # near_far: relative depth margin >= min_depth_margin
     "depth_flat",  # near_far, relative depth: the order survives the tolerated bias on the flattest view assumed (or the ground or a metric second signal confirms it)
+    "ground_consistent",  # near_far, a depth model's output: the ground below both boxes does not order the pair the other way
     "depth_range_margin",  # near_far, relative inverse depth: difference >= min_range_margin of the range
     "depth_span",  # near_far, non-metric depth: the farther object's nearest part is behind the nearer object
     "occlusion",  # near_far, overlapping boxes: the overlap shows the nearer object's depth
@@ -151,6 +153,7 @@ class VerifyConfig:
     ground_contact: bool = False  # opt-in: lower box bottom must be the nearer object
     ground_min_dy: float = 0.02  # bottoms closer than this (fraction of height): no evidence
     ground_rescue: bool = True  # relative depth: a pair short of min_depth_margin passes when the ground below both orders it alike
+    ground_veto: bool = True  # a depth model's output (relative or meters): a pair the ground below both orders the other way is dropped
     # --- referring
     max_referring_iou: float = 0.5  # a box of another label with IoU >= this makes the region ambiguous
     # --- grounding / counting
@@ -669,11 +672,14 @@ class Scene:
                 # Metric depth: an object whose own nearest part lies much nearer than its value is
                 # an open shape the inner box sees through (an umbrella cut by the frame, its pole
                 # out of view): no depth (relative depth asks depth_span of each pair instead).
+                # A model's meters err per object: its own pixels (the tail) may read off by the
+                # tolerated bias where what its box shows through it (the value) does not.
+                much = (1.0 - cfg.near_share_ratio) * (1.0 + object_bias(depth, cfg))
                 with np.errstate(invalid="ignore"):
                     if depth.kind == "depth":
-                        open_shape = tail < values * (1.0 - cfg.near_share_ratio)
+                        open_shape = tail < values * much
                     else:
-                        open_shape = tail * (1.0 - cfg.near_share_ratio) > values
+                        open_shape = tail * much > values
                 open_shape &= ~contains.any(1)  # inside another box: the container rule above decided
                 mixed |= open_shape
                 values[open_shape] = np.nan
