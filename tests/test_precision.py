@@ -158,10 +158,16 @@ LEANING = SceneConfig(people=(2, 5), objects=(6, 12), torso_lean_deg=(0.0, 60.0)
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_relations_hold_on_people_leaning_toward_where_they_face(name):
-    variant = VARIANTS[name]
     families = {seed: make_scenes(N_SCENES, seed=seed, config=LEANING) for seed in (16, 17)}
+    assert_relations_hold(families, name, "people leaning")
+
+
+def assert_relations_hold(families, name, what):
+    """The relation rows of ``families`` through variant ``name``: some of each task, and precise
+    (1.000 with exact depth and boxes, else MIN_PRECISION)."""
+    variant = VARIANTS[name]
     report = judge(families, variant, tasks=RELATION_TASKS)
-    print("\n" + format_report(report, f"{name}: {variant.title} (people leaning)"))
+    print("\n" + format_report(report, f"{name}: {variant.title} ({what})"))
     want = 1.0 if variant.depth is None and variant.annotations.exact else MIN_PRECISION
     for task in RELATION_TASKS:
         rep = report[task]
@@ -178,15 +184,8 @@ STEEP = SceneConfig(pitch_deg=(-15.0, 40.0), camera_height=(0.3, 4.0), wall_prob
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_relations_hold_on_steep_views_and_close_walls(name):
-    variant = VARIANTS[name]
     families = {seed: make_scenes(60, seed=seed, width=640, height=480, config=STEEP) for seed in (20, 21, 22)}
-    report = judge(families, variant, tasks=RELATION_TASKS)
-    print("\n" + format_report(report, f"{name}: {variant.title} (steep views, close walls, 640x480)"))
-    want = 1.0 if variant.depth is None and variant.annotations.exact else MIN_PRECISION
-    for task in RELATION_TASKS:
-        rep = report[task]
-        assert rep.rows > 0, task
-        assert rep.precision >= want, f"{name}/{task}: {rep.wrong} wrong of {rep.rows}: {rep.failures[:3]}"
+    assert_relations_hold(families, name, "steep views, close walls, 640x480")
 
 
 # Scenes of held-out sweeps (640x480 and 480x640) where a model's per-object error beyond the
