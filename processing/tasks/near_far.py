@@ -15,7 +15,8 @@ just below both box bottoms orders it the same way, recorded as ``ground_contact
 bias on the flattest view assumed, :func:`flat_ordered`, or the ground below both or a metric
 second depth signal confirms it; drop reason ``depth_flat_ambiguous``); ``ground_consistent`` (a
 depth model's output, relative or meters: the ground below both box bottoms does not order the
-pair the other way, see :func:`ground_contact_agrees`; drop reason ``ground_contradicts``);
+pair the other way, :func:`ground_contradicts`, and neither object reads far behind the ground it
+stands on, :func:`behind_own_ground`; drop reason ``ground_contradicts``);
 ``depth_range_margin`` (relative inverse depth only); ``depth_span`` (non-metric depth: the
 farther object's nearest part lies behind the nearer object, see :mod:`.verify`); ``depth_alt`` (a second depth signal in
 ``record.meta["depth_alt"]`` orders the pair the same way); ``ground_contact`` (opt-in); and
@@ -95,7 +96,8 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     if config.ground_veto and object_bias(depth, config) > 0:
         # A model's per-object errors have tails beyond the bias tolerated (one object read half
         # again as far as it is): the ground below two standing objects carries none of them, and
-        # where it orders the pair the other way, the objects' own depths are not to be believed.
+        # where it orders the pair the other way, or an object reads far behind its own ground,
+        # the objects' own depths are not to be believed.
         behind = behind_own_ground(scene, record, config)
         ok = ~ground_contradicts(scene, record, near, far) & ~behind[near] & ~behind[far]
         sieve.check("ground_consistent", ok, "ground_contradicts")

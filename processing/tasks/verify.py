@@ -82,7 +82,7 @@ CHECKS = (
     "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
     "depth_margin",  # near_far: relative depth margin >= min_depth_margin
     "depth_flat",  # near_far, relative depth: the order survives the tolerated bias on the flattest view assumed (or the ground or a metric second signal confirms it)
-    "ground_consistent",  # near_far, a depth model's output: the ground below both boxes does not order the pair the other way
+    "ground_consistent",  # near_far, a depth model's output: the ground below both boxes does not order the pair the other way, nor lies far in front of either
     "depth_range_margin",  # near_far, relative inverse depth: difference >= min_range_margin of the range
     "depth_span",  # near_far, non-metric depth: the farther object's nearest part is behind the nearer object
     "occlusion",  # near_far, overlapping boxes: the overlap shows the nearer object's depth
@@ -153,7 +153,7 @@ class VerifyConfig:
     ground_contact: bool = False  # opt-in: lower box bottom must be the nearer object
     ground_min_dy: float = 0.02  # bottoms closer than this (fraction of height): no evidence
     ground_rescue: bool = True  # relative depth: a pair short of min_depth_margin passes when the ground below both orders it alike
-    ground_veto: bool = True  # a depth model's output (relative or meters): a pair the ground below both orders the other way is dropped
+    ground_veto: bool = True  # a depth model's output (relative or meters): a pair the ground below both orders the other way, or with an object read far behind its own ground, is dropped
     # --- referring
     max_referring_iou: float = 0.5  # a box of another label with IoU >= this makes the region ambiguous
     # --- grounding / counting
