@@ -225,17 +225,27 @@ def ground_below(scene, record: Record) -> np.ndarray:
     return out
 
 
+def _contacts(scene, record: Record) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(free_bottoms, ground_below)`` of ``scene``, computed once per scene (the ground None where no
+    bottom is free): the ground rescue and both vetoes read them."""
+    got = scene.__dict__.get("_contacts")
+    if got is None:
+        free = free_bottoms(scene, record)
+        got = scene.__dict__["_contacts"] = (free, ground_below(scene, record) if free.any() else None)
+    return got
+
+
 def ground_contact_agrees(scene, record: Record, near: np.ndarray, far: np.ndarray) -> np.ndarray:
     """Per pair, whether the ground below both box bottoms (:func:`ground_below`, both bottoms
     :func:`free_bottoms`) orders them as ``near``, ``far`` say by ``min_range_margin`` of the
     image's depth range, and neither object is nearer than its own ground by that much (lifted off
     the ground, on a shelf: then the ground below its bottom is far behind it) nor an open shape
     (:attr:`.verify.Scene.depth_solid`: an umbrella whose depth is that of the background)."""
-    free = free_bottoms(scene, record)
-    if not free.any():
+    free, g = _contacts(scene, record)
+    if g is None:
         return np.zeros(len(near), dtype=bool)
     sign = -1.0 if record.depth.kind == "depth" else 1.0  # in nearness order: larger = nearer
-    g, d = ground_below(scene, record) * sign, scene.depth * sign
+    g, d = g * sign, scene.depth * sign
     tol = scene.config.min_range_margin * scene.depth_range
     with np.errstate(invalid="ignore"):
         grounded = free & (d - g <= tol) & scene.depth_solid
@@ -249,11 +259,10 @@ def ground_contradicts(scene, record: Record, near: np.ndarray, far: np.ndarray)
     :func:`ground_contact_agrees` it does not ask that both stand on that ground: the ground below
     an object lifted off it (on a shelf) lies behind the object, which can only make a pair look
     contradicted where it is not, so a question is lost and none is kept wrongly."""
-    free = free_bottoms(scene, record)
+    free, g = _contacts(scene, record)
     ends = scene._far_near  # inverse depth of the image's far and near end: sky and a model's far cap weigh nothing
-    if not free.any() or ends is None:
+    if g is None or ends is None:
         return np.zeros(len(near), dtype=bool)
-    g = ground_below(scene, record)
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = g if record.depth.kind == "inverse_depth" else 1.0 / g
         return free[near] & free[far] & (inv[far] - inv[near] >= scene.config.min_range_margin * (ends[1] - ends[0]))
@@ -273,12 +282,12 @@ def behind_own_ground(scene, record: Record, config: VerifyConfig) -> np.ndarray
     error than the checks tolerate (or its bottom is not where it stands); all False on measured
     meters. Reading nearer than its ground says nothing: the object may be lifted off it."""
     depth = record.depth
-    free = free_bottoms(scene, record)
     bias = object_bias(depth, config)
-    if bias == 0 or not free.any():
+    free, g = _contacts(scene, record) if bias > 0 else (None, None)
+    if g is None:
         return np.zeros(scene.n, dtype=bool)
     limit = (1.0 + bias) * OWN_GROUND_SLACK
-    d, g = scene.depth, ground_below(scene, record)
+    d = scene.depth
     with np.errstate(invalid="ignore", divide="ignore"):
         if depth.metric:
             far = d > limit * g
