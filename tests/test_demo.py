@@ -48,7 +48,14 @@ def test_the_detections_file_buys_precision_the_annotations_alone_lack(result):
         assert result.stats[name]["detections_file"]["entries"] > 0
         assert with_file["counting"].drop_reasons["detector_extra_instance"] > 0
         assert "detector_extra_instance" not in alone["counting"].drop_reasons
-        assert sum(with_file[t].wrong for t in ("grounding", "counting")) < sum(alone[t].wrong for t in ("grounding", "counting"))
+        wrong_with, wrong_alone = (sum(rep[t].wrong for t in ("grounding", "counting")) for rep in (with_file, alone))
+        if VARIANTS[name].depth is None:
+            # Measured depth shows a second layer where an instance hides (tasks/hidden.py): the
+            # annotations alone lose those questions too, and may be left with nothing wrong.
+            assert alone["counting"].drop_reasons["unboxed_instance"] > 0, name
+            assert wrong_with <= wrong_alone, name
+        else:
+            assert wrong_with < wrong_alone, name
         for task in TASKS:
             assert with_file[task].wrong <= alone[task].wrong, (name, task)
         if VARIANTS[name].annotations.exact and VARIANTS[name].depth is None:

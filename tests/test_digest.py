@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "da98e304415a9b694aaa3787572517369380347161ba0a300c6a495486dd1d4b"
+PINNED = "d4fa1dda2b0e9ef387eb351e74c1539f8d1249cf936e7e13eec43ff4e02e87c9"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

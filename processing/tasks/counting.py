@@ -26,6 +26,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     scene.check_groups(sieve, groups, skip=("min_box_area",))
     sieve.check("instance_count", [config.count_min <= len(g) <= config.count_max for g in groups],
                 "count_out_of_range")
+    scene.check_unboxed(sieve)
     out = []
     for c in sieve.survivors():
         boxes = left_to_right(scene, groups[c])

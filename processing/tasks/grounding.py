@@ -21,6 +21,7 @@ def generate(record: Record, rng: np.random.Generator, config: VerifyConfig) -> 
     labels, groups, sieve = label_groups(scene)
     scene.check_groups(sieve, groups)
     sieve.check("instance_count", [len(g) <= config.grounding_max_instances for g in groups], "too_many_instances")
+    scene.check_unboxed(sieve)
     out = []
     for c in sieve.survivors():
         boxes = left_to_right(scene, groups[c])

@@ -161,6 +161,11 @@ class VerifyConfig:
     count_min: int = 1  # counting asks about counts in [count_min, count_max]
     count_max: int = 10
     count_zero: bool = False  # also ask "how many X" with answer 0 for labels in record.meta["absent_labels"]
+    # Measured depth (not a model's): an image showing this many pixels in front of the background
+    # inside boxes that no box's object explains (a second layer behind an object: an instance the
+    # annotations and any detector left out, see tasks/hidden.py) gets no counting or grounding
+    # question (drop reason unboxed_instance). 0 turns the check off.
+    hidden_min_pixels: float = 60.0
     # --- left_right / perspective
     min_box_gap: float = 0.0  # horizontal gap between the boxes / width (0: touching allowed, <0: overlap)
     min_facing_confidence: float = 0.5  # facing estimates below this are not trusted
@@ -213,6 +218,8 @@ class VerifyConfig:
             raise ValueError(f"near_share_ratio must be in (0, 1), got {self.near_share_ratio!r}")
         if not 0.0 <= self.depth_shrink < 0.5:
             raise ValueError(f"depth_shrink must be in [0, 0.5), got {self.depth_shrink!r}")
+        if not self.hidden_min_pixels >= 0.0:
+            raise ValueError(f"hidden_min_pixels must be >= 0, got {self.hidden_min_pixels!r}")
         if not self.min_detected_box_pixels >= 0.0:
             raise ValueError(f"min_detected_box_pixels must be >= 0, got {self.min_detected_box_pixels!r}")
         if self.depth_max_samples < 16:
@@ -605,6 +612,23 @@ class Scene:
         extra = unmatched_detections(det.xyxy[idx], [det.labels[k] for k in idx], det.scores[idx], self.xyxy,
                                      self.labels, cfg.detector_match_iou)
         return frozenset(mine[det.labels[idx[k]].lower()] for k in extra)
+
+    @_cached
+    def unboxed_instance(self) -> bool:
+        """Does measured depth show an instance no box accounts for (``hidden_min_pixels`` or more
+        pixels of a second layer no box's object explains, :func:`hidden.unexplained_pixels`)?
+        False without measured depth or with the check off."""
+        if not self.config.hidden_min_pixels:
+            return False
+        from .hidden import unexplained_pixels
+
+        return unexplained_pixels(self) >= self.config.hidden_min_pixels
+
+    def check_unboxed(self, sieve: Sieve) -> None:
+        """Counting and grounding: drop every candidate still alive when :attr:`unboxed_instance`
+        (read only then: it costs a pass over the depth map)."""
+        if sieve.alive.any():
+            sieve.check("instances_boxed", np.full(sieve.m, not self.unboxed_instance), "unboxed_instance")
 
     # -- depth
     @_cached
