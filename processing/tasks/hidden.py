@@ -76,6 +76,14 @@ def nearness(depth, step: int = 1) -> np.ndarray:
     return n
 
 
+def _rows_within(rows: np.ndarray, reach: int) -> np.ndarray:
+    """Per row, whether any of ``rows`` (a boolean per row) lies within ``reach`` rows of it."""
+    h = len(rows)
+    cs = np.concatenate([[0], np.cumsum(rows)])
+    index = np.arange(h)
+    return (cs[np.minimum(index + reach + 1, h)] - cs[np.maximum(index - reach, 0)]) > 0
+
+
 def _quantile(values: np.ndarray, q: float) -> float:
     """``q``-quantile (nearest rank) by partition."""
     k = int(q * (len(values) - 1))
@@ -186,7 +194,6 @@ def unexplained_pixels(scene) -> int:
     rng = np.random.default_rng(0)
     planes = _fit_planes(uu.astype(float), vv.astype(float), near[vv, uu], tol, rng) if len(vv) else []
     rows_near = max(1, int(BACKGROUND_ROWS * h))
-    cs_index = np.arange(h)
     background = np.full((h, w), -np.inf)
     known = np.zeros(h, bool)
     grid_u = np.arange(w, dtype=float)[None, :]
@@ -197,16 +204,12 @@ def unexplained_pixels(scene) -> int:
         at = pv[vv, uu]
         on = ~taken & (np.abs(near[vv, uu] - at) < tol(at))
         taken |= on
-        rows = np.bincount(vv[on], minlength=h) > 0
-        cs = np.concatenate([[0], np.cumsum(rows)])
-        present = (cs[np.minimum(cs_index + rows_near + 1, h)] - cs[np.maximum(cs_index - rows_near, 0)]) > 0
+        present = _rows_within(np.bincount(vv[on], minlength=h) > 0, rows_near)
         background = np.where(present[:, None], np.maximum(background, pv), background)
         known |= present
     sky = ~boxed & ~finite  # no measurement outside the boxes: farther than anything
     if sky.any():
-        rows = sky.any(1)
-        cs = np.concatenate([[0], np.cumsum(rows)])
-        known |= (cs[np.minimum(cs_index + rows_near + 1, h)] - cs[np.maximum(cs_index - rows_near, 0)]) > 0
+        known |= _rows_within(sky.any(1), rows_near)
 
     # 2. in front of the background
     bg = np.where(np.isfinite(background), background, lo - span)
