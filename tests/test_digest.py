@@ -13,7 +13,7 @@ from spatialforge.builders.schema import DATA_DIR
 from spatialforge.processing.synth.demo import run_demo
 
 SEED, SCENES = 0, 8
-PINNED = "d4fa1dda2b0e9ef387eb351e74c1539f8d1249cf936e7e13eec43ff4e02e87c9"
+PINNED = "d77d17b7523e8b6eb71b9322b328ccb324dcd7cd4a6d16730dca23d51a2fa785"
 
 
 def demo_digest(out) -> tuple[str, list[str]]:

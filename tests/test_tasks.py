@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spatialforge.builders.schema import TASKS, normalize_bbox, validate_row
-from spatialforge.processing.records import DepthMap, Detections, Record
+from spatialforge.processing.records import DETECTOR_OBJECTS, DepthMap, Detections, Record
 from spatialforge.processing.tasks.step import DEFAULT_MAX_PER_TASK, TaskStep, task_rng
 from spatialforge.processing.tasks.verify import VerifyConfig, box_text, object_depth
 
@@ -333,6 +333,25 @@ def test_referring_refuses_ambiguous_regions():
     assert rows[0]["objects"][0]["bbox"] == normalize_bbox([100, 20, 150, 90], 200, 100)
     assert str(rows[0]["objects"][0]["bbox"]) in rows[0]["question"] and "dog" in rows[0]["answer"].lower()
     assert rec.drops == Counter({"referring/ambiguous_region": 2})
+
+
+@pytest.mark.parametrize(("found", "kept"), [
+    ([], ["backpack", "dog"]),  # no detector box beyond the annotations: both regions are asked about
+    ([("Chair", [11, 12, 51, 50])], ["dog"]),  # a chair left out right behind the backpack: "[region]" names either
+    ([("Chair", [120, 10, 160, 40])], ["backpack", "dog"]),  # a chair elsewhere: the regions stay unambiguous
+    ([("Backpack", [11, 11, 50, 51])], ["backpack", "dog"]),  # the detector's own box of the backpack
+    ([("Chair", [60, 10, 190, 95])], ["backpack", "dog"]),  # a chair box around the dog, IoU < max_referring_iou
+])
+def test_referring_refuses_regions_a_detector_beside_names_otherwise(found, kept):
+    objects = [("Backpack", [10, 10, 50, 50], 1.0), ("Dog", [100, 20, 150, 90], 2.0)]
+    rec = make_record(objects)
+    boxes = [o[1] for o in objects] + [f[1] for f in found]  # the detector also finds both annotated objects
+    rec.meta[DETECTOR_OBJECTS] = Detections(np.array(boxes, float), [o[0] for o in objects] + [f[0] for f in found],
+                                            scores=np.full(len(boxes), 0.9, np.float32))
+    rec = run(rec, tasks=["referring"])
+    assert sorted(r["objects"][0]["label"].lower() for r in rows_of(rec, "referring")) == kept
+    assert rec.drops == Counter({"referring/detector_ambiguous_region": 2 - len(kept)} if len(kept) < 2 else {})
+    assert all("detector_unambiguous" in r["verification"]["checks"] for r in rows_of(rec, "referring"))
 
 
 def test_referring_refuses_group_and_depiction_boxes():

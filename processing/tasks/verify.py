@@ -77,6 +77,7 @@ CHECKS = (
     "min_box_area",  # every box of the row >= min_box_area (a detector's boxes: and >= min_detected_box_pixels)
     "instance_count",  # grounding: <= grounding_max_instances; counting: count in [count_min, count_max]
     "unambiguous_region",  # referring: no box of another label overlaps the region heavily
+    "detector_unambiguous",  # referring, a detector beside the annotations: nor does a box of another label it finds and they miss
     "depth_valid",  # near_far: both objects have a robust depth (enough valid, unoccluded pixels)
     "depth_uniform",  # near_far: few pixels in the box much nearer than the object (max_near_share)
     "depth_positive",  # near_far: both robust depths > 0 (ratios need it)
@@ -612,6 +613,26 @@ class Scene:
         extra = unmatched_detections(det.xyxy[idx], [det.labels[k] for k in idx], det.scores[idx], self.xyxy,
                                      self.labels, cfg.detector_match_iou)
         return frozenset(mine[det.labels[idx[k]].lower()] for k in extra)
+
+    @_cached
+    def detector_other_label_iou(self) -> np.ndarray:
+        """Per box, the largest IoU with a detector box beside the annotations (scored ``>=
+        detector_min_score``) of another label that no annotated box of that label accounts for
+        (:func:`unmatched_detections`): an instance the annotations left out, or a look-alike the
+        detector names differently, where the box is. 0 without such boxes."""
+        out = np.zeros(self.n)
+        det = self.record.meta.get(DETECTOR_OBJECTS)
+        if det is None or not len(det) or not self.n:
+            return out
+        idx = np.flatnonzero(det.scores >= self.config.detector_min_score)
+        extra = [idx[k] for k in unmatched_detections(det.xyxy[idx], [det.labels[k] for k in idx], det.scores[idx],
+                                                       self.xyxy, self.labels, self.config.detector_match_iou)]
+        if not extra:
+            return out
+        iou = box_iou(self.xyxy, det.xyxy[extra])
+        lower = [det.labels[e].lower() for e in extra]
+        other = np.array([[name != label.lower() for name in lower] for label in self.labels], dtype=bool)
+        return np.where(other, iou, 0.0).max(1)
 
     @_cached
     def unboxed_instance(self) -> bool:
