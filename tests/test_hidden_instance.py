@@ -5,12 +5,15 @@ above the horizon) seeing people as flat-fronted solids standing on the ground. 
 annotated. A third stands 1 m behind the first one, unannotated and unboxed: only the corners
 beside the first person's head show it, a second layer inside that person's box, in front of the
 sky and the far ground the box would otherwise show there. "How many people?" is then 3, not 2.
+The same scenes measured the way a depth sensor errs (mixed pixels on every silhouette, noise
+growing with distance) keep their answers: a sensor's one-pixel rims are not a hidden layer.
 The truth is the geometry these tests build, not anything the code computes.
 """
 
 import numpy as np
 
 from spatialforge.processing.records import DepthMap, Detections, Record
+from spatialforge.processing.tasks import hidden
 from spatialforge.processing.tasks.hidden import unexplained_pixels
 from spatialforge.processing.tasks.step import TaskStep
 from spatialforge.processing.tasks.verify import VerifyConfig, scene_for
@@ -111,3 +114,37 @@ def test_a_models_depth_is_not_read_for_it():
     record.depth = DepthMap(record.depth.values, kind="depth", valid=record.depth.valid, metric=True, estimated=True,
                             source="model")
     assert unexplained_pixels(scene_for(record, VerifyConfig())) == 0
+
+
+def with_sensor_errors(record, seed=0):
+    """The record's depth as a depth sensor measures it (Kinect-like): on every jump between two
+    measured surfaces the farther pixel is a mixed one, reading the mean of the two, and every
+    pixel carries noise growing with the square of its distance (0.0012 + 0.0019 (z - 0.4)^2 m)."""
+    z = record.depth.values.astype(np.float64)
+    seen = z > 0
+    out = z.copy()
+    for axis in (0, 1):
+        a, o, v = np.moveaxis(z, axis, 0), np.moveaxis(out, axis, 0), np.moveaxis(seen, axis, 0)
+        jump = v[1:] & v[:-1] & (np.abs(a[1:] - a[:-1]) > 0.1 * np.minimum(a[1:], a[:-1]))
+        mean = 0.5 * (a[1:] + a[:-1])
+        o[:-1][jump & (a[:-1] > a[1:])] = mean[jump & (a[:-1] > a[1:])]
+        o[1:][jump & (a[1:] > a[:-1])] = mean[jump & (a[1:] > a[:-1])]
+    noise = np.random.default_rng(seed).normal(0.0, 1.0, z.shape) * (0.0012 + 0.0019 * (out - 0.4) ** 2)
+    values = np.where(seen, out + noise, 0.0).astype(np.float32)
+    record.depth = DepthMap(values, kind="depth", valid=values > 0, metric=True, source="sensor")
+    return record
+
+
+def test_a_sensors_mixed_pixels_and_noise_are_not_a_hidden_instance(monkeypatch):
+    clean = with_sensor_errors(person_scene(hidden_third=False))
+    rows, drops = rows_and_drops(clean)
+    assert people_count(rows) == [2], drops
+    assert not drops["counting/unboxed_instance"]
+    # The third person, a layer many pixels thick, still stops the count through the same errors.
+    rows, drops = rows_and_drops(with_sensor_errors(person_scene()))
+    assert people_count(rows) == []
+    assert drops["counting/unboxed_instance"] >= 1 and drops["grounding/unboxed_instance"] >= 1
+    # Read as a renderer's map, the one-pixel rims of mixed values alone would stop the clean count.
+    monkeypatch.setattr(hidden, "MIXED_SHARE", np.inf)
+    monkeypatch.setattr(hidden, "ROUGHNESS", np.inf)
+    assert unexplained_pixels(scene_for(clean, VerifyConfig())) >= VerifyConfig().hidden_min_pixels

@@ -28,6 +28,12 @@ coordinates):
    whole region (it is a found instance, its pixels are accounted for).
 4. What is left: cells inside boxes, in front of the background, that no box explains, counted
    in pixels of the depth map's own grid.
+5. *Sensor errors.* A depth sensor's map (Kinect-like, time of flight, stereo) has mixed pixels
+   on silhouettes, reading between the surfaces on either side, and noise on flat ones
+   (:func:`_sensor_artifacts`); both leave one-cell rims and scattered cells that step 3 cannot
+   reach through smooth depth. On such a map only cells of what is left that lie in a 2x2 block
+   of it count: a hidden instance is a layer several cells thick, a rim is not. A renderer's map
+   has neither error and is counted cell by cell (the smallest hidden layers it shows are thin).
 
 Only measured depth is read (``kind="depth"``, not a model's estimate): a model's blur spreads every
 silhouette into a ramp of in-between values, and its per-object errors move a hidden layer onto the
@@ -63,6 +69,10 @@ LAYER_REL = 0.08
 SMOOTH = 0.06
 MIN_OWN_CELLS = 8
 GROW_STEPS = 30
+MIXED_STEP = 0.2  # a step between two flat surfaces: >= this share of the nearness ...
+MIXED_MARGIN = 0.15  # ... and a cell on it reading at least this far inside it is mixed
+MIXED_SHARE = 0.125  # a sensor's map: this share of its steps mixed ...
+ROUGHNESS = 0.002  # ... or its flat stretches this rough
 
 
 def nearness(depth, step: int = 1) -> np.ndarray:
@@ -270,4 +280,46 @@ def unexplained_pixels(scene) -> int:
             break
         reached = nxt
     left[y0:y1, x0:x1] &= ~reached
-    return int(left.sum()) * step * step
+    count = int(left.sum()) * step * step
+    if count >= scene.config.hidden_min_pixels and _sensor_artifacts(nz, scale, finite):
+        count = int(_thick(left).sum()) * step * step
+    return count
+
+
+def _thick(mask: np.ndarray) -> np.ndarray:
+    """The cells of ``mask`` in some 2x2 block of it (what is left of lines one cell wide, and
+    of single cells, is nothing)."""
+    block = mask[:-1, :-1] & mask[1:, :-1] & mask[:-1, 1:] & mask[1:, 1:]
+    out = np.zeros_like(mask)
+    out[:-1, :-1] |= block
+    out[1:, :-1] |= block
+    out[:-1, 1:] |= block
+    out[1:, 1:] |= block
+    return out
+
+
+def _sensor_artifacts(n: np.ndarray, scale: np.ndarray, finite: np.ndarray) -> bool:
+    """Does the map err the way depth sensors do? Mixed pixels: at steps between two flat
+    surfaces (along rows and columns), the cell on the step reads a value in between
+    (:data:`MIXED_SHARE` of such steps or more); or noise: flat stretches bend by more than
+    :data:`ROUGHNESS` of their nearness (median second difference). A renderer's map has
+    neither; a sensor's one-cell rims and scattered noisy cells are then not counted as a layer."""
+    edges = mixed = 0
+    bends = []
+    for m, f, sc in ((n, finite, scale), (n.T, finite.T, scale.T)):
+        p, a, b, c, q = (m[:, k:m.shape[1] - 4 + k] for k in range(5))
+        ok = f[:, :-4] & f[:, 1:-3] & f[:, 2:-2] & f[:, 3:-1] & f[:, 4:]
+        s = sc[:, 2:-2]
+        flat = ok & (np.abs(p - a) < SMOOTH * s) & (np.abs(c - q) < SMOOTH * s)
+        gap = np.abs(a - c)
+        step = flat & (gap > MIXED_STEP * s)
+        lo_, hi_ = np.minimum(a, c), np.maximum(a, c)
+        between = (b - lo_ > MIXED_MARGIN * gap) & (hi_ - b > MIXED_MARGIN * gap)
+        edges += int(step.sum())
+        mixed += int((step & between).sum())
+        smooth = flat & (gap < SMOOTH * s) & (np.abs(a - b) < SMOOTH * s)
+        bends.append((np.abs(a - 2 * b + c) / s)[smooth])
+    if edges and mixed >= MIXED_SHARE * edges:
+        return True
+    bend = np.concatenate(bends)
+    return len(bend) > 100 and float(np.median(bend)) > ROUGHNESS
