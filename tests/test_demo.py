@@ -17,6 +17,7 @@ def test_layout_and_datasets_are_written(result):
     root = result.out / "objects365"
     assert (root / "images/train/patch0/objects365_v2_00000001.jpg").is_file()
     assert len(list((root / "depth").glob("*.npy"))) == 30 == len(list((root / "depth_mono").glob("*.npy")))
+    assert len(list((root / "depth_sensor").glob("*.png"))) == 30  # 16-bit millimeters, as sensors write them
     assert (root / "annotations" / DETECTOR_ANNOTATIONS).is_file()
     for name in VARIANTS:
         assert (result.out / f"dataset-{name}" / "README.md").is_file()
@@ -49,8 +50,8 @@ def test_the_detections_file_buys_precision_the_annotations_alone_lack(result):
         assert with_file["counting"].drop_reasons["detector_extra_instance"] > 0
         assert "detector_extra_instance" not in alone["counting"].drop_reasons
         wrong_with, wrong_alone = (sum(rep[t].wrong for t in ("grounding", "counting")) for rep in (with_file, alone))
-        if VARIANTS[name].depth is None:
-            # Measured depth shows a second layer where an instance hides (tasks/hidden.py): the
+        if VARIANTS[name].measured:
+            # Measured depth (exact, or a sensor's) shows a second layer where an instance hides (tasks/hidden.py): the
             # annotations alone lose those questions too, and may be left with nothing wrong.
             assert alone["counting"].drop_reasons["unboxed_instance"] > 0, name
             assert wrong_with <= wrong_alone, name

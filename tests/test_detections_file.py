@@ -253,7 +253,7 @@ def test_the_detector_like_file_finds_most_left_out_instances_and_scores_them_lo
     assert np.median(left_scores) < np.median(seen_scores)
 
 
-@pytest.mark.slow  # about a minute: two seed families through files and `generate` on five variants
+@pytest.mark.slow  # about a minute: two seed families through files and `generate` on six variants
 @pytest.mark.parametrize("seed", [7, 8])
 def test_through_detections_files_every_wrong_row_is_an_instance_the_detector_missed(tmp_path, seed):
     # The user's path end to end (files -> generate --detections -> rows), on seed families of

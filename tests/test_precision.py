@@ -1,8 +1,9 @@
 """Precision of the generated QA against scenes whose truth is known, on every variant.
 
 Records are built in memory from synthetic scenes (no files) of several seed families, as each
-variant of ``synth.VARIANTS`` observes them (exact or detector-like boxes and keypoints, exact or
-monocular-like depth with a 15 % per-object bias and shifts of either sign), run through the facing
+variant of ``synth.VARIANTS`` observes them (exact or detector-like boxes and keypoints; exact depth,
+monocular-like depth with a 15 % per-object bias and shifts of either sign, or an RGB-D sensor's
+with its flying pixels, shadows and noise growing with distance), run through the facing
 step and the task step with the default ``VerifyConfig`` and ``on_invalid_row="error"``, and every
 row is judged from its structured answer (``processing/evaluate.py`` has the truth definitions).
 The scenes turn people anywhere, use 30-100 degree views, cut objects by the frame and close some
@@ -28,7 +29,7 @@ from spatialforge.processing.synth.scenes import CORRELATED_CONFIG, NARROW_CONFI
 from spatialforge.processing.tasks.step import TaskStep
 from spatialforge.processing.tasks.verify import VerifyConfig
 
-pytestmark = pytest.mark.slow  # about a minute: 360 scenes, five variants
+pytestmark = pytest.mark.slow  # a few minutes: 360 scenes and more, six variants
 
 SEEDS = (11, 12, 13)
 N_SCENES = 120  # per seed family

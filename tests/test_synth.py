@@ -236,3 +236,46 @@ def test_leaning_people_tilt_their_upper_body_keypoints_only():
                 assert torso(b.keypoints) < 0.85 * torso(a.keypoints)
                 checked += 1
     assert checked > 5
+
+
+def test_sensor_depth_errs_as_a_structured_light_sensor_does(tmp_path):
+    # A hand-made step: a wall 4 m away, a box 2 m away in front of it, a patch of wall 12 m away
+    # (beyond the sensor's range), at 300 px focal length.
+    from types import SimpleNamespace
+
+    from spatialforge.processing.perception.depth_files import load_depth_file
+    from spatialforge.processing.synth.scenes import SensorNoise, sensor_depth
+
+    z = np.full((60, 80), 4.0, np.float32)
+    z[15:45, 30:50] = 2.0
+    z[:, 70:] = 12.0
+    z[0:5, 0:10] = 0.0  # a hole in the truth stays one
+    scene = SimpleNamespace(depth=z, camera=SimpleNamespace(fx=300.0))
+    noise = SensorNoise()
+    got = sensor_depth(scene, noise, np.random.default_rng(0))
+    assert got.dtype == np.float32 and got.shape == z.shape
+    assert np.array_equal(np.round(got * 1000.0) / 1000.0, got)  # whole millimeters
+    assert (got[0:5, 0:10] == 0).all() and (got[:, 71:] == 0).all()  # hole; beyond 10 m
+    # The projector's shadow: f * b * (1/2 - 1/4) = 5.6 px of wall left of the box get nothing,
+    # the wall right of it and above it is measured.
+    rows = slice(16, 44)
+    assert (got[rows, 24:30] == 0).all()
+    assert (got[rows, 20:24] > 0).all() and (got[rows, 50:70] > 0).all() and (got[5:14, 20:60] > 0).all()
+    # Flying pixels: the wall pixels beside the box's right edge and below it read between the two
+    # surfaces (80 % of them, 20-80 % of the way), never nearer than the box or farther than the wall.
+    for edge in (got[rows, 50], got[45, 31:49]):
+        between = (edge > 2.3) & (edge < 3.7)
+        assert 0.55 < between.mean() <= 1.0, edge
+        assert (edge > 1.9).all() and (edge < 4.2).all()
+    # Away from silhouettes the error grows with distance (axial noise and disparity steps ~ z^2).
+    box, wall = got[20:40, 35:45] - 2.0, got[5:55, 55:65] - 4.0
+    assert np.abs(box).max() < 0.05 and np.abs(wall).max() < 0.2
+    assert wall.std() > 2.5 * box.std() > 0
+    # Written as NYU and RealSense do (16-bit millimeters), it reads back as a measurement.
+    from PIL import Image
+
+    path = tmp_path / "d.png"
+    Image.fromarray(np.round(got * 1000.0).astype(np.uint16)).save(path)
+    values, valid = load_depth_file(path, "depth")
+    np.testing.assert_allclose(values[valid], got[valid], atol=1e-6)
+    assert np.array_equal(valid, got > 0)

@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes of the pipeline."),
         width: int = typer.Option(320, "--width", min=32, help="Image width in pixels."),
         height: int = typer.Option(240, "--height", min=32, help="Image height in pixels."),
-        mono: bool = typer.Option(True, "--mono/--no-mono", help="Also run the variants on a depth model's depth: relative (scale, shifts of either sign) or meters (scale off by up to 35%), both with 15% per-object bias, blur, noise."),
-        variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run (default: exact,mono,mono-metric,detector,detector-mono): exact or detector-like boxes and keypoints; exact depth, monocular-like relative depth, or a metric depth model's meters."),
+        mono: bool = typer.Option(True, "--mono/--no-mono", help="Also run the variants on a depth model's depth: relative (scale, shifts of either sign) or meters (scale off by up to 35%), both with 15% per-object bias, blur, noise. Measured depth (exact, or an RGB-D sensor's) always runs."),
+        variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run (default: exact,mono,mono-metric,detector,detector-mono,sensor): exact or detector-like boxes and keypoints; exact depth, monocular-like relative depth, a metric depth model's meters, or an RGB-D sensor's millimeters (noise growing with distance, flying pixels, projector shadows, nothing beyond 10 m)."),
         load: bool = typer.Option(True, "--load/--no-load", help="Load the result through the SpatialForge10M builder, images joined."),
         alone: bool = typer.Option(True, "--annotations-alone/--no-annotations-alone", help="Also run every variant on the annotations alone, without the detections file, to show what the detector beside them buys."),
         family: str = typer.Option("default", "--family", help="Scene family: default, or correlated (people always in front, cars and benches behind, fire hydrants on the left: what the cards' blind baselines and rebalancing are for)."),
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if family not in FAMILIES:
             raise typer.BadParameter(f"--family must be one of {','.join(FAMILIES)}, got {family}")
         if not mono:
-            passes = tuple(p for p in passes if VARIANTS[p].depth is None)
+            passes = tuple(p for p in passes if VARIANTS[p].measured)
         result = run_demo(out, scenes=scenes, seed=seed, workers=workers, width=width, height=height,
                           passes=passes, load=load, progress=True, alone=alone,
                           family=family)  # fmt: skip

@@ -30,6 +30,7 @@ Layout of ``out``::
     out/objects365/depth/<stem>.npy          exact depth (meters, 0 = sky)
     out/objects365/depth_mono/<stem>.npy     monocular-like relative inverse depth
     out/objects365/depth_metric/<stem>.npy   a metric depth model's meters (per-object bias, scale error)
+    out/objects365/depth_sensor/<stem>.png   an RGB-D sensor's millimeters (16-bit, 0 = no measurement)
     out/objects365/truth.json
     out/objects365/detections/<detector>.json  COCO detection results (exact.json, detector-like.json)
     out/dataset-<variant>/                   Hub-ready dataset folders (README.md, data/<task>/)
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .evaluate import TaskReport, evaluate, format_report
 from .scenes import (
@@ -59,6 +61,7 @@ from .scenes import (
     FAMILIES,
     VARIANTS,
     DepthNoise,
+    SensorNoise,
     detection_results,
     load_truth,
     make_scenes,
@@ -201,13 +204,18 @@ def read_rows(dataset_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_observed_depth(scenes, root: Path, noise: DepthNoise, seed: int) -> Path:
+def write_observed_depth(scenes, root: Path, noise: DepthNoise | SensorNoise, seed: int) -> Path:
     """The depth every scene is observed with under ``noise`` (monocular-like relative inverse depth,
-    or a metric model's meters), ``<stem>.npy`` under ``root / noise.folder``; returns that folder."""
+    a metric model's meters, or a sensor's), ``<stem>.npy`` (a sensor's: 16-bit ``<stem>.png``) under
+    ``root / noise.folder``; returns that folder."""
     depth_dir = root / noise.folder
     depth_dir.mkdir(parents=True, exist_ok=True)
     for s in scenes:
-        np.save(depth_dir / f"{s.image_id}.npy", observed_depth(s, noise, seed))
+        values = observed_depth(s, noise, seed)
+        if isinstance(noise, SensorNoise):  # 16-bit millimeters, 0 = no measurement: as NYU and RealSense write them
+            Image.fromarray(np.round(values * 1000.0).astype(np.uint16)).save(depth_dir / f"{s.image_id}.png")
+        else:
+            np.save(depth_dir / f"{s.image_id}.npy", values)
     return depth_dir
 
 
@@ -262,6 +270,8 @@ def run_demo(
         variant = VARIANTS[name]
         if variant.depth is None:  # rendered: as a sensor measures it
             folder, kind, measured = "depth", "depth", True
+        elif variant.measured:  # a sensor's: 16-bit millimeters
+            folder, kind, measured = variant.depth.folder, "depth", True
         else:  # a model's: relative inverse depth, or meters
             folder, kind, measured = variant.depth.folder, "depth" if variant.depth.metric else "inverse_depth", False
         annotations = layout.annotations if variant.annotations.exact else layout.annotations.with_name(DETECTOR_ANNOTATIONS)

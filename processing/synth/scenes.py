@@ -269,13 +269,46 @@ class DepthNoise:
 
 
 @dataclass(frozen=True)
+class SensorNoise:
+    """How a structured-light RGB-D sensor (Kinect-like) measures the depth (see :func:`sensor_depth`).
+
+    ``sigma``: axial noise ``sigma[0] + sigma[1] * (z - 0.4)^2`` meters (Kinect's published fit);
+    ``baseline``: meters between projector and camera, which cast a shadow (no measurement) beside
+    every near silhouette (0: none); ``subpixel``: disparity is resolved to ``1 / subpixel`` of a
+    pixel of the sensor's own ``focal`` (Kinect: 580 px at 640x480), so depth comes in steps that
+    grow with the square of the distance (0: not quantized); ``mixed``: chance that a pixel on a
+    silhouette reads between the two surfaces (a flying pixel); ``max_range``: meters beyond which
+    the sensor returns nothing (RealSense-like: 10). The files are 16-bit PNGs in millimeters,
+    holes 0, as NYU and RealSense write them: what ``generate`` reads as measured.
+    """
+
+    sigma: tuple[float, float] = (0.0012, 0.0019)
+    baseline: float = 0.075
+    subpixel: float = 8.0
+    focal: float = 580.0
+    mixed: float = 0.8
+    max_range: float = 10.0
+    metric = True
+
+    @property
+    def folder(self) -> str:
+        return "depth_sensor"
+
+
+@dataclass(frozen=True)
 class Variant:
-    """One way of observing the scenes: exact or detector-like annotations, exact or monocular depth."""
+    """One way of observing the scenes: exact or detector-like annotations; exact depth, a model's
+    (monocular-like) or a sensor's."""
 
     name: str
     annotations: AnnotationNoise = EXACT_ANNOTATIONS
-    depth: DepthNoise | None = None
+    depth: DepthNoise | SensorNoise | None = None
     title: str = ""
+
+    @property
+    def measured(self) -> bool:
+        """Is the depth a measurement (exact, or a sensor's), not a model's estimate?"""
+        return self.depth is None or isinstance(self.depth, SensorNoise)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -288,6 +321,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("detector", annotations=DETECTOR_LIKE, title="detector-like boxes and noisy keypoints, exact depth"),
         Variant("detector-mono", annotations=DETECTOR_LIKE, depth=DepthNoise(),
                 title="detector-like boxes and noisy keypoints, monocular-like depth"),
+        Variant("sensor", depth=SensorNoise(),
+                title="exact boxes, an RGB-D sensor's depth (noise growing with distance, flying pixels, shadows)"),
     )
 }
 """The variants every precision table covers: what the verification must hold on."""
@@ -932,11 +967,62 @@ MAX_MODEL_DEPTH = 1000.0
 """Meters a depth model's output reads at most (the sky, and what blurs into it): models cap their range."""
 
 
-def observed_depth(scene: Scene, noise: DepthNoise | None, seed: int | None = None) -> np.ndarray:
-    """The scene's exact depth (``noise`` None), its monocular-like relative inverse depth, or (``noise.metric``)
-    a metric model's meters."""
+def sensor_depth(scene: Scene, noise: SensorNoise, rng: np.random.Generator) -> np.ndarray:
+    """Meters as a structured-light sensor measures ``scene`` (0 = no measurement), from its geometry:
+
+    * the projector's shadow: beside every silhouette, on the side away from the projector (the
+      left), the farther surface gets no measurement over ``f * baseline * (1/z_near - 1/z_far)``
+      pixels;
+    * flying pixels: at a jump of over 10 % between neighbours, the farther pixel reads a mix of the
+      two surfaces (with chance ``mixed``; uniform between 20 and 80 % of the way);
+    * axial noise growing with the square of the distance, then disparity quantized to
+      ``1 / subpixel`` of a pixel of the sensor (focal length ``focal``);
+    * millimeters, as the 16-bit files store them; nothing where the noisy depth is beyond
+      ``max_range`` (flying pixels in front of a far background can still read).
+    """
+    z = np.asarray(scene.depth, np.float64)
+    seen = z > 0
+    out = z.copy()
+    f = scene.camera.fx
+    # the projector's shadow: to the left of a near surface, the far one it hides from the projector
+    shadow = np.zeros_like(seen)
+    far, near = z[:, :-1], z[:, 1:]
+    edge = seen[:, 1:] & seen[:, :-1] & (far > 1.1 * near)
+    safe_near, safe_far = np.where(edge, near, 1.0), np.where(edge, far, 1.0)
+    width = np.where(edge, f * noise.baseline * (1.0 / safe_near - 1.0 / safe_far), 0.0)
+    rows, cols = np.nonzero(width > 0)
+    for k in range(int(np.ceil(width.max())) if len(rows) else 0):
+        hit = (width[rows, cols] > k) & (cols >= k)
+        r, c = rows[hit], cols[hit] - k
+        behind = z[r, c] > 1.1 * near[rows[hit], cols[hit]]  # a thinner near object there is lit
+        shadow[r[behind], c[behind]] = True
+    for axis in (0, 1):
+        a, o, v = np.moveaxis(z, axis, 0), np.moveaxis(out, axis, 0), np.moveaxis(seen, axis, 0)
+        jump = v[1:] & v[:-1] & (np.abs(a[1:] - a[:-1]) > 0.1 * np.minimum(a[1:], a[:-1]))
+        mix = rng.uniform(0.2, 0.8, jump.shape)
+        fly = jump & (rng.random(jump.shape) < noise.mixed)
+        lo, hi = np.minimum(a[1:], a[:-1]), np.maximum(a[1:], a[:-1])
+        value = hi - mix * (hi - lo)
+        first = fly & (a[:-1] > a[1:])
+        second = fly & (a[1:] > a[:-1])
+        o[:-1][first] = value[first]
+        o[1:][second] = value[second]
+    out = out + rng.normal(0.0, 1.0, out.shape) * (noise.sigma[0] + noise.sigma[1] * (out - 0.4) ** 2)
+    seen &= (out > 0) & (out < noise.max_range)
+    if noise.subpixel > 0 and noise.baseline > 0:
+        fb, step = noise.focal * noise.baseline, 1.0 / noise.subpixel
+        out = fb / np.maximum(np.round(fb / np.maximum(out, 1e-3) / step) * step, step)
+    out = np.where(seen & ~shadow & (out < 65.535), np.round(out * 1000.0) / 1000.0, 0.0)
+    return out.astype(np.float32)
+
+
+def observed_depth(scene: Scene, noise: DepthNoise | SensorNoise | None, seed: int | None = None) -> np.ndarray:
+    """The scene's exact depth (``noise`` None), a sensor's meters (:class:`SensorNoise`), its
+    monocular-like relative inverse depth, or (``noise.metric``) a metric model's meters."""
     if noise is None:
         return scene.depth
+    if isinstance(noise, SensorNoise):
+        return sensor_depth(scene, noise, scene_rng(scene.seed if seed is None else seed, scene.index, "sensor"))
     rng = scene_rng(scene.seed if seed is None else seed, scene.index, "corrupt")
     if noise.metric:
         s = math.exp(noise.scale_error)
@@ -1077,12 +1163,13 @@ def truth_of(scenes: Iterable[Scene]) -> dict[str, dict[str, Any]]:
 
 
 def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | None = None, depth_kind: str = "depth",
-                 noise: AnnotationNoise = EXACT_ANNOTATIONS, metric: bool = False):
+                 noise: AnnotationNoise = EXACT_ANNOTATIONS, metric: bool = False, measured: bool = False):
     """A pipeline :class:`~spatialforge.processing.records.Record` of the scene's annotated objects.
 
     ``depth`` defaults to the exact metric depth (holes where the sky is); pass a corrupted map and
     ``depth_kind="inverse_depth"`` to feed a monocular-like signal instead (``metric=True``: a
-    metric model's meters, :attr:`DepthMap.estimated`); ``noise`` observes the boxes and keypoints
+    metric model's meters, :attr:`DepthMap.estimated`; ``measured=True``: a sensor's meters, as
+    :func:`sensor_depth` gives them); ``noise`` observes the boxes and keypoints
     as a detector and a pose model would (:meth:`Scene.observed`).
     """
     from ..records import DepthMap, Detections, Record
@@ -1097,6 +1184,8 @@ def scene_record(scene: Scene, source: str = "objects365", depth: np.ndarray | N
     values = scene.depth if depth is None else depth
     if depth is None:
         dm = DepthMap(values, kind="depth", valid=values > 0, source="file:depth", metric=True)
+    elif measured:
+        dm = DepthMap(values, kind="depth", valid=values > 0, source="synthetic:sensor", metric=True)
     elif metric:
         dm = DepthMap(values, kind=depth_kind, valid=values > 0, source=f"synthetic:model:{depth_kind}", metric=True, estimated=True)
     else:
@@ -1114,6 +1203,9 @@ def variant_record(scene: Scene, variant: Variant, source: str = "objects365", d
     has no annotated one), as :func:`variant_detector` says the variant's detector sees the scene."""
     if variant.depth is None:
         record = scene_record(scene, source, noise=variant.annotations)
+    elif variant.measured:
+        record = scene_record(scene, source, depth=observed_depth(scene, variant.depth), noise=variant.annotations,
+                              measured=True)
     else:
         metric = variant.depth.metric
         record = scene_record(scene, source, depth=observed_depth(scene, variant.depth),
