@@ -15,7 +15,9 @@ coordinates):
    background is the nearest of the planes that explain free cells within :data:`BACKGROUND_ROWS`
    of the image height around its row (the ground in front of a wall, the wall above its base);
    cells without a measurement outside the boxes (sky) are farther than anything. Rows with no
-   explained free cell near them have no background and show nothing.
+   explained free cell near them have no background and show nothing. A plane whose free cells
+   span less than :data:`PLANE_MIN_WIDTH` of the width is an object's face (an instance left out
+   that stands partly outside every box), not ground or a wall: it is no background.
 2. *In front.* Cells nearer than their background by more than :data:`FRONT_ABS` of the image's
    nearness range plus :data:`FRONT_REL` of their own nearness (from the far end).
 3. *Explained.* In each grown box, the cells no farther than the box's object: its depth (the
@@ -60,6 +62,7 @@ PLANE_MIN_CELLS = 30  # a plane explains at least this many free cells (and 1 % 
 PLANE_SAMPLE = 400  # free cells a plane is searched on ...
 FREE_SAMPLE = 4000  # ... of these, evenly spread over the free cells (which rows a plane explains)
 PLANE_HYPOTHESES = 32
+PLANE_MIN_WIDTH = 0.25  # a background plane's free cells span at least this share of the width
 BACKGROUND_ROWS = 0.05  # planes explaining free cells within this share of the height count for a row
 FRONT_ABS = 0.01  # in front of the background: by this share of the nearness range ...
 FRONT_REL = 0.03  # ... plus this share of the cell's nearness
@@ -100,8 +103,13 @@ def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.partition(values, k)[k])
 
 
-def _fit_planes(u: np.ndarray, v: np.ndarray, n: np.ndarray, tol, rng: np.random.Generator) -> list[np.ndarray]:
-    """Up to :data:`MAX_PLANES` planes ``n = a u + b v + c`` (RANSAC, then least squares on the inliers)."""
+def _fit_planes(u: np.ndarray, v: np.ndarray, n: np.ndarray, tol, rng: np.random.Generator,
+                min_width: float = 0.0) -> list[np.ndarray]:
+    """Up to :data:`MAX_PLANES` planes ``n = a u + b v + c`` (RANSAC, then least squares on the inliers).
+
+    A plane whose cells span fewer than ``min_width`` columns is an object's face, not ground or a
+    wall (an instance left out, partly outside every box, is fronto-parallel: a plane in nearness):
+    its cells are set aside and it is not returned."""
     pts = np.stack([u, v, np.ones_like(u)], 1)
     rest = np.arange(len(n))
     minimum = max(PLANE_MIN_CELLS, 0.01 * len(n))
@@ -135,7 +143,9 @@ def _fit_planes(u: np.ndarray, v: np.ndarray, n: np.ndarray, tol, rng: np.random
         on = np.abs(n[rest] - pred) < tol(pred)
         if on.sum() < minimum:
             break
-        planes.append(plane)
+        cols = u[rest[on]]
+        if cols.max() - cols.min() >= min_width:
+            planes.append(plane)
         rest = rest[~on]
     return planes
 
@@ -202,7 +212,7 @@ def unexplained_pixels(scene) -> int:
         keep = np.linspace(0, len(vv) - 1, FREE_SAMPLE).astype(np.int64)
         vv, uu = vv[keep], uu[keep]
     rng = np.random.default_rng(0)
-    planes = _fit_planes(uu.astype(float), vv.astype(float), near[vv, uu], tol, rng) if len(vv) else []
+    planes = _fit_planes(uu.astype(float), vv.astype(float), near[vv, uu], tol, rng, PLANE_MIN_WIDTH * w) if len(vv) else []
     rows_near = max(1, int(BACKGROUND_ROWS * h))
     background = np.full((h, w), -np.inf)
     known = np.zeros(h, bool)
