@@ -268,10 +268,8 @@ def run_demo(
 
     for name in passes:
         variant = VARIANTS[name]
-        if variant.depth is None:  # rendered: as a sensor measures it
-            folder, kind, measured = "depth", "depth", True
-        elif variant.measured:  # a sensor's: 16-bit millimeters
-            folder, kind, measured = variant.depth.folder, "depth", True
+        if variant.measured:  # rendered exactly, or a sensor's 16-bit millimeters
+            folder, kind, measured = "depth" if variant.depth is None else variant.depth.folder, "depth", True
         else:  # a model's: relative inverse depth, or meters
             folder, kind, measured = variant.depth.folder, "depth" if variant.depth.metric else "inverse_depth", False
         annotations = layout.annotations if variant.annotations.exact else layout.annotations.with_name(DETECTOR_ANNOTATIONS)

@@ -288,7 +288,6 @@ class SensorNoise:
     focal: float = 580.0
     mixed: float = 0.8
     max_range: float = 10.0
-    metric = True
 
     @property
     def folder(self) -> str:
