@@ -16,8 +16,11 @@ coordinates):
    of the image height around its row (the ground in front of a wall, the wall above its base);
    cells without a measurement outside the boxes (sky) are farther than anything. Rows with no
    explained free cell near them have no background and show nothing. A plane whose free cells
-   span less than :data:`PLANE_MIN_WIDTH` of the width is an object's face (an instance left out
-   that stands partly outside every box), not ground or a wall: it is no background.
+   span less than :data:`PLANE_MIN_WIDTH` of the width, row by row (in the rows of its widest
+   tenth, :data:`ROW_SPAN_Q`), is an object's face (an instance left out that stands partly
+   outside every box), not ground or a wall: it is no background. Row by row, because the face of
+   a person standing on the ground has the ground's nearness along the row of their feet, a band
+   across the whole width that a plane through the face also explains.
 2. *In front.* Cells nearer than their background by more than :data:`FRONT_ABS` of the image's
    nearness range plus :data:`FRONT_REL` of their own nearness (from the far end).
 3. *Explained.* In each grown box, the cells no farther than the box's object: its depth (the
@@ -36,12 +39,20 @@ coordinates):
    reach through smooth depth. On such a map only cells of what is left that lie in a 2x2 block
    of it count: a hidden instance is a layer several cells thick, a rim is not. A renderer's map
    has neither error and is counted cell by cell (the smallest hidden layers it shows are thin).
+6. *A model's depth* (relative inverse depth, or meters a model predicted,
+   :attr:`~..records.DepthMap.estimated`): its blur spreads every silhouette into a ramp of
+   in-between values, several cells wide, so what is left by steps 1-4 rings every object. A
+   hidden instance is a surface instead: only cells that are flat (nearness changing by less than
+   :data:`MODEL_FLAT` of their own per cell, over two cells each way: :func:`_flat`) count, only
+   where they fill a square :data:`MODEL_THICK` cells each way (:func:`_opened`), and step 3 does
+   not grow across a ramp (smooth depth is flat there too), which would otherwise lead from the
+   object in front to the layer behind it. Relative maps are read as nearness as they are (an
+   unknown scale and shift keep planes planar).
 
-Only measured depth is read (``kind="depth"``, not a model's estimate): a model's blur spreads every
-silhouette into a ramp of in-between values, and its per-object errors move a hidden layer onto the
-one in front of it, so the same test on a model's output finds rings around every object and
-misses slivers. Where the background is not planar (clutter, stairs) its rows get no background
-and nothing is counted there: the check can miss, it does not invent.
+What a model's depth cannot show: a layer narrower than its blur (a sliver beside a head), and one
+whose gap to the object in front is within the model's per-object error (a person 10 % behind
+another, each read 10 % off the other way). Where the background is not planar (clutter, stairs)
+its rows get no background and nothing is counted there: the check can miss, it does not invent.
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ PLANE_SAMPLE = 400  # free cells a plane is searched on ...
 FREE_SAMPLE = 4000  # ... of these, evenly spread over the free cells (which rows a plane explains)
 PLANE_HYPOTHESES = 32
 PLANE_MIN_WIDTH = 0.25  # a background plane's free cells span at least this share of the width
+ROW_SPAN_Q = 0.9  # ... in the rows of its widest tenth (its span measured row by row)
 BACKGROUND_ROWS = 0.05  # planes explaining free cells within this share of the height count for a row
 FRONT_ABS = 0.01  # in front of the background: by this share of the nearness range ...
 FRONT_REL = 0.03  # ... plus this share of the cell's nearness
@@ -76,14 +88,19 @@ MIXED_STEP = 0.2  # a step between two flat surfaces: >= this share of the nearn
 MIXED_MARGIN = 0.15  # ... and a cell on it reading at least this far inside it is mixed
 MIXED_SHARE = 0.125  # a sensor's map: this share of its steps mixed ...
 ROUGHNESS = 0.002  # ... or its flat stretches this rough
+MODEL_FLAT = 0.03  # a model's map: a layer's cells change by less than this share of their nearness per cell ...
+MODEL_THICK = 2  # ... and fill a square this many cells each way
 
 
 def nearness(depth, step: int = 1) -> np.ndarray:
-    """``1 / depth`` of a measured depth map, every ``step``-th pixel each way (NaN where it has no
-    measurement or depth <= 0)."""
+    """``1 / depth`` of a depth map (relative inverse depth as it is), every ``step``-th pixel each
+    way (NaN where it has no measurement or depth <= 0)."""
     v = np.asarray(depth.values[::step, ::step], np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        n = np.where(v > 0, np.float32(1.0) / v, np.float32(np.nan))
+    if depth.kind == "inverse_depth":  # already nearness, up to scale and shift
+        n = np.where(np.isfinite(v), v, np.float32(np.nan))
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            n = np.where(v > 0, np.float32(1.0) / v, np.float32(np.nan))
     if depth.valid is not None:
         n[~depth.valid[::step, ::step]] = np.nan
     return n
@@ -143,11 +160,22 @@ def _fit_planes(u: np.ndarray, v: np.ndarray, n: np.ndarray, tol, rng: np.random
         on = np.abs(n[rest] - pred) < tol(pred)
         if on.sum() < minimum:
             break
-        cols = u[rest[on]]
-        if cols.max() - cols.min() >= min_width:
+        if _row_span(u[rest[on]], v[rest[on]]) >= min_width:
             planes.append(plane)
         rest = rest[~on]
     return planes
+
+
+def _row_span(u: np.ndarray, v: np.ndarray) -> float:
+    """The median over rows of how far apart a plane's cells lie within the row (columns): the
+    ground and a wall span the view in each row they show; an object's face spans only its own
+    width, however long the band where it cuts the ground."""
+    rows, at = np.unique(v, return_inverse=True)
+    lo = np.full(len(rows), np.inf)
+    hi = np.full(len(rows), -np.inf)
+    np.minimum.at(lo, at, u)
+    np.maximum.at(hi, at, u)
+    return float(np.quantile(hi - lo, ROW_SPAN_Q))
 
 
 def _detector_boxes(scene) -> np.ndarray:
@@ -169,10 +197,11 @@ def _detector_boxes(scene) -> np.ndarray:
 
 def unexplained_pixels(scene) -> int:
     """Pixels (of the depth map's grid) inside boxes, in front of the background, that no box's
-    object explains (see the module's docs); 0 without measured depth."""
+    object explains (see the module's docs); 0 without depth."""
     rec, depth = scene.record, scene.record.depth
-    if depth is None or depth.kind != "depth" or depth.estimated or not scene.n:
+    if depth is None or not scene.n:
         return 0
+    model = depth.estimated or depth.kind == "inverse_depth"
     height, width = depth.values.shape
     step = max(1, math.ceil(max(height, width) / GRID))
     near = nearness(depth, step)
@@ -252,7 +281,9 @@ def unexplained_pixels(scene) -> int:
             if len(own) < MIN_OWN_CELLS:
                 explained[sl] = True
                 continue
-        if k < scene.n and np.isfinite(object_depth[k]) and object_depth[k] > 0:
+        if k < scene.n and np.isfinite(object_depth[k]) and depth.kind == "inverse_depth":
+            layer = float(object_depth[k])
+        elif k < scene.n and np.isfinite(object_depth[k]) and object_depth[k] > 0:
             layer = 1.0 / object_depth[k]
         else:
             layer = _quantile(own, 0.5)
@@ -277,6 +308,9 @@ def unexplained_pixels(scene) -> int:
     y0, y1 = max(0, ys.min() - GROW_STEPS), min(h, ys.max() + GROW_STEPS + 1)
     x0, x1 = max(0, xs.min() - GROW_STEPS), min(w, xs.max() + GROW_STEPS + 1)
     f, n, s = front[y0:y1, x0:x1], nz[y0:y1, x0:x1], scale[y0:y1, x0:x1]
+    if model:  # not across the ramp a model's blur spreads between an object and what is behind it
+        flat = _flat(nz, scale, finite)
+        f = f & flat[y0:y1, x0:x1]
     sm_v = f[1:] & f[:-1] & (np.abs(n[1:] - n[:-1]) < SMOOTH * np.minimum(s[1:], s[:-1]))
     sm_h = f[:, 1:] & f[:, :-1] & (np.abs(n[:, 1:] - n[:, :-1]) < SMOOTH * np.minimum(s[:, 1:], s[:, :-1]))
     reached = explained[y0:y1, x0:x1].copy()
@@ -290,10 +324,42 @@ def unexplained_pixels(scene) -> int:
             break
         reached = nxt
     left[y0:y1, x0:x1] &= ~reached
+    if model:
+        return int(_opened(left & flat, MODEL_THICK).sum()) * step * step
     count = int(left.sum()) * step * step
     if count >= scene.config.hidden_min_pixels and _sensor_artifacts(nz, scale, finite):
         count = int(_thick(left).sum()) * step * step
     return count
+
+
+def _flat(n: np.ndarray, scale: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Cells where nearness changes by less than :data:`MODEL_FLAT` of the cell's own nearness
+    (from the far end) per cell along rows and along columns (central differences): a surface,
+    not the ramp a model's blur spreads over a silhouette."""
+    out = np.zeros(n.shape, bool)
+    gx = np.abs(n[2:-2, 4:] - n[2:-2, :-4]) / 4
+    gy = np.abs(n[4:, 2:-2] - n[:-4, 2:-2]) / 4
+    ok = finite[2:-2, 4:] & finite[2:-2, :-4] & finite[4:, 2:-2] & finite[:-4, 2:-2]
+    out[2:-2, 2:-2] = ok & (np.maximum(gx, gy) < MODEL_FLAT * scale[2:-2, 2:-2])
+    return out
+
+
+def _window_sum(mask: np.ndarray, r: int) -> np.ndarray:
+    """Per cell, how many cells of ``mask`` lie in the ``(2r+1)``-wide square around it (clipped
+    at the borders)."""
+    h, w = mask.shape
+    c = np.zeros((h + 1, w + 1), np.int32)
+    c[1:, 1:] = np.cumsum(np.cumsum(mask, 0, dtype=np.int32), 1)
+    y0, y1 = np.clip(np.arange(h) - r, 0, h), np.clip(np.arange(h) + r + 1, 0, h)
+    x0, x1 = np.clip(np.arange(w) - r, 0, w), np.clip(np.arange(w) + r + 1, 0, w)
+    return c[y1][:, x1] - c[y0][:, x1] - c[y1][:, x0] + c[y0][:, x0]
+
+
+def _opened(mask: np.ndarray, r: int) -> np.ndarray:
+    """The cells of ``mask`` in some full ``(2r+1)``-wide square of it (a morphological opening):
+    of a band narrower than the square, nothing is left."""
+    full = _window_sum(mask, r) == (2 * r + 1) ** 2
+    return mask & (_window_sum(full, r) > 0)
 
 
 def _thick(mask: np.ndarray) -> np.ndarray:

@@ -162,10 +162,10 @@ class VerifyConfig:
     count_min: int = 1  # counting asks about counts in [count_min, count_max]
     count_max: int = 10
     count_zero: bool = False  # also ask "how many X" with answer 0 for labels in record.meta["absent_labels"]
-    # Measured depth (not a model's): an image showing this many pixels in front of the background
-    # inside boxes that no box's object explains (a second layer behind an object: an instance the
-    # annotations and any detector left out, see tasks/hidden.py) gets no counting or grounding
-    # question (drop reason unboxed_instance). 0 turns the check off.
+    # An image whose depth shows this many pixels in front of the background inside boxes that no
+    # box's object explains (a second layer behind an object: an instance the annotations and any
+    # detector left out; on a model's depth only flat, thick layers, see tasks/hidden.py) gets no
+    # counting or grounding question (drop reason unboxed_instance). 0 turns the check off.
     hidden_min_pixels: float = 60.0
     # --- left_right / perspective
     min_box_gap: float = 0.0  # horizontal gap between the boxes / width (0: touching allowed, <0: overlap)
@@ -636,9 +636,9 @@ class Scene:
 
     @_cached
     def unboxed_instance(self) -> bool:
-        """Does measured depth show an instance no box accounts for (``hidden_min_pixels`` or more
+        """Does the depth show an instance no box accounts for (``hidden_min_pixels`` or more
         pixels of a second layer no box's object explains, :func:`hidden.unexplained_pixels`)?
-        False without measured depth or with the check off."""
+        False without depth or with the check off."""
         if not self.config.hidden_min_pixels:
             return False
         from .hidden import unexplained_pixels
