@@ -238,3 +238,12 @@ def test_a_sensors_mixed_pixels_and_noise_are_not_a_hidden_instance(monkeypatch)
     monkeypatch.setattr(hidden, "MIXED_SHARE", np.inf)
     monkeypatch.setattr(hidden, "ROUGHNESS", np.inf)
     assert unexplained_pixels(scene_for(clean, VerifyConfig())) >= VerifyConfig().hidden_min_pixels
+
+
+def test_the_sensor_gates_median_test_is_the_median():
+    rng = np.random.default_rng(0)
+    levels = np.float32([0.001, 0.0019999, 0.002, 0.0020001, 0.003])
+    for trial in range(4000):
+        n = int(rng.integers(1, 40))
+        values = rng.choice(levels, n) if trial % 2 else (rng.random(n) * 0.004).astype(np.float32)
+        assert hidden._median_exceeds(values, 0.002) == (float(np.median(values)) > 0.002), values

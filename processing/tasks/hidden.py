@@ -398,4 +398,17 @@ def _sensor_artifacts(n: np.ndarray, scale: np.ndarray, finite: np.ndarray) -> b
     if edges and mixed >= MIXED_SHARE * edges:
         return True
     bend = np.concatenate(bends)
-    return len(bend) > 100 and float(np.median(bend)) > ROUGHNESS
+    return len(bend) > 100 and _median_exceeds(bend, ROUGHNESS)
+
+
+def _median_exceeds(values: np.ndarray, t: float) -> bool:
+    """``float(np.median(values)) > t``, exactly, by counting instead of partitioning."""
+    n = len(values)
+    above = values > np.float64(t)  # compared in float64, as the median's float is
+    k = int(np.count_nonzero(above))
+    if n % 2:
+        return 2 * k >= n + 1
+    if 2 * k != n:
+        return 2 * k > n
+    pair = np.array([values[~above].max(), values[above].min()], dtype=values.dtype)  # the middle two
+    return float(np.median(pair)) > t
