@@ -247,3 +247,27 @@ def test_the_sensor_gates_median_test_is_the_median():
         n = int(rng.integers(1, 40))
         values = rng.choice(levels, n) if trial % 2 else (rng.random(n) * 0.004).astype(np.float32)
         assert hidden._median_exceeds(values, 0.002) == (float(np.median(values)) > 0.002), values
+
+
+def wall_gap_scene(gap=(80, 120)):
+    """Two trucks 6 m away, 4.5 m tall, fill the view but for a gap; a wall 20 m away closes it
+    (no sky). The wall shows only in the gap: too narrow for a background plane of its own."""
+    depth = ground_depth()
+    depth = np.where((depth == 0) | (depth > 20.0), 20.0, depth)
+    boxes = [stand(depth, 0, gap[0], 6.0, 4.5), stand(depth, gap[1], W, 6.0, 4.5)]
+    values = depth.astype(np.float32)
+    return Record(source="test", image_id="wall", width=W, height=H,
+                  objects=Detections(np.array(boxes, float), ["Truck", "Truck"]),
+                  depth=DepthMap(values, kind="depth", valid=values > 0, metric=True, source="sensor"))
+
+
+def test_the_far_wall_is_not_in_front_of_the_ground_extrapolated_above_its_base():
+    # The ground's plane explains free cells up to the wall's base (where the two meet), so the
+    # rows around it have a background: the ground's plane, which above the base runs farther
+    # than anything the image shows. The wall inside the trucks' grown boxes is no second layer:
+    # nothing is in front of a background beyond the image's far end. (Before: 140 px, no count.)
+    record = wall_gap_scene()
+    assert unexplained_pixels(scene_for(record, VerifyConfig())) == 0
+    rows, drops = rows_and_drops(record)
+    assert [row["count"] for row in rows if row["task"] == "counting"] == [2], drops
+    assert not drops["counting/unboxed_instance"]

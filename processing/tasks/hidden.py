@@ -22,7 +22,9 @@ coordinates):
    a person standing on the ground has the ground's nearness along the row of their feet, a band
    across the whole width that a plane through the face also explains.
 2. *In front.* Cells nearer than their background by more than :data:`FRONT_ABS` of the image's
-   nearness range plus :data:`FRONT_REL` of their own nearness (from the far end).
+   nearness range plus :data:`FRONT_REL` of their own nearness (from the far end). A background
+   is never farther than the image's far end (its 1 % nearness quantile): the sky, or the ground's
+   plane extrapolated above the base of a wall it meets, does not put the far wall in front.
 3. *Explained.* In each grown box, the cells no farther than the box's object: its depth (the
    record's robust object depth; for a detector box, the median of the cells it alone covers) less
    :data:`SPREAD` times its own spread (the object's farther half, in its middle, the
@@ -261,8 +263,10 @@ def unexplained_pixels(scene) -> int:
         known |= _rows_within(sky.any(1), rows_near)
 
     # 2. in front of the background
-    bg = np.where(np.isfinite(background), background, lo - span)
-    front = finite & known[:, None] & (near > bg + FRONT_ABS * span + FRONT_REL * np.abs(bg - lo))
+    # (nothing is in front of a background farther than the image's far end: a plane extrapolated
+    # beyond its cells, such as the ground above the horizon, does not put the far wall in front)
+    bg = np.maximum(np.where(np.isfinite(background), background, lo), lo)
+    front = finite & known[:, None] & (near > bg + FRONT_ABS * span + FRONT_REL * (bg - lo))
     if not (front & boxed).any():
         return 0
 
