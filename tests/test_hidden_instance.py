@@ -249,6 +249,25 @@ def test_the_sensor_gates_median_test_is_the_median():
         assert hidden._median_exceeds(values, 0.002) == (float(np.median(values)) > 0.002), values
 
 
+
+def test_a_planes_row_span_is_the_quantile_of_its_rows_extents():
+    # Per row, the columns its cells reach from first to last; over rows, numpy's quantile. Row
+    # by row with a loop here, on cells in np.nonzero's order and shuffled, and on one row alone.
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        m = int(rng.integers(1, 400))
+        u = rng.integers(0, 320, m).astype(float)
+        v = rng.integers(0, 1 + int(rng.integers(0, 240)), m).astype(float)
+        if trial % 2:
+            order = np.lexsort((u, v))
+            u, v = u[order], v[order]
+        extents = [u[v == row].max() - u[v == row].min() for row in sorted(set(v.tolist()))]
+        assert hidden._row_span(u, v) == float(np.quantile(extents, hidden.ROW_SPAN_Q)), trial
+    for trial in range(3000):  # the quantile itself, bit for bit, on spreads small and large
+        x = rng.normal(0.0, 10 ** rng.uniform(-3, 3), int(rng.integers(1, 300)))
+        q = (0.9, 0.5, 0.0, 1.0, float(rng.random()))[trial % 5]
+        assert hidden._linear_quantile(x, q) == float(np.quantile(x, q)), trial
+
 def wall_gap_scene(gap=(80, 120)):
     """Two trucks 6 m away, 4.5 m tall, fill the view but for a gap; a wall 20 m away closes it
     (no sky). The wall shows only in the gap: too narrow for a background plane of its own."""
