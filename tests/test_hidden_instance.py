@@ -249,7 +249,6 @@ def test_the_sensor_gates_median_test_is_the_median():
         assert hidden._median_exceeds(values, 0.002) == (float(np.median(values)) > 0.002), values
 
 
-
 def test_a_planes_row_span_is_the_quantile_of_its_rows_extents():
     # Per row, the columns its cells reach from first to last; over rows, numpy's quantile. Row
     # by row with a loop here, on cells in np.nonzero's order and shuffled, and on one row alone.
@@ -267,6 +266,7 @@ def test_a_planes_row_span_is_the_quantile_of_its_rows_extents():
         x = rng.normal(0.0, 10 ** rng.uniform(-3, 3), int(rng.integers(1, 300)))
         q = (0.9, 0.5, 0.0, 1.0, float(rng.random()))[trial % 5]
         assert hidden._linear_quantile(x, q) == float(np.quantile(x, q)), trial
+
 
 def wall_gap_scene(gap=(80, 120)):
     """Two trucks 6 m away, 4.5 m tall, fill the view but for a gap; a wall 20 m away closes it
