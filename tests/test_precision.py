@@ -146,11 +146,15 @@ FAR_PEOPLE = SceneConfig(people=(1, 4), distances=(("Person", 12.0, 30.0), ("Car
 WIDER = {"crowds-15": (15, CROWDS), "far-15": (15, FAR_PEOPLE), "far-18": (18, FAR_PEOPLE), "far-19": (19, FAR_PEOPLE)}
 
 
+@pytest.fixture(scope="module")
+def wider_families():
+    return {family: make_scenes(N_SCENES, seed=seed, config=config) for family, (seed, config) in WIDER.items()}
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_relations_and_referring_hold_on_one_label_crowds_and_far_people(name):
+def test_relations_and_referring_hold_on_one_label_crowds_and_far_people(wider_families, name):
     variant = VARIANTS[name]
-    families = {family: make_scenes(N_SCENES, seed=seed, config=config) for family, (seed, config) in WIDER.items()}
-    report = judge(families, variant)
+    report = judge(wider_families, variant)
     print("\n" + format_report(report, f"{name}: {variant.title} (one-label crowds, far people)"))
     exact = variant.depth is None and variant.annotations.exact
     # Grounding and counting with detector-like boxes are bounded by the detector's recall on the
@@ -171,10 +175,14 @@ def test_relations_and_referring_hold_on_one_label_crowds_and_far_people(name):
 LEANING = SceneConfig(people=(2, 5), objects=(6, 12), torso_lean_deg=(0.0, 60.0), side_lean_deg=15.0)
 
 
+@pytest.fixture(scope="module")
+def leaning_families():
+    return {seed: make_scenes(N_SCENES, seed=seed, config=LEANING) for seed in (16, 17)}
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_relations_hold_on_people_leaning_toward_where_they_face(name):
-    families = {seed: make_scenes(N_SCENES, seed=seed, config=LEANING) for seed in (16, 17)}
-    assert_relations_hold(families, name, "people leaning")
+def test_relations_hold_on_people_leaning_toward_where_they_face(leaning_families, name):
+    assert_relations_hold(leaning_families, name, "people leaning")
 
 
 def assert_relations_hold(families, name, what):
@@ -197,10 +205,14 @@ def assert_relations_hold(families, name, what):
 STEEP = SceneConfig(pitch_deg=(-15.0, 40.0), camera_height=(0.3, 4.0), wall_prob=0.7, wall_distance=(4.0, 30.0))
 
 
+@pytest.fixture(scope="module")
+def steep_families():
+    return {seed: make_scenes(60, seed=seed, width=640, height=480, config=STEEP) for seed in (20, 21, 22)}
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_relations_hold_on_steep_views_and_close_walls(name):
-    families = {seed: make_scenes(60, seed=seed, width=640, height=480, config=STEEP) for seed in (20, 21, 22)}
-    assert_relations_hold(families, name, "steep views, close walls, 640x480")
+def test_relations_hold_on_steep_views_and_close_walls(steep_families, name):
+    assert_relations_hold(steep_families, name, "steep views, close walls, 640x480")
 
 
 # Scenes of held-out sweeps (640x480 and 480x640) where a model's per-object error beyond the
