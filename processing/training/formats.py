@@ -338,6 +338,9 @@ def swift_record(sample: Sample, model_family: str | None = None) -> dict:
     value goes, in the same order, to ``objects.bbox`` as ``norm1`` (0..1 of the image, exact from
     the stored 0..1000); swift's template writes them for the model it trains (0..1000 for Qwen2-VL /
     Qwen3-VL / InternVL, pixels of the resized image for Qwen2.5-VL). ``model_family`` is unused.
+    For Qwen2.5-VL / Qwen3-VL, swift must run with ``QWENVL_BBOX_FORMAT=new`` to write a box as
+    ``[x1, y1, x2, y2]``, which keeps the grounding answers JSON; its default, ``legacy``, writes
+    Qwen2-VL's ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` there.
     """
     messages, refs, bboxes = [], [], []
     for k, row in enumerate(sample.rows):
